@@ -1,0 +1,256 @@
+"""Django settings for nasweb.
+
+Every value that differs between a laptop and a server comes from the environment; the defaults
+give a working single-machine install (SQLite under var/, no Redis needed to start).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else default
+
+
+def _env_list(name: str, default: list[str]) -> list[str]:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+# --------------------------------------------------------------------------------------------
+# Core
+# --------------------------------------------------------------------------------------------
+
+# The dev server is the default way to run nasweb on one's own machine, so DEBUG defaults on.
+DEBUG = _env_bool("DEBUG", True)
+
+_DEV_SECRET_KEY = "nasweb-insecure-dev-key-change-me-0f3a9c1e7b5d"
+SECRET_KEY = os.environ.get("SECRET_KEY", "") or _DEV_SECRET_KEY
+if SECRET_KEY == _DEV_SECRET_KEY and not DEBUG:
+    warnings.warn(
+        "SECRET_KEY is not set: nasweb is using its built-in development key with DEBUG off. "
+        "Set SECRET_KEY to a long random value before exposing nasweb on a network.",
+        RuntimeWarning,
+        stacklevel=1,
+    )
+
+ALLOWED_HOSTS = _env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = _env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    # daphne first: it replaces runserver with an ASGI server so websockets work in development.
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "rest_framework",
+    "drf_spectacular",
+    "searches.apps.SearchesConfig",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "nasweb.urls"
+WSGI_APPLICATION = "nasweb.wsgi.application"
+ASGI_APPLICATION = "nasweb.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "frontend" / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --------------------------------------------------------------------------------------------
+# Files: everything nasweb writes lives under one data directory (var/ by default)
+# --------------------------------------------------------------------------------------------
+
+NASWEB_DATA_DIR = Path(os.environ.get("NASWEB_DATA_DIR", "") or BASE_DIR / "var").resolve()
+# SQLite cannot create the folder its database lives in.
+NASWEB_DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+MEDIA_ROOT = NASWEB_DATA_DIR / "media"
+MEDIA_URL = "/media/"
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "frontend" / "static"]
+STATIC_ROOT = NASWEB_DATA_DIR / "static"
+
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Hashed, compressed files need `collectstatic` first: only ask for them when DEBUG is off.
+    "staticfiles": {
+        "BACKEND": (
+            "django.contrib.staticfiles.storage.StaticFilesStorage"
+            if DEBUG
+            else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        ),
+    },
+}
+
+# Datasets: Debian's dataset-fashion-mnist installs the IDX files here.
+NASWEB_FASHION_MNIST_DIR = Path(
+    os.environ.get("NASWEB_FASHION_MNIST_DIR", "") or "/usr/share/datasets/fashion-mnist"
+)
+
+# --------------------------------------------------------------------------------------------
+# Database: SQLite under the data directory, or whatever DATABASE_URL names (PostgreSQL)
+# --------------------------------------------------------------------------------------------
+
+_DATABASE_URL = os.environ.get("DATABASE_URL", "").strip()
+if _DATABASE_URL:
+    DATABASES = {
+        "default": dj_database_url.parse(_DATABASE_URL, conn_max_age=600, conn_health_checks=True),
+    }
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": NASWEB_DATA_DIR / "db.sqlite3",
+            "OPTIONS": {
+                # The web process and Celery workers write concurrently: wait for the lock
+                # instead of failing, and take the write lock up front (no upgrade deadlocks).
+                "timeout": 20,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+        },
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --------------------------------------------------------------------------------------------
+# Authentication (Django's default user model)
+# --------------------------------------------------------------------------------------------
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "login"
+
+# --------------------------------------------------------------------------------------------
+# Internationalisation
+# --------------------------------------------------------------------------------------------
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+# --------------------------------------------------------------------------------------------
+# Redis, Celery, Channels
+# --------------------------------------------------------------------------------------------
+
+REDIS_URL = os.environ.get("REDIS_URL", "").strip()
+
+CELERY_BROKER_URL = REDIS_URL or "redis://127.0.0.1:6379/0"
+# JSON only on the broker: tasks take ids, never objects, and nothing is ever unpickled.
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+# Task state is mirrored in our own rows (SearchRun.status, Candidate.status), so no result backend.
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+# A task is acknowledged only when it finishes, and a worker holds one task at a time, so a worker
+# that dies mid-training hands its task back instead of losing it or hoarding queued ones.
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TIME_LIMIT = _env_int("NASWEB_TASK_TIME_LIMIT", 6 * 3600)
+CELERY_TASK_SOFT_TIME_LIMIT = max(CELERY_TASK_TIME_LIMIT - 60, 1)
+# Redis re-delivers an unacknowledged task after visibility_timeout: it must outlast the longest
+# task, or a long (acks_late) task would run twice.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 3600}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TIMEZONE = TIME_ZONE
+
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        },
+    }
+else:
+    # Without Redis, events reach only consumers in the same process (dev server, tests).
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# --------------------------------------------------------------------------------------------
+# REST API
+# --------------------------------------------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "nasweb API",
+    "DESCRIPTION": "Neural architecture search for microcontrollers.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# --------------------------------------------------------------------------------------------
+# Logging: to stderr, INFO for nasweb's own code
+# --------------------------------------------------------------------------------------------
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "plain"}
+    },
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        "searches": {"level": os.environ.get("NASWEB_LOG_LEVEL", "INFO")},
+        "nasweb": {"level": os.environ.get("NASWEB_LOG_LEVEL", "INFO")},
+        # Replaces Django's own DEBUG-only console handler, so that nothing is printed twice.
+        "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
+    },
+}

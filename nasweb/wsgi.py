@@ -1,0 +1,11 @@
+"""WSGI entry point (HTTP only; websockets need the ASGI application)."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "nasweb.settings")
+
+application = get_wsgi_application()

@@ -1,0 +1,262 @@
+"""Database models: projects, hardware profiles, search runs and their candidates.
+
+Every row belongs to a user, directly (``owner``) or through its run; each model's manager has
+``for_user(user)`` so that views and the API never list another user's objects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+
+def _is_signed_in(user: Any) -> bool:
+    return user is not None and bool(getattr(user, "is_authenticated", False))
+
+
+class OwnedQuerySet(models.QuerySet):
+    """Rows whose ``owner`` is the given user; nothing for anonymous users."""
+
+    def for_user(self, user: Any) -> OwnedQuerySet:
+        if not _is_signed_in(user):
+            return self.none()
+        return self.filter(owner=user)
+
+
+# --------------------------------------------------------------------------------------------
+# Project
+# --------------------------------------------------------------------------------------------
+
+
+class Project(models.Model):
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="projects")
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    objects = OwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "name"], name="project_unique_name_per_owner"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+# --------------------------------------------------------------------------------------------
+# Hardware profile
+# --------------------------------------------------------------------------------------------
+
+
+class Core(models.TextChoices):
+    """MCU cores; the values are exactly the keys of ``searches.engine.resources.CORES``."""
+
+    AVR = "avr", "AVR 8-bit"
+    CORTEX_M0PLUS = "cortex-m0plus", "Cortex-M0+"
+    CORTEX_M3 = "cortex-m3", "Cortex-M3"
+    CORTEX_M4F = "cortex-m4f", "Cortex-M4F"
+    CORTEX_M7 = "cortex-m7", "Cortex-M7"
+    CORTEX_M33 = "cortex-m33", "Cortex-M33"
+    XTENSA_LX7 = "xtensa-lx7", "Xtensa LX7"
+
+
+class HardwareProfileQuerySet(models.QuerySet):
+    def presets(self) -> HardwareProfileQuerySet:
+        return self.filter(is_preset=True)
+
+    def for_user(self, user: Any) -> HardwareProfileQuerySet:
+        """The user's own profiles plus the built-in (read-only) presets."""
+        if not _is_signed_in(user):
+            return self.none()
+        return self.filter(Q(owner=user) | Q(is_preset=True))
+
+    def owned_by(self, user: Any) -> HardwareProfileQuerySet:
+        """Only the profiles the user may edit or delete."""
+        if not _is_signed_in(user):
+            return self.none()
+        return self.filter(owner=user)
+
+
+class HardwareProfile(models.Model):
+    """A memory/latency budget for one target: a built-in board preset or a user's own."""
+
+    # Null only for the built-in presets, which belong to nobody and are read-only.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="hardware_profiles",
+    )
+    name = models.CharField(max_length=200)
+    board = models.CharField(max_length=200, blank=True)
+    mcu = models.CharField("MCU", max_length=100, blank=True)
+    core = models.CharField(max_length=32, choices=Core.choices)
+    clock_mhz = models.FloatField("clock (MHz)", validators=[MinValueValidator(0.001)])
+    # 1 KB = 1024 bytes throughout nasweb.
+    sram_kb = models.PositiveIntegerField("SRAM (KB)", validators=[MinValueValidator(1)])
+    flash_kb = models.PositiveIntegerField("flash (KB)", validators=[MinValueValidator(1)])
+    latency_ms = models.FloatField("latency budget (ms)", null=True, blank=True)
+    is_preset = models.BooleanField(default=False, editable=False)
+    notes = models.CharField(max_length=200, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    objects = HardwareProfileQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-is_preset", "name", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(is_preset=True, owner__isnull=True) | Q(is_preset=False, owner__isnull=False),
+                name="hardwareprofile_preset_xor_owner",
+            ),
+            models.UniqueConstraint(fields=["owner", "name"], name="hardwareprofile_unique_name_per_owner"),
+            models.UniqueConstraint(
+                fields=["name"], condition=Q(is_preset=True), name="hardwareprofile_unique_preset_name"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def sram_bytes(self) -> int:
+        return self.sram_kb * 1024
+
+    @property
+    def flash_bytes(self) -> int:
+        return self.flash_kb * 1024
+
+
+# --------------------------------------------------------------------------------------------
+# Search run
+# --------------------------------------------------------------------------------------------
+
+
+class SearchRun(models.Model):
+    """One search: its configuration, its resumable engine state and its progress."""
+
+    class Strategy(models.TextChoices):
+        AGING_EVOLUTION = "aging_evolution", "Aging evolution (μNAS)"
+        RANDOM = "random", "Random search"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="search_runs")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, null=True, blank=True, related_name="runs")
+    # Deleting a profile keeps its runs: the budgets they searched under are in `config`.
+    profile = models.ForeignKey(
+        HardwareProfile, on_delete=models.SET_NULL, null=True, blank=True, related_name="runs"
+    )
+    name = models.CharField(max_length=200, blank=True)
+    dataset = models.CharField(max_length=64)
+    strategy = models.CharField(max_length=32, choices=Strategy.choices, default=Strategy.AGING_EVOLUTION)
+    # The engine's search configuration as JSON: bounds, population, sample size, budget,
+    # fidelity, seed.
+    config = models.JSONField(default=dict, blank=True)
+    # The engine's serialised search state; any worker resumes the run from it.
+    state = models.JSONField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    evaluated = models.PositiveIntegerField(default=0)
+    budget = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    # Id of the Celery task driving the run, to revoke it on cancel.
+    task_id = models.CharField(max_length=255, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    objects = OwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        indexes = [
+            models.Index(fields=["owner", "-created"], name="searchrun_owner_created"),
+            models.Index(fields=["status"], name="searchrun_status"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name or f"{self.get_strategy_display()} on {self.dataset} #{self.pk}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in {self.Status.PENDING, self.Status.RUNNING}
+
+
+# --------------------------------------------------------------------------------------------
+# Candidate
+# --------------------------------------------------------------------------------------------
+
+
+class CandidateQuerySet(models.QuerySet):
+    def for_user(self, user: Any) -> CandidateQuerySet:
+        """Candidates of the user's own runs."""
+        if not _is_signed_in(user):
+            return self.none()
+        return self.filter(run__owner=user)
+
+
+def weights_upload_to(candidate: Candidate, filename: str) -> str:
+    return f"weights/run-{candidate.run_id}/{filename}"
+
+
+class Candidate(models.Model):
+    """One evaluated (or rejected) architecture of a run."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        REJECTED = "rejected", "Rejected"
+
+    run = models.ForeignKey(SearchRun, on_delete=models.CASCADE, related_name="candidates")
+    # Position in the run's evaluation order (0-based); unique within the run.
+    index = models.PositiveIntegerField()
+    architecture = models.JSONField()
+    parent = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="children"
+    )
+    mutation = models.CharField(max_length=200, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    feasible = models.BooleanField(default=False)
+    on_pareto = models.BooleanField(default=False)
+    val_accuracy = models.FloatField(null=True, blank=True)
+    test_accuracy = models.FloatField(null=True, blank=True)
+    peak_sram_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    flash_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    macs = models.PositiveBigIntegerField(null=True, blank=True)
+    latency_ms = models.FloatField(null=True, blank=True)
+    params = models.PositiveBigIntegerField(null=True, blank=True)
+    train_seconds = models.FloatField(null=True, blank=True)
+    reject_reason = models.TextField(blank=True)
+    # Empty until trained weights are saved (under MEDIA_ROOT/weights/).
+    weights = models.FileField(upload_to=weights_upload_to, max_length=255, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    objects = CandidateQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["run", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "index"], name="candidate_unique_index_per_run"),
+        ]
+        indexes = [
+            models.Index(fields=["run", "status"], name="candidate_run_status"),
+            models.Index(fields=["run", "on_pareto"], name="candidate_run_pareto"),
+        ]
+
+    def __str__(self) -> str:
+        return f"candidate {self.index} of run {self.run_id}"

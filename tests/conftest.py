@@ -1,0 +1,47 @@
+"""Fixtures and settings shared by every test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+# Tests are marked by where they live, so `-m engine` / `-m "not e2e"` select whole trees.
+_MARKER_BY_FOLDER = {"engine": "engine", "web": "web", "integration": "integration", "e2e": "e2e"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = item.path.resolve()
+        if not path.is_relative_to(TESTS_DIR):
+            continue
+        parts = path.relative_to(TESTS_DIR).parts
+        marker = _MARKER_BY_FOLDER.get(parts[0]) if len(parts) > 1 else None
+        if marker is not None:
+            item.add_marker(marker)
+
+
+@pytest.fixture(autouse=True)
+def _web_test_settings(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Web tests run without Redis and without writing under var/.
+
+    Events go to an in-memory channel layer (integration tests, in their own tree, use the real
+    Redis from REDIS_URL) and saved files (trained weights) to a temporary MEDIA_ROOT.
+    """
+    if request.node.get_closest_marker("web") is None:
+        return
+    settings = request.getfixturevalue("settings")
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    settings.MEDIA_ROOT = tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture
+def user(django_user_model):
+    return django_user_model.objects.create_user(username="alice", password="alice-password")
+
+
+@pytest.fixture
+def other_user(django_user_model):
+    return django_user_model.objects.create_user(username="bob", password="bob-password")
