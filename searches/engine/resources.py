@@ -1,0 +1,103 @@
+"""Resource model of a candidate: exact peak SRAM, flash, MACs, and a labelled latency estimate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from searches.engine.arch import Architecture
+from searches.engine.graph import LayerInfo, build_graph
+from searches.engine.memory import MemoryPlan, plan_memory
+from searches.engine.opgraph import OpGraph
+
+
+@dataclass(frozen=True)
+class Core:
+    key: str
+    label: str
+    cycles_per_mac: float
+
+
+# Cycles per int8 multiply-accumulate for the kernels nasweb generates, by core.  These are
+# *estimates* (documented in docs/resources.md): single-issue cores without SIMD pay for two
+# loads, a multiply-add and loop overhead; DSP cores pair MACs with SMLAD; the M7 dual-issues.
+CORES: dict[str, Core] = {
+    c.key: c
+    for c in (
+        Core("avr", "AVR 8-bit", 12.0),
+        Core("cortex-m0plus", "Cortex-M0+", 9.0),
+        Core("cortex-m3", "Cortex-M3", 6.0),
+        Core("cortex-m4f", "Cortex-M4F", 3.0),
+        Core("cortex-m7", "Cortex-M7", 1.5),
+        Core("cortex-m33", "Cortex-M33", 3.0),
+        Core("xtensa-lx7", "Xtensa LX7", 2.0),
+    )
+}
+
+
+def latency_ms(macs: int, core: str, clock_mhz: float) -> float:
+    """Estimated inference latency: MACs x cycles-per-MAC of ``core`` / clock."""
+    if core not in CORES:
+        raise ValueError(f"unknown core {core!r}; known: {', '.join(CORES)}")
+    if clock_mhz <= 0:
+        raise ValueError("clock_mhz must be positive")
+    return macs * CORES[core].cycles_per_mac / (clock_mhz * 1e3)
+
+
+@dataclass(frozen=True)
+class ResourceReport:
+    graph: OpGraph
+    layers: list[LayerInfo]
+    memory: MemoryPlan
+
+    @property
+    def peak_sram_bytes(self) -> int:
+        return self.memory.peak_bytes
+
+    @property
+    def flash_bytes(self) -> int:
+        return sum(layer.flash_bytes for layer in self.layers)
+
+    @property
+    def macs(self) -> int:
+        return sum(layer.macs for layer in self.layers)
+
+    @property
+    def params(self) -> int:
+        return sum(layer.params for layer in self.layers)
+
+    def to_json(self) -> dict[str, Any]:
+        """The machine-readable report printed by ``manage.py analyze --json``."""
+        return {
+            "peak_sram_bytes": self.peak_sram_bytes,
+            "default_order_peak_sram_bytes": self.memory.default_peak_bytes,
+            "flash_bytes": self.flash_bytes,
+            "macs": self.macs,
+            "params": self.params,
+            "order": list(self.memory.order),
+            "timeline": list(self.memory.timeline),
+            "default_order": [op.id for op in self.graph.ops],
+            "default_timeline": list(self.memory.default_timeline),
+            "solver": self.memory.method,
+            "layers": [
+                {
+                    "name": layer.name,
+                    "op": layer.kind,
+                    "output_shape": list(layer.output_shape),
+                    "params": layer.params,
+                    "flash_bytes": layer.flash_bytes,
+                    "macs": layer.macs,
+                }
+                for layer in self.layers
+            ],
+            "graph": {
+                "tensors": [{"id": t.id, "bytes": t.bytes} for t in self.graph.tensors],
+                "ops": [{"id": o.id, "inputs": list(o.inputs), "outputs": list(o.outputs)} for o in self.graph.ops],
+            },
+        }
+
+
+def analyze(arch: Architecture) -> ResourceReport:
+    """Exact resource report of the int8 deployment of ``arch``."""
+    graph, layers = build_graph(arch)
+    return ResourceReport(graph, layers, plan_memory(graph))
