@@ -112,7 +112,9 @@ class Architecture:
                 {"branch": b.branch, "layers": [_layer_json(layer) for layer in b.layers]}
                 for b in self.conv_blocks
             ],
-            "pooling": None if self.pooling is None else {"type": self.pooling.type, "size": self.pooling.size},
+            "pooling": None
+            if self.pooling is None
+            else {"type": self.pooling.type, "size": self.pooling.size},
             "dense": [{"units": d.units} for d in self.dense],
         }
 
@@ -171,7 +173,8 @@ def layer_output_shape(layer: ConvLayer, shape: Shape) -> tuple[Shape | None, Sh
 
 @functools.lru_cache(maxsize=1)
 def load_schema() -> dict[str, Any]:
-    return json.loads(SCHEMA_PATH.read_text())  # type: ignore[no-any-return]
+    schema: dict[str, Any] = json.loads(SCHEMA_PATH.read_text())
+    return schema
 
 
 @functools.lru_cache(maxsize=1)
@@ -185,7 +188,7 @@ def from_json(data: Any) -> Architecture:
     """Parse and fully validate a JSON architecture; raise ArchitectureError naming the path."""
     _check_schema(data)
     arch = Architecture(
-        input_shape=tuple(data["input_shape"]),  # type: ignore[arg-type]
+        input_shape=tuple(data["input_shape"]),
         classes=data["classes"],
         conv_blocks=tuple(
             ConvBlock(
@@ -205,7 +208,9 @@ def loads(text: str) -> Architecture:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ArchitectureError("$", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+        raise ArchitectureError(
+            "$", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from exc
     return from_json(data)
 
 
@@ -214,7 +219,9 @@ def load_many(text: str) -> list[Architecture]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ArchitectureError("$", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+        raise ArchitectureError(
+            "$", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from exc
     if isinstance(data, list):
         archs = []
         for i, item in enumerate(data):
@@ -241,7 +248,9 @@ def _layer_from_json(data: dict[str, Any]) -> ConvLayer:
 
 
 def _check_schema(data: Any) -> None:
-    errors = sorted(_schema_validator().iter_errors(data), key=lambda e: (len(e.absolute_path), list(map(str, e.path))))
+    errors = sorted(
+        _schema_validator().iter_errors(data), key=lambda e: (len(e.absolute_path), list(map(str, e.path)))
+    )
     if errors:
         err = errors[0]
         path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
@@ -307,12 +316,15 @@ def block_output_shape(arch: Architecture, b: int, shape: Shape) -> Shape:
     for i, layer in enumerate(arch.conv_blocks[b].layers):
         path = f"$.conv_blocks[{b}].layers[{i}]"
         if layer.pre_pool and min(shape[0], shape[1]) < 2:
-            raise ArchitectureError(f"{path}.pre_pool", f"input {_fmt(shape)} is too small for a 2x2 pre-pool")
+            raise ArchitectureError(
+                f"{path}.pre_pool", f"input {_fmt(shape)} is too small for a 2x2 pre-pool"
+            )
         pooled, out = layer_output_shape(layer, shape)
         if min(out[0], out[1]) < 1:
             conv_in = pooled or shape
             raise ArchitectureError(
-                f"{path}.kernel", f"a valid {layer.kernel}x{layer.kernel} conv does not fit its input {_fmt(conv_in)}"
+                f"{path}.kernel",
+                f"a valid {layer.kernel}x{layer.kernel} conv does not fit its input {_fmt(conv_in)}",
             )
         shape = out
     return shape
@@ -338,7 +350,9 @@ def _validate_shapes(arch: Architecture) -> list[Shape]:
     if arch.pooling is not None and arch.pooling.size != "global":
         size = arch.pooling.size
         if min(shape[0], shape[1]) < size:
-            raise ArchitectureError("$.pooling.size", f"a {size}x{size} pool does not fit the feature map {_fmt(shape)}")
+            raise ArchitectureError(
+                "$.pooling.size", f"a {size}x{size} pool does not fit the feature map {_fmt(shape)}"
+            )
     return outputs
 
 

@@ -85,7 +85,7 @@ class _Builder:
             macs=macs,
             relu=layer.relu,
         )
-        attrs = {
+        attrs: dict[str, object] = {
             "kernel": k,
             "stride": layer.stride,
             "padding": layer.padding,
@@ -111,8 +111,15 @@ def build_graph(arch: Architecture) -> tuple[OpGraph, list[LayerInfo]]:
             current = outs[0]
         else:
             shape = b.shapes[outs[0]]
-            info = LayerInfo(f"add{g}", "add", tuple(b.shapes[o] for o in outs), shape, 0, 0,
-                             (len(outs) - 1) * _elements(shape))
+            info = LayerInfo(
+                f"add{g}",
+                "add",
+                tuple(b.shapes[o] for o in outs),
+                shape,
+                0,
+                0,
+                (len(outs) - 1) * _elements(shape),
+            )
             current = b.add(info, tuple(outs), {})
     current = _pooling(arch, b, current)
     features = _elements(b.shapes[current])

@@ -10,6 +10,7 @@ architecture lists its layers in) and must be topological.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -83,13 +84,12 @@ class OpGraph:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> OpGraph:
+    def from_json(cls, data: dict[str, Any]) -> OpGraph:
         tensors = tuple(
-            Tensor(str(t["id"]), int(t["bytes"]), tuple(t.get("shape", ())))  # type: ignore[index,union-attr,arg-type]
-            for t in data["tensors"]  # type: ignore[union-attr]
+            Tensor(str(t["id"]), int(t["bytes"]), tuple(t.get("shape", ()))) for t in data["tensors"]
         )
         ops = tuple(
-            Op(str(o["id"]), str(o.get("kind", "op")), tuple(o["inputs"]), tuple(o["outputs"]))  # type: ignore[index,union-attr,arg-type]
-            for o in data["ops"]  # type: ignore[union-attr]
+            Op(str(o["id"]), str(o.get("kind", "op")), tuple(o["inputs"]), tuple(o["outputs"]))
+            for o in data["ops"]
         )
         return cls(tensors, ops)

@@ -92,7 +92,9 @@ class ResourceReport:
             ],
             "graph": {
                 "tensors": [{"id": t.id, "bytes": t.bytes} for t in self.graph.tensors],
-                "ops": [{"id": o.id, "inputs": list(o.inputs), "outputs": list(o.outputs)} for o in self.graph.ops],
+                "ops": [
+                    {"id": o.id, "inputs": list(o.inputs), "outputs": list(o.outputs)} for o in self.graph.ops
+                ],
             },
         }
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 from searches.engine import arch as A
 from searches.engine.arch import Architecture, ArchitectureError, ConvBlock, ConvLayer, Dense, Pooling
@@ -210,7 +210,9 @@ def _block_edits(arch: Architecture, rng: random.Random, config: SpaceConfig) ->
         if b > 0:
             flipped = replace(block, branch=not block.branch)
             what = "make block {b} a branch" if not block.branch else "make block {b} sequential"
-            edits.append(Edit("blocks", what.format(b=b), _set_blocks([*blocks[:b], flipped, *blocks[b + 1 :]])))
+            edits.append(
+                Edit("blocks", what.format(b=b), _set_blocks([*blocks[:b], flipped, *blocks[b + 1 :]]))
+            )
         for i in range(len(block.layers)):
             if len(block.layers) > A.MIN_LAYERS:
                 layers = block.layers[:i] + block.layers[i + 1 :]
@@ -228,7 +230,9 @@ def _replace_layers(
     return _set_blocks([*blocks[:b], replace(blocks[b], layers=tuple(layers)), *blocks[b + 1 :]])
 
 
-def _with_layer(arch: Architecture, b: int, i: int, layer: ConvLayer) -> Callable[[Architecture], Architecture]:
+def _with_layer(
+    arch: Architecture, b: int, i: int, layer: ConvLayer
+) -> Callable[[Architecture], Architecture]:
     block = arch.conv_blocks[b]
     layers = (*block.layers[:i], layer, *block.layers[i + 1 :])
     return _replace_layers(list(arch.conv_blocks), b, layers)
@@ -241,21 +245,48 @@ def _layer_edits(arch: Architecture) -> list[Edit]:
             name = f"b{b}l{i}"
             for flag in ("batchnorm", "relu", "pre_pool"):
                 value = not getattr(layer, flag)
-                edits.append(Edit("layer", f"{name}: {flag} {'on' if value else 'off'}",
-                                  _with_layer(arch, b, i, replace(layer, **{flag: value}))))
-            padding = "valid" if layer.padding == "same" else "same"
-            edits.append(Edit("layer", f"{name}: padding {padding}", _with_layer(arch, b, i, replace(layer, padding=padding))))
+                edits.append(
+                    Edit(
+                        "layer",
+                        f"{name}: {flag} {'on' if value else 'off'}",
+                        _with_layer(arch, b, i, _with_flag(layer, flag, value)),
+                    )
+                )
+            padding: Literal["same", "valid"] = "valid" if layer.padding == "same" else "same"
+            edits.append(
+                Edit(
+                    "layer",
+                    f"{name}: padding {padding}",
+                    _with_layer(arch, b, i, replace(layer, padding=padding)),
+                )
+            )
             for op in A.OPS:
                 if op != layer.op:
-                    edits.append(Edit("layer", f"{name}: op {layer.op} -> {op}",
-                                      _with_layer(arch, b, i, _convert_op(layer, op))))
+                    edits.append(
+                        Edit(
+                            "layer",
+                            f"{name}: op {layer.op} -> {op}",
+                            _with_layer(arch, b, i, _convert_op(layer, op)),
+                        )
+                    )
             if layer.op != "conv1x1":
                 for step in (-2, 2):
                     if layer.kernel + step in A.KERNELS:
-                        edits.append(Edit("layer", f"{name}: kernel {layer.kernel + step}",
-                                          _with_layer(arch, b, i, replace(layer, kernel=layer.kernel + step))))
+                        edits.append(
+                            Edit(
+                                "layer",
+                                f"{name}: kernel {layer.kernel + step}",
+                                _with_layer(arch, b, i, replace(layer, kernel=layer.kernel + step)),
+                            )
+                        )
                 stride = 3 - layer.stride
-                edits.append(Edit("layer", f"{name}: stride {stride}", _with_layer(arch, b, i, replace(layer, stride=stride))))
+                edits.append(
+                    Edit(
+                        "layer",
+                        f"{name}: stride {stride}",
+                        _with_layer(arch, b, i, replace(layer, stride=stride)),
+                    )
+                )
     return edits
 
 
@@ -278,8 +309,13 @@ def _filter_edits(arch: Architecture) -> list[Edit]:
             for step in FILTER_STEPS:
                 value = layer.filters + step
                 if A.MIN_FILTERS <= value <= A.MAX_FILTERS:
-                    edits.append(Edit("filters", f"b{b}l{i}: filters {step:+d}",
-                                      _with_layer(arch, b, i, replace(layer, filters=value))))
+                    edits.append(
+                        Edit(
+                            "filters",
+                            f"b{b}l{i}: filters {step:+d}",
+                            _with_layer(arch, b, i, replace(layer, filters=value)),
+                        )
+                    )
     return edits
 
 
@@ -287,19 +323,41 @@ def _pooling_edits(arch: Architecture, rng: random.Random, config: SpaceConfig) 
     p = arch.pooling
     if p is None:
         new = random_pooling(rng, config)
-        return [Edit("pooling", f"add {new.type} pooling {new.size}", lambda a: replace(a, pooling=new))]
+        return [Edit("pooling", f"add {new.type} pooling {new.size}", _set_pooling(new))]
+    other: Literal["avg", "max"] = "max" if p.type == "avg" else "avg"
     edits = [
-        Edit("pooling", "remove pooling", lambda a: replace(a, pooling=None)),
-        Edit("pooling", f"pooling type {'max' if p.type == 'avg' else 'avg'}",
-             lambda a: replace(a, pooling=replace(p, type="max" if p.type == "avg" else "avg"))),
+        Edit("pooling", "remove pooling", _set_pooling(None)),
+        Edit("pooling", f"pooling type {other}", _set_pooling(replace(p, type=other))),
     ]
-    sizes: list[int | str] = [*A.POOL_SIZES, "global"]
+    sizes: list[int | Literal["global"]] = [*A.POOL_SIZES, "global"]
     pos = sizes.index(p.size)
     for step in (-1, 1):
         if 0 <= pos + step < len(sizes):
             size = sizes[pos + step]
-            edits.append(Edit("pooling", f"pooling size {size}", lambda a, s=size: replace(a, pooling=replace(p, size=s))))
+            edits.append(
+                Edit(
+                    "pooling",
+                    f"pooling size {size}",
+                    _set_pooling(replace(p, size=size)),
+                )
+            )
     return edits
+
+
+def _set_pooling(pooling: Pooling | None) -> Callable[[Architecture], Architecture]:
+    return lambda a: replace(a, pooling=pooling)
+
+
+def _set_dense(dense: tuple[Dense, ...]) -> Callable[[Architecture], Architecture]:
+    return lambda a: replace(a, dense=dense)
+
+
+def _with_flag(layer: ConvLayer, flag: str, value: bool) -> ConvLayer:
+    if flag == "batchnorm":
+        return replace(layer, batchnorm=value)
+    if flag == "relu":
+        return replace(layer, relu=value)
+    return replace(layer, pre_pool=value)
 
 
 def _dense_edits(arch: Architecture) -> list[Edit]:
@@ -307,14 +365,20 @@ def _dense_edits(arch: Architecture) -> list[Edit]:
     edits = []
     if len(dense) < A.MAX_DENSE:
         units = dense[-1].units if dense else 64
-        edits.append(Edit("dense", f"append dense {units}", lambda a: replace(a, dense=(*dense, Dense(units)))))
+        edits.append(Edit("dense", f"append dense {units}", _set_dense((*dense, Dense(units)))))
     for j, d in enumerate(dense):
-        edits.append(Edit("dense", f"remove dense{j}", lambda a, j=j: replace(a, dense=tuple(dense[:j] + dense[j + 1 :]))))
+        edits.append(
+            Edit(
+                "dense",
+                f"remove dense{j}",
+                _set_dense(tuple(dense[:j] + dense[j + 1 :])),
+            )
+        )
         for step in FILTER_STEPS:
             value = d.units + step
             if A.MIN_UNITS <= value <= A.MAX_UNITS:
                 new = (*dense[:j], Dense(value), *dense[j + 1 :])
-                edits.append(Edit("dense", f"dense{j}: units {step:+d}", lambda a, n=new: replace(a, dense=n)))
+                edits.append(Edit("dense", f"dense{j}: units {step:+d}", _set_dense(new)))
     return edits
 
 
@@ -326,7 +390,9 @@ def apply_edit(arch: Architecture, edit: Edit, config: SpaceConfig) -> Mutation:
     except ArchitectureError as exc:
         return Mutation(edit.description, reject_reason=str(exc))
     if config.max_ops is not None and count_ops(child) > config.max_ops:
-        return Mutation(edit.description, reject_reason=f"{count_ops(child)} ops exceed the limit of {config.max_ops}")
+        return Mutation(
+            edit.description, reject_reason=f"{count_ops(child)} ops exceed the limit of {config.max_ops}"
+        )
     return Mutation(edit.description, child=child)
 
 

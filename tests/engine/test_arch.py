@@ -17,8 +17,20 @@ GOOD = {
     "input_shape": [8, 8, 1],
     "classes": 10,
     "conv_blocks": [
-        {"layers": [{"op": "conv2d", "kernel": 3, "filters": 8, "stride": 1, "padding": "same",
-                     "pre_pool": False, "batchnorm": True, "relu": True}]},
+        {
+            "layers": [
+                {
+                    "op": "conv2d",
+                    "kernel": 3,
+                    "filters": 8,
+                    "stride": 1,
+                    "padding": "same",
+                    "pre_pool": False,
+                    "batchnorm": True,
+                    "relu": True,
+                }
+            ]
+        },
         {"layers": [{"op": "dwconv2d", "kernel": 3, "filters": None, "stride": 2}]},
         {"branch": True, "layers": [{"op": "conv2d", "kernel": 5, "filters": 8, "stride": 2}]},
     ],
@@ -52,7 +64,12 @@ def test_defaults_are_filled() -> None:
     ("path", "value", "where", "words"),
     [
         (["version"], 2, "$.version", "1 was expected"),
-        (["conv_blocks", 0, "layers", 0, "kernel"], 4, "$.conv_blocks[0].layers[0].kernel", "4 is not one of"),
+        (
+            ["conv_blocks", 0, "layers", 0, "kernel"],
+            4,
+            "$.conv_blocks[0].layers[0].kernel",
+            "4 is not one of",
+        ),
         (["conv_blocks", 0, "layers", 0, "filters"], 129, "$.conv_blocks[0].layers[0].filters", "129"),
         (["conv_blocks", 0, "layers", 0, "colour"], "red", "$.conv_blocks[0].layers[0]", "colour"),
         (["dense", 0, "units"], 5, "$.dense[0].units", "5"),
@@ -74,8 +91,10 @@ def test_errors_name_the_path(path: list[object], value: object, where: str, wor
 
 
 def test_a_valid_conv_that_does_not_fit_is_rejected() -> None:
-    data = _broken(["conv_blocks", 0, "layers", 0], {"op": "conv2d", "kernel": 7, "filters": 4,
-                                                     "padding": "valid", "pre_pool": True})
+    data = _broken(
+        ["conv_blocks", 0, "layers", 0],
+        {"op": "conv2d", "kernel": 7, "filters": 4, "padding": "valid", "pre_pool": True},
+    )
     with pytest.raises(A.ArchitectureError) as info:
         A.from_json(data)
     assert info.value.path == "$.conv_blocks[0].layers[0].kernel"

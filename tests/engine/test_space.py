@@ -108,22 +108,32 @@ def _category(description: str) -> str:
 
 def test_branch_filters_follow_their_group() -> None:
     arch = A.Architecture(
-        (8, 8, 1), 10,
+        (8, 8, 1),
+        10,
         (A.ConvBlock((A.ConvLayer(filters=8),)), A.ConvBlock((A.ConvLayer(filters=3),), branch=True)),
     )
     repaired = S.repair(arch)
     assert repaired.conv_blocks[1].layers[-1].filters == 8
-    edits = [e for e in S.enumerate_edits(repaired, random.Random(0), DIGITS) if e.description.startswith("b0l0: filters")]
+    edits = [
+        e
+        for e in S.enumerate_edits(repaired, random.Random(0), DIGITS)
+        if e.description.startswith("b0l0: filters")
+    ]
     child = S.apply_edit(repaired, edits[0], DIGITS).child
     assert child is not None
     assert child.conv_blocks[1].layers[-1].filters == child.conv_blocks[0].layers[-1].filters
 
 
 def test_removing_block_zero_makes_the_next_block_sequential() -> None:
-    arch = S.repair(A.Architecture(
-        (8, 8, 1), 10,
-        (A.ConvBlock((A.ConvLayer(filters=8),)), A.ConvBlock((A.ConvLayer(filters=8),), branch=True)),
-    ))
-    edit = next(e for e in S.enumerate_edits(arch, random.Random(0), DIGITS) if e.description == "remove block 0")
+    arch = S.repair(
+        A.Architecture(
+            (8, 8, 1),
+            10,
+            (A.ConvBlock((A.ConvLayer(filters=8),)), A.ConvBlock((A.ConvLayer(filters=8),), branch=True)),
+        )
+    )
+    edit = next(
+        e for e in S.enumerate_edits(arch, random.Random(0), DIGITS) if e.description == "remove block 0"
+    )
     child = S.apply_edit(arch, edit, DIGITS).child
     assert child is not None and not child.conv_blocks[0].branch
