@@ -240,17 +240,18 @@ def test_many_outstanding_asks_told_out_of_order() -> None:
 
 
 @pytest.mark.parametrize("strategy_name", ["aging_evolution", "random"])
-def test_save_and_load_between_steps_changes_nothing(strategy_name: str) -> None:
+@pytest.mark.parametrize(("before", "after"), [(2, 2), (3, 3)])
+def test_save_and_load_between_steps_changes_nothing(strategy_name: str, before: int, after: int) -> None:
     cfg = config(strategy=strategy_name, population=2, budget=10)
     straight, straight_log = S.make_strategy(cfg), list[dict[str, object]]()
-    for _ in range(6):
+    for _ in range(before + after):
         step(straight, straight_log)
 
     resumed, resumed_log = S.make_strategy(cfg), list[dict[str, object]]()
-    for _ in range(3):
+    for _ in range(before):
         step(resumed, resumed_log)
     resumed = round_trip(resumed)
-    for _ in range(3):
+    for _ in range(after):
         step(resumed, resumed_log)
 
     assert resumed_log == straight_log
