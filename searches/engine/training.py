@@ -1,0 +1,458 @@
+"""Build the float PyTorch model of a candidate and train it on the CPU, deterministically.
+
+The model mirrors :mod:`searches.engine.graph` layer for layer, so its trained weights map
+1:1 onto the deployed int8 graph:
+
+* input is NCHW (``(N, C, H, W)``); the architecture's ``(H, W, C)`` shapes are kept, only
+  the memory order differs;
+* a conv layer is: optional 2x2/2 max pre-pool, TensorFlow 'same' zero padding (the
+  extra row/column goes bottom/right: asymmetric padding is an explicit ``F.pad``, symmetric
+  padding is left to the conv, which computes the same numbers faster), a conv with
+  ``bias=True`` (the bias is where batchnorm is folded at export), optional BatchNorm2d,
+  optional ReLU; ``dwconv2d`` is a grouped conv with ``groups = C``;
+* parallel blocks of a group run on the same input and their outputs are summed;
+* pooling is avg/max of size ``s`` with stride ``s`` (no padding, floor) or global;
+* the feature map is flattened in **H, W, C order** (permuted to NHWC first), which is the
+  order the C export flattens in, so dense weights need no reordering;
+* hidden dense layers have ReLU and 0.15 dropout before them (training only, as μNAS);
+  the classifier outputs logits.
+
+Parameter counts equal ``sum(LayerInfo.params)`` of :func:`graph.build_graph` when no
+layer has batchnorm; each batchnorm adds ``2·C`` trainable parameters (gamma, beta; its
+running mean/var are buffers), which folding removes again at export.
+
+Module names follow the architecture: ``blocks.{b}.{i}.conv`` is layer ``i`` of block ``b``
+(``b{b}l{i}`` in the graph), ``dense.{i}`` the hidden dense layers and ``logits`` the
+classifier.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from searches.engine.arch import Architecture, ConvLayer, Shape, layer_output_shape, same_padding, validate
+from searches.engine.datasets import Dataset, stratified_split
+
+DROPOUT = 0.15
+EVAL_BATCH = 250  # measured fastest on one thread (docs/benchmarks.md)
+WARMUP_FRACTION = 0.05
+SPLIT_SEED = 0
+STOP_POLL_SECONDS = 0.5
+
+
+# ---- model -----------------------------------------------------------------------------
+
+
+class ConvUnit(nn.Module):
+    """One conv layer of a block: pre-pool, 'same' pad, conv (+bias), batchnorm, ReLU."""
+
+    def __init__(self, layer: ConvLayer, in_shape: Shape) -> None:
+        super().__init__()
+        pooled, out = layer_output_shape(layer, in_shape)
+        h, w, c = pooled or in_shape
+        self.pre_pool = layer.pre_pool
+        self.relu = layer.relu
+        self.pad: tuple[int, int, int, int] | None = None
+        conv_pad = (0, 0)
+        if layer.padding == "same":
+            top, bottom = same_padding(h, layer.kernel, layer.stride)
+            left, right = same_padding(w, layer.kernel, layer.stride)
+            if top == bottom and left == right:
+                # Symmetric: the conv's own zero padding gives the same numbers without
+                # F.pad's copy (measured ~10% faster training, docs/benchmarks.md).
+                conv_pad = (top, left)
+            else:
+                self.pad = (left, right, top, bottom)
+        groups = c if layer.op == "dwconv2d" else 1
+        self.conv = nn.Conv2d(
+            c, out[2], layer.kernel, stride=layer.stride, padding=conv_pad, groups=groups, bias=True
+        )
+        self.bn = nn.BatchNorm2d(out[2]) if layer.batchnorm else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the layer to an NCHW batch."""
+        if self.pre_pool:
+            x = F.max_pool2d(x, 2, 2)
+        if self.pad is not None:
+            x = F.pad(x, self.pad)
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        return F.relu(x) if self.relu else x
+
+
+class ArchNet(nn.Module):
+    """The float model of an :class:`Architecture`; takes NCHW input, returns logits."""
+
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__()
+        block_shapes = validate(arch)
+        self.arch = arch
+        self.groups = arch.groups()
+        blocks: list[nn.Sequential] = []
+        shape: Shape = tuple(arch.input_shape)  # type: ignore[assignment]
+        for group in self.groups:
+            for b in group:
+                blocks.append(self._block(arch, b, shape))
+            shape = block_shapes[group[0]]
+        self.blocks = nn.ModuleList(blocks)
+        self.pool = arch.pooling
+        features = _features(arch, shape)
+        dense: list[nn.Linear] = []
+        for d in arch.dense:
+            dense.append(nn.Linear(features, d.units))
+            features = d.units
+        self.dense = nn.ModuleList(dense)
+        self.dropout = nn.Dropout(DROPOUT)
+        self.logits = nn.Linear(features, arch.classes)
+
+    @staticmethod
+    def _block(arch: Architecture, b: int, shape: Shape) -> nn.Sequential:
+        units = []
+        for layer in arch.conv_blocks[b].layers:
+            units.append(ConvUnit(layer, shape))
+            shape = layer_output_shape(layer, shape)[1]
+        return nn.Sequential(*units)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv trunk and pooling: NCHW in, NCHW feature map out."""
+        for group in self.groups:
+            out = self.blocks[group[0]](x)
+            for b in group[1:]:
+                out = out + self.blocks[b](x)
+            x = out
+        if self.pool is None:
+            return x
+        if self.pool.size == "global":
+            return x.mean((2, 3), keepdim=True) if self.pool.type == "avg" else x.amax((2, 3), keepdim=True)
+        s = int(self.pool.size)
+        return F.avg_pool2d(x, s, s) if self.pool.type == "avg" else F.max_pool2d(x, s, s)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for an NCHW batch."""
+        # Flatten in H, W, C order: the order the int8 export lays the feature map out in.
+        x = self.features(x).permute(0, 2, 3, 1).flatten(1)
+        for layer in self.dense:
+            x = F.relu(layer(self.dropout(x)))
+        return self.logits(x)
+
+
+def _features(arch: Architecture, shape: Shape) -> int:
+    h, w, c = shape
+    if arch.pooling is None:
+        return h * w * c
+    if arch.pooling.size == "global":
+        return c
+    s = int(arch.pooling.size)
+    return (h // s) * (w // s) * c
+
+
+def build_model(arch: Architecture) -> ArchNet:
+    """The float model of ``arch`` (PyTorch default initialisation; seed torch first)."""
+    return ArchNet(arch)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def to_nchw(x: np.ndarray) -> torch.Tensor:
+    """A float32 NCHW tensor from NHWC images (a channels-last view when possible, no copy)."""
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).permute(0, 3, 1, 2)
+
+
+# ---- fidelity and results ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """How hard to train one candidate: the knobs that trade accuracy for search speed.
+
+    The defaults are a fast-search setting for Fashion-MNIST-sized data, picked from the
+    measurements in docs/benchmarks.md: 2 epochs over a stratified 10,000-image subset ranks
+    candidates almost as a 5-epoch x 20,000 run does for a fifth of the training; AdamW at lr 2e-2
+    with warm-up + cosine trained the benchmark candidates best in few epochs; batch 64
+    balances steps per second against updates per epoch.  ``train_subset=None`` trains on the
+    whole training split; ``seed`` drives initialisation, shuffling and dropout.
+    """
+
+    epochs: int = 2
+    train_subset: int | None = 10000
+    batch_size: int = 64
+    lr: float = 2e-2
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.1
+    seed: int = 0
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError("epochs must be >= 1")
+        if self.train_subset is not None and self.train_subset < 2:
+            raise ValueError("train_subset must be >= 2 or None")
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be >= 2 (batchnorm needs two samples)")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError("lr must be > 0 and weight_decay >= 0")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError("val_fraction must be in (0, 1)")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError("optimizer must be 'adamw' or 'sgd'")
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """One epoch of training: mean training loss and validation accuracy after it."""
+
+    epoch: int
+    loss: float
+    val_accuracy: float
+    seconds: float
+
+
+@dataclass(frozen=True, eq=False)
+class TrainResult:
+    """Accuracies of the final weights, timings, per-epoch history and the weights themselves."""
+
+    val_accuracy: float
+    test_accuracy: float
+    train_seconds: float
+    total_seconds: float
+    epochs: int
+    history: tuple[EpochStats, ...]
+    state_dict: dict[str, torch.Tensor] = field(repr=False)
+    params: int
+    train_samples: int
+    val_samples: int
+    diverged: bool = False
+
+
+class TrainingStopped(Exception):
+    """Raised inside training when the ``stop`` callable asks to abandon the candidate."""
+
+
+# ---- training ----------------------------------------------------------------------------
+
+
+DEFAULT_THREADS = 1
+
+
+def default_threads() -> int:
+    """Intra-op threads per evaluation: 1 (run one evaluation per core; see docs/benchmarks.md)."""
+    # Measured on 2 cores: 2 threads train 1.5x faster than 1 on an idle machine, two 1-thread
+    # evaluations side by side 1.9x, but two 2-thread ones 10x *slower* (OpenMP threads spin
+    # waiting for a core).  One thread is robust, and its results do not depend on core count.
+    return DEFAULT_THREADS
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: how many 1-thread evaluations to run side by side."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def _torch_state(threads: int, seed: int) -> Iterator[None]:
+    """Seed torch's global RNG (init, dropout) and pin the thread count; restore both afterwards."""
+    # No torch.use_deterministic_algorithms: every op used here is deterministic on the CPU for a
+    # fixed thread count (the tests train twice and compare weights bit for bit), and its first
+    # call imports torch._dynamo and inductor, seconds per process (docs/benchmarks.md).
+    old_threads = torch.get_num_threads()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old_threads)
+
+
+def split_indices(y_train: np.ndarray, fidelity: Fidelity) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, val_idx) into the training set: stratified validation split, then the subset.
+
+    Both use the fixed ``SPLIT_SEED``, not ``fidelity.seed``: every candidate of every search
+    on a dataset is then trained on the same images and ranked on the same validation images.
+    """
+    train_idx, val_idx = stratified_split(y_train, fidelity.val_fraction, SPLIT_SEED)
+    if fidelity.train_subset is not None and fidelity.train_subset < len(train_idx):
+        fraction = fidelity.train_subset / len(train_idx)
+        _, keep = stratified_split(y_train[train_idx], fraction, SPLIT_SEED + 1)
+        train_idx = train_idx[keep]
+    return train_idx, val_idx
+
+
+@torch.inference_mode()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH) -> float:
+    """Top-1 accuracy of ``model`` (put in eval mode) on NCHW ``x`` and labels ``y``."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(y), batch_size):
+        logits = model(x[start : start + batch_size])
+        correct += int((logits.argmax(1) == y[start : start + batch_size]).sum())
+    return correct / max(1, len(y))
+
+
+def _lr_at(step: int, total: int, base: float) -> float:
+    # Short linear warm-up then cosine decay to zero: robust for few-epoch runs.
+    warmup = max(1, int(total * WARMUP_FRACTION))
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _optimizer(model: nn.Module, fidelity: Fidelity) -> torch.optim.Optimizer:
+    if fidelity.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=fidelity.lr,
+            momentum=0.9,
+            nesterov=True,
+            weight_decay=fidelity.weight_decay,
+        )
+    # The fused CPU kernel updates all parameters in one call (measured ~10% faster steps).
+    return torch.optim.AdamW(
+        model.parameters(), lr=fidelity.lr, weight_decay=fidelity.weight_decay, fused=True
+    )
+
+
+def _check_compatible(arch: Architecture, dataset: Dataset) -> None:
+    if tuple(arch.input_shape) != tuple(dataset.input_shape):
+        raise ValueError(
+            f"architecture input {arch.input_shape} does not match the dataset's {dataset.input_shape}"
+        )
+    if arch.classes != dataset.classes:
+        raise ValueError(f"architecture has {arch.classes} classes but the dataset has {dataset.classes}")
+
+
+def train_and_evaluate(
+    arch: Architecture,
+    dataset: Dataset,
+    fidelity: Fidelity | None = None,
+    callback: Callable[[EpochStats], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+    *,
+    threads: int | None = None,
+    channels_last: bool = False,
+) -> TrainResult:
+    """Train ``arch`` on the training split at ``fidelity``; report final-weight val/test accuracy.
+
+    ``callback`` gets each epoch's stats; ``stop`` is polled at the start of every epoch and
+    then at most every ``STOP_POLL_SECONDS``, and makes training raise
+    :class:`TrainingStopped` when it returns True.  ``fidelity.seed`` drives initialisation,
+    shuffling and dropout; results are bit-identical for identical inputs and ``threads``.
+    ``threads`` (default :func:`default_threads`) is a process-wide torch setting, set for the
+    call and restored after it.
+    """
+    fidelity = fidelity or Fidelity()
+    _check_compatible(arch, dataset)
+    start = time.perf_counter()
+    train_idx, val_idx = split_indices(dataset.y_train, fidelity)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x_train = to_nchw(dataset.x_train[train_idx]).contiguous(memory_format=fmt)
+    y_train = torch.from_numpy(dataset.y_train[train_idx])
+    x_val = to_nchw(dataset.x_train[val_idx]).contiguous(memory_format=fmt)
+    y_val = torch.from_numpy(dataset.y_train[val_idx])
+    with _torch_state(threads or default_threads(), fidelity.seed):
+        model = build_model(arch).to(memory_format=fmt)  # type: ignore[call-overload]
+        t0 = time.perf_counter()
+        history, diverged = _fit(model, x_train, y_train, x_val, y_val, fidelity, callback, stop)
+        train_seconds = time.perf_counter() - t0
+        x_test = to_nchw(dataset.x_test).contiguous(memory_format=fmt)
+        test_acc = accuracy(model, x_test, torch.from_numpy(dataset.y_test))
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    return TrainResult(
+        val_accuracy=history[-1].val_accuracy,
+        test_accuracy=test_acc,
+        train_seconds=train_seconds,
+        total_seconds=time.perf_counter() - start,
+        epochs=len(history),
+        history=tuple(history),
+        state_dict=state,
+        params=count_params(model),
+        train_samples=len(train_idx),
+        val_samples=len(val_idx),
+        diverged=diverged,
+    )
+
+
+def _fit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    fidelity: Fidelity,
+    callback: Callable[[EpochStats], None] | None,
+    stop: Callable[[], bool] | None,
+) -> tuple[list[EpochStats], bool]:
+    """The training loop: returns the per-epoch history and whether the loss diverged."""
+    gen = torch.Generator().manual_seed(fidelity.seed)
+    opt = _optimizer(model, fidelity)
+    n = len(y)
+    bs = min(fidelity.batch_size, n)
+    # Drop the ragged tail (a different one each epoch): a batch of one breaks batchnorm.
+    per_epoch = max(1, n // bs)
+    total = per_epoch * fidelity.epochs
+    history: list[EpochStats] = []
+    step = 0
+    for epoch in range(fidelity.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        loss_sum = torch.zeros(())
+        polled = -math.inf
+        for i in range(per_epoch):
+            # Rate-limited: the caller's stop check may be a database or broker query.
+            if stop is not None and time.perf_counter() - polled >= STOP_POLL_SECONDS:
+                polled = time.perf_counter()
+                if stop():
+                    raise TrainingStopped(f"stopped in epoch {epoch + 1}")
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, total, fidelity.lr)
+            idx = perm[i * bs : (i + 1) * bs]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.detach()
+            step += 1
+        mean_loss = float(loss_sum) / per_epoch
+        stats = EpochStats(epoch + 1, mean_loss, accuracy(model, x_val, y_val), time.perf_counter() - t0)
+        history.append(stats)
+        if callback is not None:
+            callback(stats)
+        if not math.isfinite(mean_loss):
+            return history, True
+    return history, False
+
+
+# ---- weights on disk -------------------------------------------------------------------
+
+
+def save_weights(state_dict: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
+    """Write a state dict of plain tensors with ``torch.save`` (loadable with weights_only=True)."""
+    torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, Path(path))
+
+
+def load_weights(arch: Architecture, path: str | os.PathLike[str]) -> ArchNet:
+    """Rebuild ``arch``'s model and load weights saved by :func:`save_weights` (no pickle)."""
+    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    model = build_model(arch)
+    model.load_state_dict(state)
+    return model.eval()
