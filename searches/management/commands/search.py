@@ -1,0 +1,133 @@
+"""``manage.py search``: run a search in-process, store it like the dashboard's runs, print its front."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from tqdm import tqdm
+
+from searches.engine.datasets import DATASETS, DatasetError
+from searches.engine.search import STRATEGIES, SearchEvent
+from searches.engine.training import Fidelity
+from searches.models import Candidate, HardwareProfile, SearchRun
+from searches.services import runs
+
+
+class Command(BaseCommand):
+    help = "Run a NAS search on a dataset under a board's limits, store it and print the Pareto front."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--dataset", default="digits", help=f"one of {', '.join(DATASETS)}")
+        parser.add_argument("--profile", help="name of a board preset or of your own hardware profile")
+        parser.add_argument("--sram-kb", type=float, help="peak SRAM limit in KB (overrides the profile)")
+        parser.add_argument("--flash-kb", type=float, help="flash limit in KB (overrides the profile)")
+        parser.add_argument(
+            "--latency-ms", type=float, help="latency budget (needs a profile for core and clock)"
+        )
+        parser.add_argument("--budget", type=int, default=30, help="number of candidates to train")
+        parser.add_argument("--strategy", choices=STRATEGIES, default="aging_evolution")
+        parser.add_argument("--population", type=int, help="population size (default: budget/3, 4..100)")
+        parser.add_argument("--sample-size", type=int, help="tournament sample size (default: population/4)")
+        parser.add_argument("--epochs", type=int, help="training epochs per candidate")
+        parser.add_argument("--train-subset", type=int, help="train on at most this many samples")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--user", default="demo", help="owner of the stored run (created if missing)")
+        parser.add_argument("--resume", type=int, metavar="RUN_ID", help="continue a stopped run")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        run = self._resume(options) if options["resume"] else self._create(options)
+        self.stdout.write(f"run #{run.pk}: {run.strategy} on {run.dataset}, budget {run.budget}")
+        with tqdm(
+            total=run.budget, initial=run.evaluated, unit="cand", disable=options["verbosity"] < 1
+        ) as bar:
+
+            def progress(event: SearchEvent) -> None:
+                if event.kind in ("evaluated", "failed"):
+                    bar.update(1)
+                    acc = getattr(event.result, "val_accuracy", None)
+                    if acc is not None:
+                        bar.set_postfix_str(f"last val acc {acc:.3f}")
+
+            try:
+                runs.run_in_process(run, on_event=progress)
+            except KeyboardInterrupt:
+                self.stdout.write(f"\nstopped; resume with: manage.py search --resume {run.pk}")
+                return
+        run.refresh_from_db()
+        self._print_summary(run)
+
+    def _user(self, username: str) -> Any:
+        user, _ = get_user_model().objects.get_or_create(username=username)
+        return user
+
+    def _create(self, options: dict[str, Any]) -> SearchRun:
+        user = self._user(options["user"])
+        profile = None
+        if options["profile"]:
+            profile = HardwareProfile.objects.for_user(user).filter(name=options["profile"]).first()
+            if profile is None:
+                names = ", ".join(HardwareProfile.objects.for_user(user).values_list("name", flat=True))
+                raise CommandError(
+                    f"no hardware profile named {options['profile']!r}; choose one of: {names}"
+                )
+        if options["latency_ms"] is not None and profile is None:
+            raise CommandError("--latency-ms needs --profile (the core and clock turn MACs into time)")
+        if options["budget"] < 1:
+            raise CommandError("--budget must be at least 1")
+        try:
+            dataset = runs.get_dataset(options["dataset"])
+        except DatasetError as exc:
+            raise CommandError(str(exc)) from exc
+        base = runs.default_fidelity(dataset.name)
+        fidelity = Fidelity(
+            **{
+                **base.__dict__,
+                **({"epochs": options["epochs"]} if options["epochs"] else {}),
+                **({"train_subset": options["train_subset"]} if options["train_subset"] else {}),
+            }
+        )
+        limits = runs.limits_for(profile, options["sram_kb"], options["flash_kb"], options["latency_ms"])
+        try:
+            config = runs.make_config(
+                dataset,
+                limits,
+                budget=options["budget"],
+                seed=options["seed"],
+                strategy=options["strategy"],
+                population=options["population"],
+                sample_size=options["sample_size"],
+                fidelity=fidelity,
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        return runs.create_run(user, dataset.name, config, profile=profile)
+
+    def _resume(self, options: dict[str, Any]) -> SearchRun:
+        run = SearchRun.objects.for_user(self._user(options["user"])).filter(pk=options["resume"]).first()
+        if run is None:
+            raise CommandError(f"user {options['user']!r} has no run #{options['resume']}")
+        if run.status == SearchRun.Status.DONE:
+            raise CommandError(f"run #{run.pk} is already done")
+        return run
+
+    def _print_summary(self, run: SearchRun) -> None:
+        counts = {s: run.candidates.filter(status=s).count() for s in Candidate.Status.values}
+        self.stdout.write(
+            f"run #{run.pk} {run.status}: {counts['done']} trained, {counts['rejected']} rejected before "
+            f"training (over the limits), {counts['failed']} failed"
+        )
+        if run.error:
+            self.stdout.write(f"note: {run.error}")
+        front = run.candidates.filter(on_pareto=True).order_by("-val_accuracy")
+        self.stdout.write("\nPareto front (val error, peak SRAM, flash, MACs):")
+        header = (
+            f"{'#':>4}  {'val acc':>7}  {'test acc':>8}  {'SRAM B':>7}  {'flash B':>7}  {'MACs':>9}  mutation"
+        )
+        self.stdout.write(header)
+        for c in front:
+            self.stdout.write(
+                f"{c.index:>4}  {c.val_accuracy:>7.3f}  {c.test_accuracy:>8.3f}  {c.peak_sram_bytes:>7,}  "
+                f"{c.flash_bytes:>7,}  {c.macs:>9,}  {c.mutation}"
+            )

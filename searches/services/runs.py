@@ -1,0 +1,337 @@
+"""Creating search runs and driving them, with every proposal and result stored as rows.
+
+The database is the truth: the engine's state is saved on the run after every event, so a
+run can be resumed by any process.  This module drives a run in one process (the CLI);
+``searches.services.execution`` drives it on Celery workers.  Both store rows through
+``store_proposal`` / ``store_result`` / ``save_state``.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from searches import events
+from searches.engine.arch import Architecture
+from searches.engine.datasets import Dataset, load_dataset
+from searches.engine.search import (
+    Bounds,
+    EvalFailure,
+    EvalResult,
+    Limits,
+    Proposal,
+    SearchConfig,
+    SearchEvent,
+    SearchStrategy,
+    from_state_json,
+    make_strategy,
+    run_search,
+)
+from searches.engine.space import SpaceConfig
+from searches.engine.training import Fidelity, save_weights, train_and_evaluate
+from searches.models import UPLOAD_PREFIX, Candidate, HardwareProfile, SearchRun
+from searches.services.datasets import load_uploaded
+
+# μNAS-style soft bounds on (error, MACs) per dataset; SRAM and flash bounds come from the
+# profile.  Datasets without an entry get the generic row.
+DATASET_BOUNDS: dict[str, tuple[float, int]] = {
+    "digits": (0.05, 1_000_000),
+    "fashion-mnist": (0.10, 30_000_000),
+    "": (0.10, 30_000_000),
+}
+
+# Fidelity that keeps one candidate to seconds on two cores (see docs/benchmarks.md).
+DEFAULT_FIDELITY: dict[str, Fidelity] = {
+    "digits": Fidelity(epochs=10, train_subset=None, batch_size=32, lr=1e-2),
+    "fashion-mnist": Fidelity(),
+}
+
+
+def default_fidelity(dataset: str) -> Fidelity:
+    return DEFAULT_FIDELITY.get(dataset, Fidelity())
+
+
+@functools.lru_cache(maxsize=4)
+def get_dataset(name: str) -> Dataset:
+    """Datasets are read once per process (Fashion-MNIST takes a second to parse).
+
+    ``name`` is a built-in dataset's name or ``upload:<id>`` for a user's uploaded dataset.
+    """
+    if name.startswith(UPLOAD_PREFIX):
+        return load_uploaded(name)
+    return load_dataset(name, getattr(settings, "NASWEB_FASHION_MNIST_DIR", None) or None)
+
+
+def limits_for(
+    profile: HardwareProfile | None,
+    sram_kb: float | None = None,
+    flash_kb: float | None = None,
+    latency_ms: float | None = None,
+) -> Limits:
+    """Hard limits: the profile's, with explicit values taking precedence."""
+    sram = sram_kb if sram_kb is not None else (profile.sram_kb if profile else None)
+    flash = flash_kb if flash_kb is not None else (profile.flash_kb if profile else None)
+    latency = latency_ms if latency_ms is not None else (profile.latency_ms if profile else None)
+    return Limits(
+        sram_bytes=None if sram is None else int(sram * 1024),
+        flash_bytes=None if flash is None else int(flash * 1024),
+        latency_ms=latency,
+        core=profile.core if profile else None,
+        clock_mhz=profile.clock_mhz if profile else None,
+    )
+
+
+def make_config(
+    dataset: Dataset,
+    limits: Limits,
+    *,
+    budget: int,
+    seed: int = 0,
+    strategy: str = "aging_evolution",
+    population: int | None = None,
+    sample_size: int | None = None,
+    fidelity: Fidelity | None = None,
+) -> SearchConfig:
+    """A search config whose μNAS bounds are the profile's limits plus per-dataset defaults."""
+    error_bound, macs_bound = DATASET_BOUNDS.get(dataset.name, DATASET_BOUNDS[""])
+    population = population or max(4, min(100, budget // 3))
+    fidelity = fidelity or default_fidelity(dataset.name)
+    return SearchConfig(
+        space=SpaceConfig(dataset.input_shape, dataset.classes),
+        budget=budget,
+        bounds=Bounds(
+            error=error_bound,
+            peak_sram_bytes=limits.sram_bytes,
+            flash_bytes=limits.flash_bytes,
+            macs=macs_bound,
+        ),
+        limits=limits,
+        strategy=strategy,  # type: ignore[arg-type]
+        population=population,
+        sample_size=sample_size or max(2, min(25, population // 4)),
+        seed=seed,
+        fidelity=asdict(fidelity) | {"seed": seed},
+    )
+
+
+def create_run(
+    owner: Any,
+    dataset: str,
+    config: SearchConfig,
+    *,
+    profile: HardwareProfile | None = None,
+    project: Any = None,
+    name: str = "",
+) -> SearchRun:
+    return SearchRun.objects.create(
+        owner=owner,
+        project=project,
+        profile=profile,
+        name=name,
+        dataset=dataset,
+        strategy=config.strategy,
+        config=config.to_json(),
+        budget=config.budget,
+    )
+
+
+def search_config(run: SearchRun) -> SearchConfig:
+    """The engine's part of ``run.config`` (which also holds execution settings such as ``parallel``)."""
+    fields = SearchConfig.__dataclass_fields__
+    return SearchConfig.from_json({key: value for key, value in run.config.items() if key in fields})
+
+
+def load_strategy(run: SearchRun) -> SearchStrategy:
+    """The run's strategy, resumed from its saved state when it has one."""
+    if run.state:
+        return from_state_json(run.state)
+    return make_strategy(search_config(run))
+
+
+def weights_path(run: SearchRun, candidate_index: int) -> Path:
+    return Path(settings.MEDIA_ROOT) / "weights" / f"run-{run.pk}" / f"candidate-{candidate_index}.pt"
+
+
+# ---- rows: how proposals and results are stored (shared by every way of driving a run) ----
+
+
+def store_proposal(run: SearchRun, proposal: Proposal, status: str | None = None) -> Candidate:
+    """Write ``proposal`` as a Candidate row (pending, or rejected with its reason) and announce it."""
+    if status is None:
+        status = Candidate.Status.REJECTED if proposal.rejected else Candidate.Status.PENDING
+    resources = proposal.resources
+    parent = None
+    if proposal.parent_id is not None:
+        parent = Candidate.objects.filter(run=run, index=proposal.parent_id).first()
+    candidate, _ = Candidate.objects.update_or_create(
+        run=run,
+        index=proposal.id,
+        defaults={
+            "architecture": proposal.architecture.to_json(),
+            "parent": parent,
+            "mutation": proposal.description[:200],
+            "status": status,
+            "feasible": not proposal.rejected,
+            "reject_reason": proposal.reject_reason or "",
+            "peak_sram_bytes": resources.get("peak_sram_bytes"),
+            "flash_bytes": resources.get("flash_bytes"),
+            "macs": resources.get("macs"),
+            "params": resources.get("params"),
+            "latency_ms": resources.get("latency_ms"),
+        },
+    )
+    events.candidate_changed(candidate)
+    return candidate
+
+
+def store_result(
+    run: SearchRun, strategy: SearchStrategy, proposal_id: int, result: EvalResult | EvalFailure
+) -> None:
+    """Write a told result on its row, refresh the run's Pareto flags and announce every changed row."""
+    rows = Candidate.objects.filter(run=run, index=proposal_id)
+    if isinstance(result, EvalFailure):
+        rows.update(status=Candidate.Status.FAILED, reject_reason=result.reason)
+        changed = list(rows.values_list("pk", flat=True))
+    else:
+        metrics = result.metrics
+        rows.update(
+            status=Candidate.Status.DONE,
+            val_accuracy=result.val_accuracy,
+            test_accuracy=result.test_accuracy,
+            train_seconds=metrics.get("train_seconds"),
+            weights=metrics.get("weights", ""),
+        )
+        changed = list(rows.values_list("pk", flat=True))
+        changed += [pk for pk in _update_pareto_flags(run, strategy) if pk not in changed]
+    events.candidates_changed(run.pk, changed)
+
+
+def _update_pareto_flags(run: SearchRun, strategy: SearchStrategy) -> list[int]:
+    """Flag exactly the strategy's archive; return the ids of rows whose flag flipped."""
+    front = [m.id for m in strategy.archive]
+    candidates = Candidate.objects.filter(run=run)
+    leaving = candidates.exclude(index__in=front).filter(on_pareto=True)
+    joining = candidates.filter(index__in=front, on_pareto=False)
+    flipped = [*leaving.values_list("pk", flat=True), *joining.values_list("pk", flat=True)]
+    leaving.update(on_pareto=False)
+    candidates.filter(pk__in=flipped, index__in=front).update(on_pareto=True)
+    return flipped
+
+
+def save_state(run: SearchRun, strategy: SearchStrategy) -> None:
+    """Store the strategy's state and progress on the run (announce with ``events.run_changed``)."""
+    run.state = strategy.state_to_json()
+    run.evaluated = strategy.told
+    run.save(update_fields=["state", "evaluated"])
+
+
+class RunRecorder:
+    """Turns in-process search events into Candidate rows and keeps the run's state current."""
+
+    def __init__(self, run: SearchRun, strategy: SearchStrategy) -> None:
+        self.run = run
+        self.strategy = strategy
+
+    def __call__(self, event: SearchEvent) -> None:
+        proposal = event.proposal
+        with transaction.atomic():
+            if event.kind == "rejected":
+                store_proposal(self.run, proposal)
+            elif event.kind == "proposed":
+                # Trained right away in this process: there is no queue to wait in.
+                store_proposal(self.run, proposal, Candidate.Status.RUNNING)
+            else:
+                assert event.result is not None
+                store_result(self.run, self.strategy, proposal.id, event.result)
+            save_state(self.run, self.strategy)
+            if event.kind in ("evaluated", "failed"):
+                events.run_changed(self.run)
+
+
+def make_evaluator(
+    run: SearchRun, dataset: Dataset, fidelity: Fidelity
+) -> Callable[[Architecture, Proposal], EvalResult]:
+    """Train a proposal at the run's fidelity and save its weights under MEDIA_ROOT."""
+
+    def evaluate(arch: Architecture, proposal: Proposal) -> EvalResult:
+        return train_proposal(run, dataset, fidelity, proposal)
+
+    return evaluate
+
+
+def train_proposal(
+    run: SearchRun,
+    dataset: Dataset,
+    fidelity: Fidelity,
+    proposal: Proposal,
+    stop: Callable[[], bool] | None = None,
+) -> EvalResult:
+    """Train one proposal and save its weights; raises on divergence, TrainingStopped when stopped."""
+    result = train_and_evaluate(proposal.architecture, dataset, fidelity, stop=stop)
+    if result.diverged:
+        raise RuntimeError("training diverged (loss is not finite)")
+    path = weights_path(run, proposal.id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(result.state_dict, path)
+    return EvalResult(
+        result.val_accuracy,
+        result.test_accuracy,
+        metrics={
+            "train_seconds": result.train_seconds,
+            "weights": str(path.relative_to(settings.MEDIA_ROOT)),
+        },
+    )
+
+
+def run_in_process(
+    run: SearchRun,
+    on_event: Callable[[SearchEvent], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> SearchRun:
+    """Drive ``run`` to completion in this process, storing every event; resumable."""
+    strategy = load_strategy(run)
+    config = search_config(run)
+    dataset = get_dataset(run.dataset)
+    fidelity = Fidelity(**config.fidelity)
+    recorder = RunRecorder(run, strategy)
+    run.status = SearchRun.Status.RUNNING
+    run.started = run.started or timezone.now()
+    run.save(update_fields=["status", "started"])
+    events.run_changed(run)
+
+    def on_any(event: SearchEvent) -> None:
+        recorder(event)
+        if on_event is not None:
+            on_event(event)
+
+    started = time.monotonic()
+    try:
+        run_search(strategy, make_evaluator(run, dataset, fidelity), on_any, should_stop)
+    except BaseException as exc:
+        _finish_run(
+            run,
+            SearchRun.Status.CANCELLED if isinstance(exc, KeyboardInterrupt) else SearchRun.Status.FAILED,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        raise
+    done = strategy.is_done() or strategy.stop_reason is not None
+    status = SearchRun.Status.DONE if done else SearchRun.Status.CANCELLED
+    _finish_run(run, status, error=strategy.stop_reason or "")
+    run.wall_seconds = time.monotonic() - started  # type: ignore[attr-defined]
+    return run
+
+
+def _finish_run(run: SearchRun, status: str, error: str = "") -> None:
+    run.status = status
+    run.error = error
+    run.finished = timezone.now()
+    run.save(update_fields=["status", "error", "finished"])
+    events.run_changed(run)
