@@ -11,12 +11,29 @@ source scripts/lib.sh
 # Debian packages the tests use (real data sets, services, toolchains, browsers).
 DEBIAN_PACKAGES=(
     dataset-fashion-mnist
+    chromium
 )
 
 ensure_venv requirements-dev.txt
 ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
 
 export PATH="$PWD/$NASWEB_VENV/bin:$PATH"
+
+# With PostgreSQL and Redis on this machine the suite runs on PostgreSQL and tests/integration
+# runs a real worker; without them it runs on SQLite and those tests are skipped.
+listening() {
+    python -c 'import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1)' \
+        "$@" 2>/dev/null
+}
+if [ -z "${DATABASE_URL:-}" ] && listening 127.0.0.1 5432; then
+    export DATABASE_URL=postgres://postgres@127.0.0.1:5432/test
+fi
+if [ -z "${REDIS_URL:-}" ] && listening 127.0.0.1 6379; then
+    # Database 9, not the default 0 that a local nasweb's worker listens on.
+    export REDIS_URL=redis://127.0.0.1:6379/9
+fi
+echo "database: ${DATABASE_URL:-SQLite}; Redis: ${REDIS_URL:-none (integration tests are skipped)}"
+
 failed=()
 
 run_check() {

@@ -1,0 +1,29 @@
+"""Celery tasks: ids in, one service call each (the work and its state live in searches.services)."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Task, shared_task
+
+from searches.models import SearchRun
+from searches.services import execution
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(bind=True, acks_late=True, ignore_result=True)
+def start_run_task(self: Task, run_id: int) -> None:
+    """Start a pending run: mark it running and queue its first evaluations."""
+    run = SearchRun.objects.filter(pk=int(run_id)).first()
+    if run is None:
+        logger.warning("task %s: run %s no longer exists", self.request.id, run_id)
+        return
+    execution.start_run(run)
+
+
+@shared_task(bind=True, acks_late=True, ignore_result=True)
+def evaluate_candidate(self: Task, candidate_id: int) -> None:
+    """Train one candidate, tell its run and queue what comes next (safe to deliver twice)."""
+    logger.info("task %s: evaluating candidate %s", self.request.id, candidate_id)
+    execution.evaluate(int(candidate_id))
