@@ -5,7 +5,7 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
-from searches.models import Candidate, HardwareProfile, Project, SearchRun
+from searches.models import Candidate, Dataset, HardwareProfile, Project, SearchRun
 
 
 @admin.register(Project)
@@ -68,3 +68,20 @@ class CandidateAdmin(admin.ModelAdmin):
     list_filter = ["status", "feasible", "on_pareto"]
     raw_id_fields = ["run", "parent"]
     readonly_fields = ["created"]
+
+
+@admin.register(Dataset)
+class DatasetAdmin(admin.ModelAdmin):
+    list_display = ["name", "owner", "kind", "input_shape", "classes", "n_train", "n_test", "created"]
+    list_filter = ["kind"]
+    search_fields = ["name"]
+    # Rows are made by the validating upload (or the built-in migration), never typed in here.
+    readonly_fields = ["kind", "file", "input_shape", "classes", "n_train", "n_test", "created"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if obj is not None and obj.kind == Dataset.Kind.BUILTIN:
+            return False
+        return super().has_delete_permission(request, obj)

@@ -18,6 +18,19 @@ def _is_signed_in(user: Any) -> bool:
     return user is not None and bool(getattr(user, "is_authenticated", False))
 
 
+def _save_keeping_seq(instance: models.Model, args: Any, kwargs: dict[str, Any]) -> None:
+    """Save every field but ``seq``: only searches.events moves it, with an atomic F() update.
+
+    A full save from a stale in-memory copy would otherwise roll the sequence back and freeze
+    every open dashboard, which ignores deltas at or below the last number it saw.
+    """
+    if instance.pk is not None and kwargs.get("update_fields") is None and not kwargs.get("force_insert"):
+        kwargs["update_fields"] = [
+            f.name for f in instance._meta.concrete_fields if not f.primary_key and f.name != "seq"
+        ]
+    models.Model.save(instance, *args, **kwargs)
+
+
 class OwnedQuerySet(models.QuerySet):
     """Rows whose ``owner`` is the given user; nothing for anonymous users."""
 
@@ -172,6 +185,8 @@ class SearchRun(models.Model):
     evaluated = models.PositiveIntegerField(default=0)
     budget = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
+    # Sequence number of the run's last change; every change bumps it (see searches.events).
+    seq = models.PositiveBigIntegerField(default=0)
     # Id of the Celery task driving the run, to revoke it on cancel.
     task_id = models.CharField(max_length=255, blank=True)
     created = models.DateTimeField(auto_now_add=True)
@@ -189,6 +204,9 @@ class SearchRun(models.Model):
 
     def __str__(self) -> str:
         return self.name or f"{self.get_strategy_display()} on {self.dataset} #{self.pk}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        _save_keeping_seq(self, args, kwargs)
 
     @property
     def is_active(self) -> bool:
@@ -242,6 +260,8 @@ class Candidate(models.Model):
     params = models.PositiveBigIntegerField(null=True, blank=True)
     train_seconds = models.FloatField(null=True, blank=True)
     reject_reason = models.TextField(blank=True)
+    # The run's sequence number when this row last changed: a client that saw up to N asks for seq > N.
+    seq = models.PositiveBigIntegerField(default=0, db_index=True)
     # Empty until trained weights are saved (under MEDIA_ROOT/weights/).
     weights = models.FileField(upload_to=weights_upload_to, max_length=255, blank=True)
     created = models.DateTimeField(auto_now_add=True)
@@ -260,3 +280,86 @@ class Candidate(models.Model):
 
     def __str__(self) -> str:
         return f"candidate {self.index} of run {self.run_id}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        _save_keeping_seq(self, args, kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset
+# --------------------------------------------------------------------------------------------
+
+
+class DatasetQuerySet(models.QuerySet):
+    def for_user(self, user: Any) -> DatasetQuerySet:
+        """The user's own uploads plus the built-in datasets."""
+        if not _is_signed_in(user):
+            return self.none()
+        return self.filter(Q(owner=user) | Q(kind=Dataset.Kind.BUILTIN))
+
+    def owned_by(self, user: Any) -> DatasetQuerySet:
+        """Only the uploads the user may delete."""
+        if not _is_signed_in(user):
+            return self.none()
+        return self.filter(owner=user)
+
+
+def dataset_upload_to(dataset: Dataset, filename: str) -> str:
+    return f"datasets/user-{dataset.owner_id}/{filename}"
+
+
+class Dataset(models.Model):
+    """A training set: a built-in one (digits, Fashion-MNIST) or a user's validated upload.
+
+    Uploads are stored as one ``.npz`` (x_train, y_train, x_test, y_test) whatever their
+    original format, so there is a single loader for them.  A run names its dataset by
+    ``key``: the built-in name, or ``upload:<id>``.
+    """
+
+    class Kind(models.TextChoices):
+        BUILTIN = "builtin", "Built-in"
+        UPLOADED = "uploaded", "Uploaded"
+
+    # Null only for the built-in datasets, which belong to nobody.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, null=True, blank=True, related_name="datasets"
+    )
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.UPLOADED)
+    file = models.FileField(upload_to=dataset_upload_to, max_length=255, blank=True)
+    # [H, W, C] of one image.
+    input_shape = models.JSONField(default=list)
+    classes = models.PositiveIntegerField()
+    n_train = models.PositiveIntegerField()
+    n_test = models.PositiveIntegerField()
+    created = models.DateTimeField(auto_now_add=True)
+
+    objects = DatasetQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["kind", "name", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(kind="builtin", owner__isnull=True) | Q(kind="uploaded", owner__isnull=False),
+                name="dataset_builtin_xor_owner",
+            ),
+            models.UniqueConstraint(fields=["owner", "name"], name="dataset_unique_name_per_owner"),
+            models.UniqueConstraint(
+                fields=["name"], condition=Q(kind="builtin"), name="dataset_unique_builtin_name"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def key(self) -> str:
+        """How a run's ``dataset`` field names this dataset."""
+        return self.name if self.kind == self.Kind.BUILTIN else f"{UPLOAD_PREFIX}{self.pk}"
+
+    @property
+    def shape_label(self) -> str:
+        return "x".join(str(d) for d in self.input_shape)
+
+
+UPLOAD_PREFIX = "upload:"

@@ -1,0 +1,1 @@
+"""The REST API (Django REST framework): owner-filtered, with an OpenAPI schema."""

@@ -1,0 +1,224 @@
+"""API representations; validation mirrors the web forms (searches/forms.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from searches import forms as limits
+from searches.models import Candidate, Dataset, HardwareProfile, Project, SearchRun
+from searches.services import reports
+
+
+def _owner(serializer: serializers.Serializer) -> Any:
+    return serializer.context["request"].user
+
+
+def _check_max(value: float | None, maximum: float, unit: str) -> float | None:
+    if value is not None and value > maximum:
+        raise serializers.ValidationError(f"Must be at most {maximum:,g} {unit}.")
+    if value is not None and value <= 0:
+        raise serializers.ValidationError("Must be a positive number.")
+    return value
+
+
+class HardwareProfileSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = HardwareProfile
+        fields = [
+            "id",
+            "name",
+            "board",
+            "mcu",
+            "core",
+            "clock_mhz",
+            "sram_kb",
+            "flash_kb",
+            "latency_ms",
+            "notes",
+            "is_preset",
+            "created",
+        ]
+        read_only_fields = ["is_preset", "created"]
+
+    def validate_name(self, value: str) -> str:
+        value = value.strip()
+        clashes = HardwareProfile.objects.owned_by(_owner(self)).filter(name=value)
+        if self.instance is not None:
+            clashes = clashes.exclude(pk=self.instance.pk)
+        if clashes.exists():
+            raise serializers.ValidationError("You already have a profile with this name.")
+        return value
+
+    def validate_sram_kb(self, value: int) -> int:
+        return int(_check_max(value, limits.MAX_SRAM_KB, "kB") or 0)
+
+    def validate_flash_kb(self, value: int) -> int:
+        return int(_check_max(value, limits.MAX_FLASH_KB, "kB") or 0)
+
+    def validate_latency_ms(self, value: float | None) -> float | None:
+        return _check_max(value, limits.MAX_LATENCY_MS, "ms")
+
+    def validate_clock_mhz(self, value: float) -> float:
+        return float(_check_max(value, limits.MAX_CLOCK_MHZ, "MHz") or 0)
+
+
+class ProjectSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Project
+        fields = ["id", "name", "description", "created"]
+        read_only_fields = ["created"]
+
+    def validate_name(self, value: str) -> str:
+        value = value.strip()
+        clashes = Project.objects.for_user(_owner(self)).filter(name=value)
+        if self.instance is not None:
+            clashes = clashes.exclude(pk=self.instance.pk)
+        if clashes.exists():
+            raise serializers.ValidationError("You already have a project with this name.")
+        return value
+
+
+class DatasetSerializer(serializers.ModelSerializer):
+    key = serializers.CharField(read_only=True, help_text="How a run names this dataset.")
+
+    class Meta:
+        model = Dataset
+        fields = ["id", "key", "name", "kind", "input_shape", "classes", "n_train", "n_test", "created"]
+        read_only_fields = fields
+
+
+class SearchRunSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = SearchRun
+        fields = [
+            "id",
+            "name",
+            "project",
+            "profile",
+            "dataset",
+            "strategy",
+            "status",
+            "budget",
+            "evaluated",
+            "error",
+            "config",
+            "created",
+            "started",
+            "finished",
+        ]
+        read_only_fields = fields
+
+
+class _OwnedPrimaryKey(serializers.PrimaryKeyRelatedField):
+    """A primary key looked up among the requesting user's objects only."""
+
+    def __init__(self, model: Any, **kwargs: Any) -> None:
+        # The unfiltered queryset only tells the schema generator the model; lookups use the user's.
+        super().__init__(queryset=model.objects.all(), **kwargs)
+
+    def get_queryset(self) -> Any:
+        return self.queryset.model.objects.for_user(self.context["request"].user)
+
+
+class RunCreateSerializer(serializers.Serializer):
+    """A new run; blank numbers take the dataset's defaults, as in the web form."""
+
+    name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    project = _OwnedPrimaryKey(Project, required=False, allow_null=True, default=None)
+    profile = _OwnedPrimaryKey(HardwareProfile, help_text="One of your profiles or a board preset.")
+    dataset = serializers.CharField(help_text="A dataset key: digits, fashion-mnist or upload:<id>.")
+    strategy = serializers.ChoiceField(choices=SearchRun.Strategy.choices, default="aging_evolution")
+    budget = serializers.IntegerField(min_value=1, max_value=limits.MAX_BUDGET, default=20)
+    population = serializers.IntegerField(min_value=2, max_value=limits.MAX_POPULATION, default=8)
+    sample_size = serializers.IntegerField(
+        min_value=1, max_value=limits.MAX_POPULATION, required=False, allow_null=True, default=None
+    )
+    epochs = serializers.IntegerField(
+        min_value=1, max_value=limits.MAX_EPOCHS, required=False, allow_null=True, default=None
+    )
+    train_subset = serializers.IntegerField(min_value=10, required=False, allow_null=True, default=None)
+    parallel = serializers.IntegerField(
+        min_value=1,
+        max_value=limits.MAX_PARALLEL,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Evaluations in flight at once; default: the server's setting.",
+    )
+    seed = serializers.IntegerField(min_value=0, max_value=2**31 - 1, default=0)
+    sram_kb = serializers.FloatField(required=False, allow_null=True, default=None)
+    flash_kb = serializers.FloatField(required=False, allow_null=True, default=None)
+    latency_ms = serializers.FloatField(required=False, allow_null=True, default=None)
+
+    def validate_dataset(self, value: str) -> Dataset:
+        for dataset in Dataset.objects.for_user(_owner(self)):
+            if dataset.key == value:
+                return dataset
+        raise serializers.ValidationError(f"Unknown dataset {value!r}.")
+
+    def validate_sram_kb(self, value: float | None) -> float | None:
+        return _check_max(value, limits.MAX_SRAM_KB, "kB")
+
+    def validate_flash_kb(self, value: float | None) -> float | None:
+        return _check_max(value, limits.MAX_FLASH_KB, "kB")
+
+    def validate_latency_ms(self, value: float | None) -> float | None:
+        return _check_max(value, limits.MAX_LATENCY_MS, "ms")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("sample_size") and attrs["sample_size"] > attrs["population"]:
+            raise serializers.ValidationError(
+                {"sample_size": "The sample size cannot exceed the population."}
+            )
+        return attrs
+
+
+class ExtendSerializer(serializers.Serializer):
+    extra_budget = serializers.IntegerField(min_value=1, max_value=limits.MAX_EXTEND)
+
+
+CANDIDATE_FIELDS = [
+    "id",
+    "index",
+    "status",
+    "parent",
+    "parent_index",
+    "mutation",
+    "feasible",
+    "on_pareto",
+    "val_accuracy",
+    "test_accuracy",
+    "peak_sram_bytes",
+    "flash_bytes",
+    "macs",
+    "latency_ms",
+    "params",
+    "train_seconds",
+    "reject_reason",
+    "created",
+]
+
+
+class CandidateSerializer(serializers.ModelSerializer):
+    parent_index = serializers.IntegerField(source="parent.index", read_only=True, allow_null=True)
+
+    class Meta:
+        model = Candidate
+        fields = CANDIDATE_FIELDS
+        read_only_fields = fields
+
+
+class CandidateDetailSerializer(CandidateSerializer):
+    children = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+    resources = serializers.SerializerMethodField(
+        help_text="Totals, per-layer table and memory timeline computed from the architecture."
+    )
+
+    class Meta(CandidateSerializer.Meta):
+        fields = [*CANDIDATE_FIELDS, "run", "architecture", "children", "resources"]
+        read_only_fields = fields
+
+    def get_resources(self, candidate: Candidate) -> dict[str, Any]:
+        return reports.resources_json(reports.analyze_candidate(candidate))

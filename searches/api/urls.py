@@ -1,0 +1,26 @@
+"""API routes, the OpenAPI schema and its documentation pages (assets served locally)."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from rest_framework.routers import DefaultRouter
+
+from searches.api import views
+
+router = DefaultRouter()
+router.register("profiles", views.HardwareProfileViewSet, basename="api-profile")
+router.register("projects", views.ProjectViewSet, basename="api-project")
+router.register("datasets", views.DatasetViewSet, basename="api-dataset")
+router.register("runs", views.SearchRunViewSet, basename="api-run")
+
+urlpatterns = [
+    path("", include(router.urls)),
+    path("runs/<int:run_pk>/candidates/", views.RunCandidateList.as_view(), name="api-run-candidates"),
+    path("candidates/<int:pk>/", views.CandidateDetail.as_view(), name="api-candidate-detail"),
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    # The documentation pages are for people in a browser: send them to the login page first.
+    path("docs/", login_required(SpectacularSwaggerView.as_view(url_name="api-schema")), name="api-docs"),
+    path("redoc/", login_required(SpectacularRedocView.as_view(url_name="api-schema")), name="api-redoc"),
+]

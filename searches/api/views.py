@@ -1,0 +1,226 @@
+"""API views.  Every queryset is the requesting user's own rows: another user's ids are 404s."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import F, QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from rest_framework import filters, generics, mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from searches.api import serializers as s
+from searches.models import Candidate, Dataset, HardwareProfile, Project, SearchRun
+from searches.services import execution
+from searches.services.launch import RunRequest, launch_run
+
+# ---- profiles, projects, datasets ------------------------------------------------------------
+
+
+class HardwareProfileViewSet(viewsets.ModelViewSet):
+    """Your hardware profiles, plus the built-in board presets (read-only)."""
+
+    serializer_class = s.HardwareProfileSerializer
+
+    def get_queryset(self) -> QuerySet[HardwareProfile]:
+        return HardwareProfile.objects.for_user(self.request.user)
+
+    def perform_create(self, serializer: Any) -> None:
+        serializer.save(owner=self.request.user)
+
+    def _check_editable(self, profile: HardwareProfile) -> None:
+        if profile.is_preset:
+            raise PermissionDenied("Board presets are read-only; copy one into your own profiles.")
+
+    def perform_update(self, serializer: Any) -> None:
+        self._check_editable(serializer.instance)
+        serializer.save()
+
+    def perform_destroy(self, instance: HardwareProfile) -> None:
+        self._check_editable(instance)
+        instance.delete()
+
+
+class ProjectViewSet(viewsets.ModelViewSet):
+    serializer_class = s.ProjectSerializer
+
+    def get_queryset(self) -> QuerySet[Project]:
+        return Project.objects.for_user(self.request.user)
+
+    def perform_create(self, serializer: Any) -> None:
+        serializer.save(owner=self.request.user)
+
+
+class DatasetViewSet(viewsets.ReadOnlyModelViewSet):
+    """The built-in datasets and your uploads (upload them in the web UI)."""
+
+    serializer_class = s.DatasetSerializer
+
+    def get_queryset(self) -> QuerySet[Dataset]:
+        return Dataset.objects.for_user(self.request.user)
+
+
+# ---- runs ----------------------------------------------------------------------------------------
+
+
+@extend_schema_view(
+    list=extend_schema(
+        parameters=[
+            OpenApiParameter("project", OpenApiTypes.INT, description="Only this project's runs."),
+            OpenApiParameter("status", OpenApiTypes.STR, enum=SearchRun.Status.values),
+        ]
+    ),
+    create=extend_schema(request=s.RunCreateSerializer, responses={201: s.SearchRunSerializer}),
+)
+class SearchRunViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
+):
+    """Search runs: create one (it starts at once), follow it, cancel or extend it."""
+
+    serializer_class = s.SearchRunSerializer
+
+    def get_queryset(self) -> QuerySet[SearchRun]:
+        runs = SearchRun.objects.for_user(self.request.user)
+        if self.action == "list":
+            project, run_status = (
+                self.request.query_params.get("project"),
+                self.request.query_params.get("status"),
+            )
+            if project and project.isdigit():
+                runs = runs.filter(project_id=int(project))
+            if run_status:
+                runs = runs.filter(status=run_status)
+        return runs
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        form = s.RunCreateSerializer(data=request.data, context=self.get_serializer_context())
+        form.is_valid(raise_exception=True)
+        data = dict(form.validated_data)
+        project = data.pop("project")
+        try:
+            run = launch_run(request.user, project, RunRequest(**data))
+        except ValueError as exc:
+            return Response({"non_field_errors": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
+        return Response(s.SearchRunSerializer(run).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses={200: s.SearchRunSerializer, 409: OpenApiTypes.OBJECT})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        run = self.get_object()
+        if not run.is_active:
+            return Response({"detail": f"The run is already {run.status}."}, status=status.HTTP_409_CONFLICT)
+        execution.cancel_run(run)
+        run.refresh_from_db()
+        return Response(s.SearchRunSerializer(run).data)
+
+    @extend_schema(request=s.ExtendSerializer, responses={200: s.SearchRunSerializer})
+    @action(detail=True, methods=["post"])
+    def extend(self, request: Request, pk: str | None = None) -> Response:
+        run = self.get_object()
+        form = s.ExtendSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        try:
+            execution.extend_run(run, form.validated_data["extra_budget"])
+        except ValueError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        run.refresh_from_db()
+        return Response(s.SearchRunSerializer(run).data)
+
+
+# ---- candidates --------------------------------------------------------------------------------
+
+
+class CandidatePagination(PageNumberPagination):
+    page_size = 100
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+
+# Query parameter -> (lookup, parser) of the candidate list's filters.
+CANDIDATE_FILTERS: dict[str, tuple[str, Any]] = {
+    "status": ("status", str),
+    "feasible": ("feasible", lambda v: v.lower() in {"1", "true", "yes"}),
+    "on_pareto": ("on_pareto", lambda v: v.lower() in {"1", "true", "yes"}),
+    "min_val_accuracy": ("val_accuracy__gte", float),
+    "max_peak_sram_bytes": ("peak_sram_bytes__lte", int),
+    "max_flash_bytes": ("flash_bytes__lte", int),
+    "max_macs": ("macs__lte", int),
+}
+
+_FILTER_TYPES = {str: OpenApiTypes.STR, float: OpenApiTypes.FLOAT, int: OpenApiTypes.INT}
+
+
+class NullsLastOrderingFilter(filters.OrderingFilter):
+    """Missing metrics (pending or rejected candidates) sort last on every database.
+
+    PostgreSQL puts NULL first when descending and SQLite last; the same request must give the
+    same order on both.
+    """
+
+    def filter_queryset(self, request: Request, queryset: QuerySet, view: Any) -> QuerySet:
+        ordering = self.get_ordering(request, queryset, view)
+        if not ordering:
+            return queryset
+        terms = [
+            F(f[1:]).desc(nulls_last=True) if f.startswith("-") else F(f).asc(nulls_last=True)
+            for f in ordering
+        ]
+        return queryset.order_by(*terms, "index")
+
+
+@extend_schema(
+    parameters=[
+        OpenApiParameter(name, _FILTER_TYPES.get(parse, OpenApiTypes.BOOL), description=f"filter: {lookup}")
+        for name, (lookup, parse) in CANDIDATE_FILTERS.items()
+    ]
+)
+class RunCandidateList(generics.ListAPIView):
+    """The candidates of one of your runs, filtered and ordered (``?ordering=-val_accuracy``)."""
+
+    serializer_class = s.CandidateSerializer
+    pagination_class = CandidatePagination
+    filter_backends = [NullsLastOrderingFilter]
+    ordering_fields = [
+        "index",
+        "val_accuracy",
+        "test_accuracy",
+        "peak_sram_bytes",
+        "flash_bytes",
+        "macs",
+        "latency_ms",
+        "params",
+        "train_seconds",
+    ]
+    ordering = ["index"]
+
+    def get_queryset(self) -> QuerySet[Candidate]:
+        run = generics.get_object_or_404(
+            SearchRun.objects.for_user(self.request.user), pk=self.kwargs["run_pk"]
+        )
+        rows = Candidate.objects.for_user(self.request.user).filter(run=run).select_related("parent")
+        for name, (lookup, parse) in CANDIDATE_FILTERS.items():
+            value = self.request.query_params.get(name)
+            if value not in (None, ""):
+                rows = rows.filter(**{lookup: _parse(parse, value, name)})
+        return rows
+
+
+def _parse(parse: Any, value: str, name: str) -> Any:
+    try:
+        return parse(value)
+    except ValueError:
+        raise ValidationError({name: f"Invalid value {value!r}."}) from None
+
+
+class CandidateDetail(generics.RetrieveAPIView):
+    """One candidate with its architecture and the resources computed from it."""
+
+    serializer_class = s.CandidateDetailSerializer
+
+    def get_queryset(self) -> QuerySet[Candidate]:
+        return Candidate.objects.for_user(self.request.user).select_related("parent")

@@ -1,0 +1,252 @@
+"""Forms of the web UI: hardware profiles, projects, new runs, run extension and dataset uploads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.contrib.auth.forms import UserCreationForm
+from django.core.validators import MaxValueValidator, MinValueValidator
+
+from searches.engine.datasets import fashion_mnist_available
+from searches.models import Dataset, HardwareProfile, Project, SearchRun
+from searches.services.datasets import IDX_FIELDS
+from searches.services.launch import default_parallel
+
+# Sane maxima: the largest MCUs have a few MB of SRAM and 16 MB of flash; anything far beyond
+# is a typo (bytes entered as KB) rather than a target.
+MAX_SRAM_KB = 64 * 1024
+MAX_FLASH_KB = 256 * 1024
+MAX_LATENCY_MS = 60_000.0
+MAX_CLOCK_MHZ = 2_000.0
+MAX_BUDGET = 5_000
+MAX_POPULATION = 500
+MAX_EPOCHS = 500
+MAX_PARALLEL = 16
+MAX_EXTEND = 5_000
+
+
+class SignupForm(UserCreationForm):
+    class Meta(UserCreationForm.Meta):
+        fields = ("username",)
+
+
+# ---- hardware profiles -------------------------------------------------------------------
+
+
+def _positive(maximum: float, unit: str) -> list[Any]:
+    return [
+        MinValueValidator(0.001, message="Must be a positive number."),
+        MaxValueValidator(maximum, message=f"Must be at most {maximum:,g} {unit}."),
+    ]
+
+
+class HardwareProfileForm(forms.ModelForm):
+    """Edge Impulse's target form: name, RAM, ROM, latency budget, processor and clock."""
+
+    sram_kb = forms.IntegerField(
+        label="SRAM (kB)",
+        validators=_positive(MAX_SRAM_KB, "kB"),
+        help_text="RAM the model may use for activations; leave room for firmware and stacks.",
+    )
+    flash_kb = forms.IntegerField(
+        label="Flash (kB)",
+        validators=_positive(MAX_FLASH_KB, "kB"),
+        help_text="ROM the model's weights may take.",
+    )
+    latency_ms = forms.FloatField(
+        label="Latency budget (ms)",
+        required=False,
+        validators=_positive(MAX_LATENCY_MS, "ms"),
+        help_text="Optional. Checked against an estimate from MACs, core and clock.",
+    )
+    clock_mhz = forms.FloatField(label="Clock (MHz)", validators=_positive(MAX_CLOCK_MHZ, "MHz"))
+
+    class Meta:
+        model = HardwareProfile
+        fields = ["name", "sram_kb", "flash_kb", "latency_ms", "core", "clock_mhz", "notes"]
+        labels = {"core": "Core"}
+
+    def __init__(self, *args: Any, owner: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.owner = owner
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"].strip()
+        clashes = HardwareProfile.objects.owned_by(self.owner).filter(name=name)
+        if clashes.exclude(pk=self.instance.pk).exists():
+            raise forms.ValidationError("You already have a profile with this name.")
+        return name
+
+    def save(self, commit: bool = True) -> HardwareProfile:
+        self.instance.owner = self.owner
+        return super().save(commit)
+
+
+# ---- projects ----------------------------------------------------------------------------
+
+
+class ProjectForm(forms.ModelForm):
+    class Meta:
+        model = Project
+        fields = ["name", "description"]
+        widgets = {"description": forms.Textarea(attrs={"rows": 3})}
+
+    def __init__(self, *args: Any, owner: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.owner = owner
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"].strip()
+        clashes = Project.objects.for_user(self.owner).filter(name=name)
+        if clashes.exclude(pk=self.instance.pk).exists():
+            raise forms.ValidationError("You already have a project with this name.")
+        return name
+
+    def save(self, commit: bool = True) -> Project:
+        self.instance.owner = self.owner
+        return super().save(commit)
+
+
+# ---- new run -----------------------------------------------------------------------------
+
+
+def _count(label: str, lo: int, hi: int, **kwargs: Any) -> forms.IntegerField:
+    return forms.IntegerField(label=label, min_value=lo, max_value=hi, **kwargs)
+
+
+class NewRunForm(forms.Form):
+    """Everything ``services.runs.make_config`` needs; blank numbers take the dataset's defaults."""
+
+    name = forms.CharField(max_length=200, required=False, help_text="Optional.")
+    profile = forms.TypedChoiceField(label="Hardware profile", coerce=int)
+    dataset = forms.TypedChoiceField(coerce=int)
+    strategy = forms.ChoiceField(
+        choices=SearchRun.Strategy.choices, initial=SearchRun.Strategy.AGING_EVOLUTION
+    )
+    budget = _count("Budget (candidates to train)", 1, MAX_BUDGET, initial=20)
+    population = _count("Population", 2, MAX_POPULATION, initial=8)
+    sample_size = _count(
+        "Sample size", 1, MAX_POPULATION, required=False, help_text="Tournament size; blank: population / 4."
+    )
+    epochs = _count("Epochs per candidate", 1, MAX_EPOCHS, required=False)
+    train_subset = _count(
+        "Train subset", 10, 10_000_000, required=False, help_text="Train on at most this many images."
+    )
+    parallel = _count(
+        "Parallel evaluations",
+        1,
+        MAX_PARALLEL,
+        help_text="Candidates trained at the same time (one per worker).",
+    )
+    seed = _count("Seed", 0, 2**31 - 1, initial=0)
+    sram_kb = forms.FloatField(
+        label="SRAM override (kB)", required=False, validators=_positive(MAX_SRAM_KB, "kB")
+    )
+    flash_kb = forms.FloatField(
+        label="Flash override (kB)", required=False, validators=_positive(MAX_FLASH_KB, "kB")
+    )
+    latency_ms = forms.FloatField(
+        label="Latency override (ms)", required=False, validators=_positive(MAX_LATENCY_MS, "ms")
+    )
+    pruning = forms.BooleanField(
+        label="Structured pruning (coming with the pruning issue)", required=False, disabled=True
+    )
+
+    def __init__(self, *args: Any, owner: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.owner = owner
+        self.profiles = {p.pk: p for p in HardwareProfile.objects.for_user(owner)}
+        self.datasets = {d.pk: d for d in Dataset.objects.for_user(owner)}
+        self.fields["profile"].choices = self._profile_choices()
+        self.fields["dataset"].choices = self._dataset_choices()
+        self.fields["parallel"].initial = default_parallel()
+        digits = next((d for d in self.datasets.values() if d.key == "digits"), None)
+        if digits is not None:
+            self.fields["dataset"].initial = digits.pk
+
+    def _profile_choices(self) -> list[Any]:
+        own = [(p.pk, p.name) for p in self.profiles.values() if not p.is_preset]
+        presets = [(p.pk, p.name) for p in self.profiles.values() if p.is_preset]
+        return [("My profiles", own), ("Board presets", presets)] if own else [("Board presets", presets)]
+
+    def _dataset_choices(self) -> list[Any]:
+        builtin = [
+            (d.pk, _dataset_label(d)) for d in self.datasets.values() if d.kind == Dataset.Kind.BUILTIN
+        ]
+        uploads = [
+            (d.pk, _dataset_label(d)) for d in self.datasets.values() if d.kind == Dataset.Kind.UPLOADED
+        ]
+        return [("Built-in", builtin), ("My uploads", uploads)] if uploads else [("Built-in", builtin)]
+
+    def clean_profile(self) -> HardwareProfile:
+        return self.profiles[self.cleaned_data["profile"]]
+
+    def clean_dataset(self) -> Dataset:
+        dataset = self.datasets[self.cleaned_data["dataset"]]
+        if dataset.key == "fashion-mnist" and not fashion_mnist_available(_fashion_dir()):
+            raise forms.ValidationError(
+                "Fashion-MNIST is not installed on this server (Debian package dataset-fashion-mnist)."
+            )
+        return dataset
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        population, sample_size = data.get("population"), data.get("sample_size")
+        if population and sample_size and sample_size > population:
+            self.add_error("sample_size", "The sample size cannot exceed the population.")
+        return data
+
+
+def _fashion_dir() -> Any:
+    return getattr(settings, "NASWEB_FASHION_MNIST_DIR", None) or None
+
+
+def _dataset_label(dataset: Dataset) -> str:
+    return f"{dataset.name} ({dataset.shape_label}, {dataset.classes} classes)"
+
+
+class ExtendRunForm(forms.Form):
+    extra_budget = _count("Extra candidates", 1, MAX_EXTEND, initial=10)
+
+
+# ---- dataset upload ------------------------------------------------------------------------
+
+
+class DatasetUploadForm(forms.Form):
+    """An .npz with x_train, y_train, x_test, y_test, or the four IDX files of the MNIST layout."""
+
+    name = forms.CharField(max_length=200)
+    npz = forms.FileField(
+        label="Archive (.npz)", required=False, help_text="Arrays x_train, y_train, x_test, y_test."
+    )
+    train_images = forms.FileField(label="Train images (IDX)", required=False)
+    train_labels = forms.FileField(label="Train labels (IDX)", required=False)
+    test_images = forms.FileField(label="Test images (IDX)", required=False)
+    test_labels = forms.FileField(label="Test labels (IDX)", required=False)
+
+    def __init__(self, *args: Any, owner: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.owner = owner
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"].strip()
+        if Dataset.objects.for_user(self.owner).filter(name=name).exists():
+            raise forms.ValidationError("A dataset with this name already exists.")
+        return name
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        idx = [key for key in IDX_FIELDS if data.get(key)]
+        if data.get("npz") and idx:
+            raise forms.ValidationError("Upload either an NPZ archive or four IDX files, not both.")
+        if not data.get("npz") and len(idx) != len(IDX_FIELDS):
+            raise forms.ValidationError("Upload an NPZ archive, or all four IDX files.")
+        return data
+
+    @property
+    def idx_files(self) -> dict[str, Any] | None:
+        if self.cleaned_data.get("npz"):
+            return None
+        return {key: self.cleaned_data[key] for key in IDX_FIELDS}

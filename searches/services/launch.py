@@ -1,0 +1,77 @@
+"""Creating a run from the web (form or API) and handing it to a worker once it is committed."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from searches.engine.training import Fidelity
+from searches.models import Dataset, HardwareProfile, Project, SearchRun
+from searches.services import execution, runs
+from searches.services.datasets import config_dataset
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What a user asks for; None means "the default for this dataset"."""
+
+    profile: HardwareProfile
+    dataset: Dataset
+    strategy: str = SearchRun.Strategy.AGING_EVOLUTION
+    budget: int = 20
+    population: int | None = 8
+    sample_size: int | None = None
+    epochs: int | None = None
+    train_subset: int | None = None
+    parallel: int | None = None
+    seed: int = 0
+    sram_kb: float | None = None
+    flash_kb: float | None = None
+    latency_ms: float | None = None
+    name: str = ""
+
+
+def fidelity_for(request: RunRequest) -> Fidelity:
+    base = runs.default_fidelity(request.dataset.key)
+    overrides: dict[str, Any] = {}
+    if request.epochs:
+        overrides["epochs"] = request.epochs
+    if request.train_subset:
+        overrides["train_subset"] = request.train_subset
+    return Fidelity(**{**asdict(base), **overrides})
+
+
+def launch_run(owner: Any, project: Project | None, request: RunRequest) -> SearchRun:
+    """Create the run and queue its start (a worker's ``start_run_task``) once it is committed.
+
+    Raises ValueError when the engine refuses the configuration.
+    """
+    limits = runs.limits_for(request.profile, request.sram_kb, request.flash_kb, request.latency_ms)
+    config = runs.make_config(
+        config_dataset(request.dataset),
+        limits,
+        budget=request.budget,
+        seed=request.seed,
+        strategy=request.strategy,
+        population=request.population,
+        sample_size=request.sample_size,
+        fidelity=fidelity_for(request),
+    )
+    with transaction.atomic():
+        run = runs.create_run(
+            owner, request.dataset.key, config, profile=request.profile, project=project, name=request.name
+        )
+        if request.parallel:
+            # Execution settings ride along in the config (see execution.parallel_evaluations).
+            run.config = {**run.config, "parallel": request.parallel}
+            run.save(update_fields=["config"])
+        execution.submit_run(run)
+    return run
+
+
+def default_parallel() -> int:
+    """The evaluations a run keeps in flight when it does not say (execution's default)."""
+    return int(getattr(settings, "NASWEB_PARALLEL_EVALUATIONS", None) or 2)

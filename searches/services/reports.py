@@ -1,0 +1,87 @@
+"""What the candidate page and the API show about one architecture: layers, memory, board fit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from searches.engine import arch as arch_format
+from searches.engine.resources import CORES, ResourceReport, analyze, latency_ms
+from searches.models import Candidate, HardwareProfile
+
+
+@dataclass(frozen=True)
+class BoardFit:
+    """Whether a model fits one board preset, and its latency estimate at that board's clock."""
+
+    profile: HardwareProfile
+    fits_sram: bool
+    fits_flash: bool
+    latency_ms: float
+
+    @property
+    def fits(self) -> bool:
+        return self.fits_sram and self.fits_flash
+
+
+def analyze_candidate(candidate: Candidate) -> ResourceReport:
+    return analyze(arch_format.from_json(candidate.architecture))
+
+
+def layer_rows(report: ResourceReport) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": layer.name,
+            "op": layer.kind,
+            "output_shape": "x".join(str(d) for d in layer.output_shape),
+            "params": layer.params,
+            "flash_bytes": layer.flash_bytes,
+            "macs": layer.macs,
+        }
+        for layer in report.layers
+    ]
+
+
+def memory_data(report: ResourceReport) -> dict[str, Any]:
+    """The memory timeline of the optimal and the default execution order, for the chart."""
+    plan = report.memory
+    return {
+        "order": list(plan.order),
+        "timeline": list(plan.timeline),
+        "live_sets": [list(s) for s in plan.live_sets],
+        "default_order": [op.id for op in report.graph.ops],
+        "default_timeline": list(plan.default_timeline),
+        "default_live_sets": [list(s) for s in plan.default_live_sets],
+        "tensor_bytes": report.graph.tensor_bytes(),
+        "peak_bytes": plan.peak_bytes,
+        "default_peak_bytes": plan.default_peak_bytes,
+    }
+
+
+def board_fits(peak_sram_bytes: int, flash_bytes: int, macs: int) -> list[BoardFit]:
+    """Every board preset, in the presets' order; presets have no latency budget to check."""
+    return [
+        BoardFit(
+            profile=preset,
+            fits_sram=peak_sram_bytes <= preset.sram_bytes,
+            fits_flash=flash_bytes <= preset.flash_bytes,
+            latency_ms=latency_ms(macs, preset.core, preset.clock_mhz),
+        )
+        for preset in HardwareProfile.objects.presets()
+        if preset.core in CORES
+    ]
+
+
+def resources_json(report: ResourceReport) -> dict[str, Any]:
+    """The API's ``resources`` of a candidate: totals, layers and memory timeline."""
+    return {
+        "peak_sram_bytes": report.peak_sram_bytes,
+        "flash_bytes": report.flash_bytes,
+        "macs": report.macs,
+        "params": report.params,
+        "layers": [
+            {**row, "output_shape": list(layer.output_shape)}
+            for row, layer in zip(layer_rows(report), report.layers, strict=True)
+        ],
+        "memory": memory_data(report),
+    }

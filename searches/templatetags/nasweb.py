@@ -1,0 +1,52 @@
+"""Number formatting for the pages: bytes, percentages, counts and milliseconds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import template
+
+register = template.Library()
+
+DASH = "—"
+
+
+@register.filter
+def kb(value: Any) -> str:
+    """Bytes as kB (1 kB = 1024 B), with the exact byte count for small values."""
+    if value in (None, ""):
+        return DASH
+    n = int(value)
+    if n < 1024:
+        return f"{n:,} B"
+    return f"{n / 1024:,.1f} kB"
+
+
+@register.filter
+def pct(value: Any) -> str:
+    if value in (None, ""):
+        return DASH
+    return f"{float(value) * 100:.1f}%"
+
+
+@register.filter
+def count(value: Any) -> str:
+    if value in (None, ""):
+        return DASH
+    return f"{int(value):,}"
+
+
+@register.filter
+def ms(value: Any) -> str:
+    if value in (None, ""):
+        return DASH
+    v = float(value)
+    return f"{v:,.0f} ms" if v >= 100 else f"{v:.3g} ms"
+
+
+@register.filter
+def seconds(value: Any) -> str:
+    if value in (None, ""):
+        return DASH
+    v = float(value)
+    return f"{v:.1f} s" if v < 120 else f"{v / 60:.1f} min"

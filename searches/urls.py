@@ -1,0 +1,46 @@
+"""URLs of the web UI (the API lives under searches/api/urls.py)."""
+
+from __future__ import annotations
+
+from django.urls import include, path
+
+from searches.views import accounts, candidates, datasets, home, profiles, projects, runs
+
+urlpatterns = [
+    path("", home.index, name="index"),
+    path("accounts/signup/", accounts.signup, name="signup"),
+    path("accounts/token/", accounts.api_token, name="api_token"),
+    # Hardware profiles
+    path("profiles/", profiles.profile_list, name="profile_list"),
+    path("profiles/new/", profiles.profile_create, name="profile_create"),
+    path("profiles/<int:pk>/edit/", profiles.profile_edit, name="profile_edit"),
+    path("profiles/<int:pk>/delete/", profiles.profile_delete, name="profile_delete"),
+    path("profiles/<int:pk>/copy/", profiles.profile_copy, name="profile_copy"),
+    # Projects
+    path("projects/", projects.project_list, name="project_list"),
+    path("projects/new/", projects.project_create, name="project_create"),
+    path("projects/<int:pk>/", projects.project_detail, name="project_detail"),
+    path("projects/<int:pk>/edit/", projects.project_edit, name="project_edit"),
+    path("projects/<int:pk>/delete/", projects.project_delete, name="project_delete"),
+    path("projects/<int:project_pk>/runs/new/", runs.run_create, name="run_create"),
+    # Runs
+    path("runs/", runs.run_list, name="run_list"),
+    path("runs/<int:pk>/", runs.run_detail, name="run_detail"),
+    path("runs/<int:pk>/cancel/", runs.run_cancel, name="run_cancel"),
+    path("runs/<int:pk>/extend/", runs.run_extend, name="run_extend"),
+    path("runs/<int:pk>/candidates.csv", runs.run_csv, name="run_csv"),
+    path("runs/<int:pk>/delete/", runs.run_delete, name="run_delete"),
+    # Candidates
+    path("candidates/<int:pk>/", candidates.candidate_detail, name="candidate_detail"),
+    path(
+        "candidates/<int:pk>/architecture.json",
+        candidates.candidate_architecture,
+        name="candidate_architecture",
+    ),
+    # Datasets
+    path("datasets/", datasets.dataset_list, name="dataset_list"),
+    path("datasets/upload/", datasets.dataset_upload, name="dataset_upload"),
+    path("datasets/<int:pk>/delete/", datasets.dataset_delete, name="dataset_delete"),
+    # REST API
+    path("api/", include("searches.api.urls")),
+]

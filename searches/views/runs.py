@@ -1,0 +1,222 @@
+"""Search runs: the new-run form, the list, the live dashboard and the run's actions."""
+
+from __future__ import annotations
+
+import csv
+import json
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from searches import events
+from searches.forms import ExtendRunForm, NewRunForm
+from searches.models import Candidate, Project, SearchRun
+from searches.services import execution
+from searches.services.deletion import ACTIVE, delete_run
+from searches.services.launch import RunRequest, launch_run
+from searches.services.runs import default_fidelity
+
+# The CSV's columns, in order: every metric a candidate row has.
+CSV_COLUMNS = (
+    "index",
+    "status",
+    "feasible",
+    "on_pareto",
+    "val_accuracy",
+    "test_accuracy",
+    "peak_sram_bytes",
+    "flash_bytes",
+    "macs",
+    "latency_ms_estimate",
+    "params",
+    "train_seconds",
+    "parent_index",
+    "mutation",
+    "reject_reason",
+)
+
+
+def _get_run_for_user(request: HttpRequest, pk: int) -> SearchRun:
+    return get_object_or_404(SearchRun.objects.for_user(request.user), pk=pk)
+
+
+def _get_project_for_user(request: HttpRequest, pk: int) -> Project:
+    return get_object_or_404(Project.objects.for_user(request.user), pk=pk)
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
+
+
+def _posted(request: HttpRequest) -> Any:
+    """Form fields, or a JSON object body (the dashboard's fetch calls send either)."""
+    if request.content_type == "application/json":
+        try:
+            data = json.loads(request.body or b"{}")
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
+    return request.POST
+
+
+def _action_done(request: HttpRequest, run: SearchRun, message: str, ok: bool = True) -> HttpResponse:
+    if _wants_json(request):
+        run.refresh_from_db()
+        return JsonResponse(
+            {"ok": ok, "message": message, "run": events.run_payload(run)}, status=200 if ok else 400
+        )
+    (messages.success if ok else messages.error)(request, message)
+    return redirect("run_detail", pk=run.pk)
+
+
+# ---- creating ------------------------------------------------------------------------------
+
+
+def _request_from(form: NewRunForm) -> RunRequest:
+    data = form.cleaned_data
+    return RunRequest(
+        profile=data["profile"],
+        dataset=data["dataset"],
+        strategy=data["strategy"],
+        budget=data["budget"],
+        population=data["population"],
+        sample_size=data["sample_size"],
+        epochs=data["epochs"],
+        train_subset=data["train_subset"],
+        parallel=data["parallel"],
+        seed=data["seed"],
+        sram_kb=data["sram_kb"],
+        flash_kb=data["flash_kb"],
+        latency_ms=data["latency_ms"],
+        name=data["name"].strip(),
+    )
+
+
+def _fidelity_hints(form: NewRunForm) -> dict[str, dict[str, Any]]:
+    """Default epochs and train subset per dataset choice, shown as the fields' placeholders."""
+    hints = {}
+    for pk, dataset in form.datasets.items():
+        fidelity = default_fidelity(dataset.key)
+        hints[str(pk)] = {"epochs": fidelity.epochs, "train_subset": fidelity.train_subset or dataset.n_train}
+    return hints
+
+
+@login_required
+def run_create(request: HttpRequest, project_pk: int) -> HttpResponse:
+    project = _get_project_for_user(request, project_pk)
+    form = NewRunForm(request.POST or None, owner=request.user)
+    if request.method == "POST" and form.is_valid():
+        try:
+            run = launch_run(request.user, project, _request_from(form))
+        except ValueError as exc:
+            form.add_error(None, str(exc))
+        else:
+            return redirect("run_detail", pk=run.pk)
+    ctx = {"project": project, "form": form, "fidelity_hints": _fidelity_hints(form)}
+    return render(request, "searches/run_form.html", ctx)
+
+
+# ---- reading -------------------------------------------------------------------------------
+
+
+@login_required
+def run_list(request: HttpRequest) -> HttpResponse:
+    runs = SearchRun.objects.for_user(request.user).select_related("project", "profile")
+    return render(request, "searches/run_list.html", {"runs": runs})
+
+
+def dashboard_config(run: SearchRun) -> dict[str, Any]:
+    """What the dashboard's JavaScript needs to start: where to listen and where to act."""
+    limits = (run.config or {}).get("limits") or {}
+    return {
+        "run_id": run.pk,
+        "ws_path": f"/ws/runs/{run.pk}/",
+        "limits": {key: limits.get(key) for key in ("sram_bytes", "flash_bytes", "latency_ms")},
+        "candidate_url": reverse("candidate_detail", args=[0]),
+        "csv_url": reverse("run_csv", args=[run.pk]),
+        "cancel_url": reverse("run_cancel", args=[run.pk]),
+        "extend_url": reverse("run_extend", args=[run.pk]),
+        "status": run.status,
+    }
+
+
+@login_required
+def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    run = _get_run_for_user(request, pk)
+    ctx = {
+        "run": run,
+        "profile": run.profile,
+        "candidate_count": run.candidates.count(),
+        "dashboard_config": dashboard_config(run),
+        "extend_form": ExtendRunForm(),
+    }
+    return render(request, "searches/run_detail.html", ctx)
+
+
+def _csv_row(c: Candidate) -> list[Any]:
+    parent = c.parent.index if c.parent_id and c.parent else ""
+    values = {**c.__dict__, "latency_ms_estimate": c.latency_ms, "parent_index": parent}
+    return ["" if values[col] is None else values[col] for col in CSV_COLUMNS]
+
+
+@login_required
+def run_csv(request: HttpRequest, pk: int) -> HttpResponse:
+    run = _get_run_for_user(request, pk)
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="run-{run.pk}-candidates.csv"'
+    writer = csv.writer(response)
+    writer.writerow(CSV_COLUMNS)
+    for candidate in run.candidates.select_related("parent").order_by("index"):
+        writer.writerow(_csv_row(candidate))
+    return response
+
+
+# ---- acting --------------------------------------------------------------------------------
+
+
+@login_required
+@require_POST
+def run_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    run = _get_run_for_user(request, pk)
+    if not run.is_active:
+        return _action_done(request, run, f"The run is already {run.get_status_display().lower()}.", ok=False)
+    execution.cancel_run(run)
+    return _action_done(request, run, "The run was cancelled.")
+
+
+@login_required
+@require_POST
+def run_extend(request: HttpRequest, pk: int) -> HttpResponse:
+    run = _get_run_for_user(request, pk)
+    form = ExtendRunForm(_posted(request))
+    if not form.is_valid():
+        return _action_done(request, run, _first_error(form), ok=False)
+    extra = form.cleaned_data["extra_budget"]
+    try:
+        execution.extend_run(run, extra)
+    except ValueError as exc:
+        return _action_done(request, run, str(exc), ok=False)
+    return _action_done(request, run, f"The budget grew by {extra} candidates.")
+
+
+def _first_error(form: ExtendRunForm) -> str:
+    errors = form.errors.get("extra_budget") or ["Invalid value."]
+    return f"Extra candidates: {errors[0]}"
+
+
+@login_required
+@require_POST
+def run_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    run = _get_run_for_user(request, pk)
+    if run.status in ACTIVE:
+        messages.error(request, "The run is still active: cancel it before deleting it.")
+        return redirect("run_detail", pk=run.pk)
+    project_id = run.project_id
+    delete_run(run)
+    messages.success(request, f"Run #{pk} and its candidates were deleted.")
+    return redirect("project_detail", pk=project_id) if project_id else redirect("run_list")

@@ -1,0 +1,418 @@
+from __future__ import annotations
+
+import pytest
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from searches.models import Candidate, HardwareProfile, Project, SearchRun
+from tests.web.factories import SMALL_ARCH, make_candidate, make_profile, make_project, make_run
+
+pytestmark = pytest.mark.django_db
+
+PROFILE = {"name": "Sensor node", "core": "cortex-m4f", "clock_mhz": 80, "sram_kb": 48, "flash_kb": 200}
+
+
+@pytest.fixture
+def api(user) -> APIClient:
+    """A client authenticated with the user's API token."""
+    token = Token.objects.create(user=user)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    return client
+
+
+@pytest.fixture
+def anonymous() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def enqueued(monkeypatch):
+    from searches import tasks
+
+    calls: list[int] = []
+    monkeypatch.setattr(tasks.start_run_task, "delay", calls.append)
+    return calls
+
+
+def _preset() -> HardwareProfile:
+    return HardwareProfile.objects.presets().get(name="NUCLEO-L476RG")
+
+
+# --- authentication -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/",
+        "/api/profiles/",
+        "/api/projects/",
+        "/api/datasets/",
+        "/api/runs/",
+        "/api/runs/1/candidates/",
+        "/api/candidates/1/",
+        "/api/schema/",
+    ],
+)
+def test_it_requires_authentication(anonymous, url):
+    response = anonymous.get(url)
+
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == "Token"
+
+
+def test_it_requires_authentication_to_write(anonymous, user):
+    run = make_run(user, status=SearchRun.Status.RUNNING)
+
+    assert anonymous.post("/api/projects/", {"name": "x"}).status_code == 401
+    assert anonymous.post(f"/api/runs/{run.pk}/cancel/").status_code == 401
+    assert not Project.objects.exists()
+    run.refresh_from_db()
+    assert run.status == SearchRun.Status.RUNNING
+
+
+def test_a_bad_token_is_refused(anonymous):
+    anonymous.credentials(HTTP_AUTHORIZATION="Token not-a-real-token")
+
+    assert anonymous.get("/api/projects/").status_code == 401
+
+
+def test_session_authentication_works(client, user):
+    make_project(user, "Mine")
+    client.force_login(user)
+
+    response = client.get("/api/projects/")
+
+    assert response.status_code == 200
+    assert [p["name"] for p in response.json()] == ["Mine"]
+
+
+def test_session_writes_need_csrf(user):
+    client = APIClient(enforce_csrf_checks=True)
+    client.force_login(user)
+
+    response = client.post("/api/projects/", {"name": "x"}, format="json")
+
+    assert response.status_code == 403
+    assert "CSRF" in response.json()["detail"]
+
+
+# --- profiles -----------------------------------------------------------------------------------
+
+
+def test_profiles_list_own_and_presets(api, user, other_user):
+    make_profile(user, "Mine")
+    make_profile(other_user, "Bob's")
+
+    names = [p["name"] for p in api.get("/api/profiles/").json()]
+
+    assert "Mine" in names and "Bob's" not in names
+    assert len(names) == 16
+
+
+def test_profiles_crud_works(api, user):
+    created = api.post("/api/profiles/", PROFILE, format="json")
+    pk = created.json()["id"]
+    updated = api.patch(f"/api/profiles/{pk}/", {"sram_kb": 32}, format="json")
+    fetched = api.get(f"/api/profiles/{pk}/")
+    deleted = api.delete(f"/api/profiles/{pk}/")
+
+    assert created.status_code == 201
+    assert created.json()["is_preset"] is False
+    assert updated.status_code == 200
+    assert fetched.json()["sram_kb"] == 32
+    assert deleted.status_code == 204
+    assert not HardwareProfile.objects.owned_by(user).exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("sram_kb", 0, "greater than or equal to 1"),
+        ("sram_kb", 10**7, "Must be at most 65,536 kB."),
+        ("clock_mhz", -5, "greater than or equal to 0.001"),
+        ("latency_ms", 10**9, "Must be at most 60,000 ms."),
+        ("core", "pentium", "is not a valid choice"),
+    ],
+)
+def test_profiles_validate_fields(api, field, value, message):
+    response = api.post("/api/profiles/", {**PROFILE, field: value}, format="json")
+
+    assert response.status_code == 400
+    assert any(message in e for e in response.json()[field])
+
+
+def test_profiles_reject_a_duplicate_name(api, user):
+    make_profile(user, "Sensor node")
+
+    response = api.post("/api/profiles/", PROFILE, format="json")
+
+    assert response.status_code == 400
+    assert response.json()["name"] == ["You already have a profile with this name."]
+
+
+def test_presets_are_read_only(api):
+    preset = _preset()
+
+    assert api.get(f"/api/profiles/{preset.pk}/").json()["is_preset"] is True
+    assert api.patch(f"/api/profiles/{preset.pk}/", {"sram_kb": 1}, format="json").status_code == 403
+    assert api.delete(f"/api/profiles/{preset.pk}/").status_code == 403
+    assert _preset().sram_kb == 128
+
+
+def test_profiles_check_owner(api, other_user):
+    bobs = make_profile(other_user, "Bob's")
+
+    assert api.get(f"/api/profiles/{bobs.pk}/").status_code == 404
+    assert api.patch(f"/api/profiles/{bobs.pk}/", {"sram_kb": 1}, format="json").status_code == 404
+    assert api.delete(f"/api/profiles/{bobs.pk}/").status_code == 404
+    assert HardwareProfile.objects.filter(pk=bobs.pk).exists()
+
+
+# --- projects -----------------------------------------------------------------------------------
+
+
+def test_projects_crud_works(api, user):
+    created = api.post("/api/projects/", {"name": "Gestures", "description": "IMU"}, format="json")
+    pk = created.json()["id"]
+    updated = api.put(f"/api/projects/{pk}/", {"name": "Gestures 2", "description": ""}, format="json")
+    listed = api.get("/api/projects/")
+    deleted = api.delete(f"/api/projects/{pk}/")
+
+    assert created.status_code == 201
+    assert updated.json()["name"] == "Gestures 2"
+    assert [p["id"] for p in listed.json()] == [pk]
+    assert deleted.status_code == 204
+    assert not Project.objects.exists()
+
+
+def test_projects_check_owner(api, other_user):
+    bobs = make_project(other_user, "Bob's")
+
+    assert api.get("/api/projects/").json() == []
+    assert api.get(f"/api/projects/{bobs.pk}/").status_code == 404
+    assert api.put(f"/api/projects/{bobs.pk}/", {"name": "mine now"}, format="json").status_code == 404
+    assert api.delete(f"/api/projects/{bobs.pk}/").status_code == 404
+    assert Project.objects.filter(pk=bobs.pk, name="Bob's").exists()
+
+
+# --- datasets -----------------------------------------------------------------------------------
+
+
+def test_datasets_list_the_builtins(api):
+    rows = api.get("/api/datasets/").json()
+
+    assert {(d["key"], tuple(d["input_shape"])) for d in rows} == {
+        ("digits", (8, 8, 1)),
+        ("fashion-mnist", (28, 28, 1)),
+    }
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+
+def test_runs_list_works(api, user, other_user):
+    project = make_project(user)
+    in_project = make_run(user, project, status=SearchRun.Status.RUNNING)
+    make_run(user, None, status=SearchRun.Status.DONE)
+    make_run(other_user)
+
+    everything = api.get("/api/runs/").json()
+    filtered = api.get("/api/runs/", {"project": project.pk}).json()
+    running = api.get("/api/runs/", {"status": "running"}).json()
+
+    assert len(everything) == 2
+    assert [r["id"] for r in filtered] == [in_project.pk]
+    assert [r["id"] for r in running] == [in_project.pk]
+
+
+def test_run_create_works(api, user, enqueued, django_capture_on_commit_callbacks):
+    project = make_project(user)
+    body = {"project": project.pk, "profile": _preset().pk, "dataset": "digits", "budget": 6, "parallel": 1}
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.post("/api/runs/", body, format="json")
+
+    assert response.status_code == 201
+    run = SearchRun.objects.get(owner=user)
+    assert response.json()["id"] == run.pk
+    assert response.json()["status"] == "pending"
+    assert (run.project, run.profile, run.dataset, run.budget) == (project, _preset(), "digits", 6)
+    assert run.config["population"] == 8
+    assert run.config["limits"]["sram_bytes"] == 128 * 1024
+    assert enqueued == [run.pk]
+
+
+def test_run_create_validates(api, user, other_user, enqueued):
+    bobs_project = make_project(other_user)
+    bobs_profile = make_profile(other_user)
+
+    response = api.post(
+        "/api/runs/",
+        {"project": bobs_project.pk, "profile": bobs_profile.pk, "dataset": "mnist", "budget": 0},
+        format="json",
+    )
+
+    assert response.status_code == 400
+    assert set(response.json()) == {"project", "profile", "dataset", "budget"}
+    assert not SearchRun.objects.exists()
+    assert enqueued == []
+
+
+def test_run_retrieve_checks_owner(api, other_user):
+    bobs = make_run(other_user)
+
+    assert api.get(f"/api/runs/{bobs.pk}/").status_code == 404
+    assert api.post(f"/api/runs/{bobs.pk}/cancel/").status_code == 404
+    assert api.post(f"/api/runs/{bobs.pk}/extend/", {"extra_budget": 5}, format="json").status_code == 404
+    bobs.refresh_from_db()
+    assert bobs.budget == 20
+
+
+def test_run_retrieve_works(api, user):
+    run = make_run(user)
+
+    data = api.get(f"/api/runs/{run.pk}/").json()
+
+    assert (data["id"], data["dataset"], data["status"], data["budget"]) == (run.pk, "digits", "done", 20)
+    assert data["config"]["limits"]["sram_bytes"] == 2048
+
+
+def test_run_cancel_works(api, user):
+    run = make_run(user, status=SearchRun.Status.RUNNING)
+    make_candidate(run, 0, status=Candidate.Status.RUNNING)
+
+    response = api.post(f"/api/runs/{run.pk}/cancel/")
+    again = api.post(f"/api/runs/{run.pk}/cancel/")
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "cancelled"
+    assert again.status_code == 409
+
+
+def test_run_extend_works(api, user):
+    run = make_run(user, status=SearchRun.Status.PENDING)
+
+    response = api.post(f"/api/runs/{run.pk}/extend/", {"extra_budget": 5}, format="json")
+    bad = api.post(f"/api/runs/{run.pk}/extend/", {"extra_budget": 0}, format="json")
+
+    assert response.status_code == 200
+    assert response.json()["budget"] == 25
+    assert bad.status_code == 400
+
+
+# --- candidates ---------------------------------------------------------------------------------
+
+
+def _run_with_candidates(owner):
+    run = make_run(owner)
+    first = make_candidate(run, 0, val_accuracy=0.80, peak_sram_bytes=900, on_pareto=True)
+    make_candidate(run, 1, parent=first, val_accuracy=0.95, peak_sram_bytes=1500, on_pareto=True)
+    make_candidate(run, 2, parent=first, val_accuracy=0.70, peak_sram_bytes=1200)
+    make_candidate(
+        run, 3, status=Candidate.Status.REJECTED, feasible=False, val_accuracy=None, peak_sram_bytes=9000
+    )
+    return run
+
+
+def test_candidates_list_works(api, user):
+    run = _run_with_candidates(user)
+
+    data = api.get(f"/api/runs/{run.pk}/candidates/").json()
+
+    assert data["count"] == 4
+    rows = data["results"]
+    assert [r["index"] for r in rows] == [0, 1, 2, 3]
+    assert rows[1]["parent_index"] == 0 and rows[0]["parent_index"] is None
+    assert rows[1]["parent"] == rows[0]["id"]
+    assert "architecture" not in rows[0]
+
+
+@pytest.mark.parametrize(
+    ("params", "indexes"),
+    [
+        ({"ordering": "-val_accuracy"}, [1, 0, 2, 3]),
+        ({"ordering": "peak_sram_bytes"}, [0, 2, 1, 3]),
+        ({"status": "rejected"}, [3]),
+        ({"feasible": "true"}, [0, 1, 2]),
+        ({"on_pareto": "true"}, [0, 1]),
+        ({"min_val_accuracy": "0.75"}, [0, 1]),
+        ({"max_peak_sram_bytes": "1200"}, [0, 2]),
+        ({"page_size": "2", "page": "2"}, [2, 3]),
+    ],
+)
+def test_candidates_list_filters_and_orders(api, user, params, indexes):
+    run = _run_with_candidates(user)
+
+    data = api.get(f"/api/runs/{run.pk}/candidates/", params).json()
+
+    assert [r["index"] for r in data["results"]] == indexes
+
+
+def test_candidates_list_rejects_bad_filters(api, user):
+    run = _run_with_candidates(user)
+
+    response = api.get(f"/api/runs/{run.pk}/candidates/", {"max_macs": "lots"})
+
+    assert response.status_code == 400
+
+
+def test_candidates_list_checks_owner(api, other_user):
+    run = _run_with_candidates(other_user)
+
+    assert api.get(f"/api/runs/{run.pk}/candidates/").status_code == 404
+
+
+def test_candidate_detail_works(api, user):
+    run = make_run(user)
+    parent = make_candidate(run, 0)
+    candidate = make_candidate(run, 1, parent=parent)
+    child = make_candidate(run, 2, parent=candidate)
+
+    data = api.get(f"/api/candidates/{candidate.pk}/").json()
+
+    assert data["architecture"] == SMALL_ARCH
+    assert (data["run"], data["parent"], data["children"]) == (run.pk, parent.pk, [child.pk])
+    resources = data["resources"]
+    assert (resources["peak_sram_bytes"], resources["flash_bytes"], resources["macs"]) == (320, 2722, 4864)
+    assert [layer["name"] for layer in resources["layers"]] == ["b0l0_conv2d", "logits"]
+    assert resources["layers"][0]["output_shape"] == [8, 8, 4]
+    assert resources["memory"]["timeline"] and resources["memory"]["order"]
+
+
+def test_candidate_detail_checks_owner(api, other_user):
+    candidate = make_candidate(make_run(other_user))
+
+    assert api.get(f"/api/candidates/{candidate.pk}/").status_code == 404
+
+
+# --- schema and docs --------------------------------------------------------------------------------
+
+
+def test_schema_works(api):
+    response = api.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    for path in ("/api/profiles/", "/api/projects/", "/api/runs/", "/api/runs/{id}/cancel/"):
+        assert path in paths
+    assert "/api/runs/{run_pk}/candidates/" in paths
+
+
+def test_docs_are_served_without_a_cdn(client, user):
+    client.force_login(user)
+
+    swagger = client.get("/api/docs/").content.decode()
+    redoc = client.get("/api/redoc/").content.decode()
+
+    assert "/static/drf_spectacular_sidecar/swagger-ui-dist/" in swagger
+    assert "/static/drf_spectacular_sidecar/redoc/" in redoc
+    assert "cdn" not in swagger.lower() and "cdn" not in redoc.lower()
+
+
+def test_docs_require_login(client):
+    response = client.get("/api/docs/")
+
+    assert response.status_code == 302
+    assert response.url.startswith("/accounts/login/")

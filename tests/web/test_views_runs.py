@@ -1,0 +1,504 @@
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from django.urls import reverse
+
+from searches.models import Candidate, Dataset, HardwareProfile, SearchRun
+from searches.services.runs import default_fidelity
+from tests.web.factories import make_candidate, make_profile, make_project, make_run
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def enqueued(monkeypatch):
+    """The run ids whose start was queued (no broker, no worker in these tests)."""
+    from searches import tasks
+
+    calls: list[int] = []
+    monkeypatch.setattr(tasks.start_run_task, "delay", calls.append)
+    return calls
+
+
+def _digits() -> Dataset:
+    return Dataset.objects.get(name="digits", kind=Dataset.Kind.BUILTIN)
+
+
+def _form_data(profile: HardwareProfile, **fields):
+    return {
+        "name": "",
+        "profile": profile.pk,
+        "dataset": _digits().pk,
+        "strategy": "aging_evolution",
+        "budget": 20,
+        "population": 8,
+        "sample_size": "",
+        "epochs": "",
+        "train_subset": "",
+        "parallel": 2,
+        "seed": 0,
+        "sram_kb": "",
+        "flash_kb": "",
+        "latency_ms": "",
+    } | fields
+
+
+# --- new run ------------------------------------------------------------------------------------
+
+
+def test_new_run_form_works(client, user):
+    project = make_project(user)
+    make_profile(user, "My board")
+    client.force_login(user)
+
+    response = client.get(reverse("run_create", args=[project.pk]))
+
+    assert response.status_code == 200
+    form = response.context["form"]
+    assert form["budget"].value() == 20
+    assert form["population"].value() == 8
+    assert form["dataset"].value() == _digits().pk
+    groups = dict(form.fields["profile"].choices)
+    assert [name for _, name in groups["My profiles"]] == ["My board"]
+    assert len(groups["Board presets"]) == 15
+    body = response.content.decode()
+    assert "coming with the pruning issue" in body
+    assert 'name="pruning"' in body and "disabled" in body.split('name="pruning"')[1].split(">")[0]
+    hints = response.context["fidelity_hints"]
+    assert hints[str(_digits().pk)]["epochs"] == default_fidelity("digits").epochs
+
+
+def test_new_run_creates_the_run_and_enqueues_its_start(
+    client, user, enqueued, django_capture_on_commit_callbacks
+):
+    project = make_project(user)
+    preset = HardwareProfile.objects.presets().get(name="Arduino Uno R3")
+    client.force_login(user)
+
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        response = client.post(
+            reverse("run_create", args=[project.pk]),
+            _form_data(preset, name="uno digits", flash_kb="4", parallel=1),
+        )
+
+    run = SearchRun.objects.get(owner=user)
+    assert response.status_code == 302
+    assert response.url == reverse("run_detail", args=[run.pk])
+    assert len(callbacks) == 1
+    assert enqueued == [run.pk]
+    assert (run.project, run.profile, run.name, run.dataset) == (project, preset, "uno digits", "digits")
+    assert run.status == SearchRun.Status.PENDING
+    assert run.budget == 20
+    config = run.config
+    assert (config["population"], config["budget"], config["strategy"], config["parallel"]) == (
+        8,
+        20,
+        "aging_evolution",
+        1,
+    )
+    # The profile's SRAM, the overridden flash, and digits' default fidelity.
+    assert config["limits"]["sram_bytes"] == 2 * 1024
+    assert config["limits"]["flash_bytes"] == 4 * 1024
+    assert config["limits"]["core"] == "avr"
+    assert config["fidelity"]["epochs"] == default_fidelity("digits").epochs
+
+
+def test_new_run_takes_explicit_fidelity_and_strategy(
+    client, user, enqueued, django_capture_on_commit_callbacks
+):
+    project = make_project(user)
+    profile = make_profile(user)
+    client.force_login(user)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(
+            reverse("run_create", args=[project.pk]),
+            _form_data(profile, strategy="random", epochs=2, train_subset=500, seed=7, sample_size=3),
+        )
+
+    run = SearchRun.objects.get(owner=user)
+    assert run.strategy == "random"
+    assert (run.config["fidelity"]["epochs"], run.config["fidelity"]["train_subset"]) == (2, 500)
+    assert (run.config["seed"], run.config["sample_size"]) == (7, 3)
+    assert enqueued == [run.pk]
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "message"),
+    [
+        ({"budget": 0}, "budget", "greater than or equal to 1"),
+        ({"budget": 10**6}, "budget", "less than or equal to 5000"),
+        ({"population": 1}, "population", "greater than or equal to 2"),
+        ({"sample_size": 9}, "sample_size", "cannot exceed the population"),
+        ({"sram_kb": -1}, "sram_kb", "Must be a positive number."),
+        ({"latency_ms": 10**9}, "latency_ms", "Must be at most 60,000 ms."),
+        ({"strategy": "grid"}, "strategy", "Select a valid choice."),
+        ({"dataset": 999999}, "dataset", "Select a valid choice."),
+    ],
+)
+def test_new_run_shows_field_errors(client, user, enqueued, fields, field, message):
+    project = make_project(user)
+    client.force_login(user)
+    preset = HardwareProfile.objects.presets().first()
+
+    response = client.post(reverse("run_create", args=[project.pk]), _form_data(preset, **fields))
+
+    assert response.status_code == 200
+    assert any(message in e for e in response.context["form"].errors[field])
+    assert not SearchRun.objects.exists()
+    assert enqueued == []
+
+
+def test_new_run_refuses_another_users_profile(client, user, other_user, enqueued):
+    project = make_project(user)
+    bobs = make_profile(other_user, "Bob's board")
+    client.force_login(user)
+
+    response = client.post(reverse("run_create", args=[project.pk]), _form_data(bobs))
+
+    assert response.status_code == 200
+    assert "profile" in response.context["form"].errors
+    assert not SearchRun.objects.exists()
+
+
+def test_new_run_checks_owner(client, user, other_user, enqueued):
+    project = make_project(other_user)
+    client.force_login(user)
+    preset = HardwareProfile.objects.presets().first()
+
+    assert client.get(reverse("run_create", args=[project.pk])).status_code == 404
+    assert client.post(reverse("run_create", args=[project.pk]), _form_data(preset)).status_code == 404
+    assert not SearchRun.objects.exists()
+
+
+def test_new_run_requires_login(client, user, enqueued):
+    project = make_project(user)
+    preset = HardwareProfile.objects.presets().first()
+
+    response = client.post(reverse("run_create", args=[project.pk]), _form_data(preset))
+
+    assert response.status_code == 302
+    assert not SearchRun.objects.exists()
+    assert enqueued == []
+
+
+# --- list ---------------------------------------------------------------------------------------
+
+
+def test_list_works(client, user, other_user):
+    mine = make_run(user, make_project(user), name="mine")
+    make_run(other_user, name="bobs run")
+    client.force_login(user)
+
+    response = client.get(reverse("run_list"))
+
+    assert response.status_code == 200
+    assert list(response.context["runs"]) == [mine]
+    assert "bobs run" not in response.content.decode()
+
+
+def test_list_requires_login(client):
+    assert client.get(reverse("run_list")).status_code == 302
+
+
+# --- detail (the live dashboard) ------------------------------------------------------------------
+
+
+def test_detail_works(client, user):
+    profile = make_profile(user)
+    run = make_run(user, profile=profile, status=SearchRun.Status.RUNNING)
+    make_candidate(run, 0)
+    make_candidate(run, 1)
+    client.force_login(user)
+
+    response = client.get(reverse("run_detail", args=[run.pk]))
+
+    assert response.status_code == 200
+    assert response.context["run"] == run
+    assert response.context["profile"] == profile
+    assert response.context["candidate_count"] == 2
+    assert response.context["dashboard_config"] == {
+        "run_id": run.pk,
+        "ws_path": f"/ws/runs/{run.pk}/",
+        "limits": {"sram_bytes": 2048, "flash_bytes": 4096, "latency_ms": None},
+        "candidate_url": "/candidates/0/",
+        "csv_url": f"/runs/{run.pk}/candidates.csv",
+        "cancel_url": f"/runs/{run.pk}/cancel/",
+        "extend_url": f"/runs/{run.pk}/extend/",
+        "status": "running",
+    }
+
+
+def test_detail_checks_owner(client, user, other_user):
+    run = make_run(other_user)
+    client.force_login(user)
+
+    assert client.get(reverse("run_detail", args=[run.pk])).status_code == 404
+
+
+def test_detail_requires_login(client, user):
+    run = make_run(user)
+
+    assert client.get(reverse("run_detail", args=[run.pk])).status_code == 302
+
+
+# --- cancel -------------------------------------------------------------------------------------
+
+
+def test_cancel_works(client, user):
+    run = make_run(user, status=SearchRun.Status.RUNNING)
+    make_candidate(run, 0, status=Candidate.Status.RUNNING, val_accuracy=None)
+    client.force_login(user)
+
+    response = client.post(reverse("run_cancel", args=[run.pk]))
+
+    assert response.status_code == 302
+    assert response.url == reverse("run_detail", args=[run.pk])
+    run.refresh_from_db()
+    assert run.status == SearchRun.Status.CANCELLED
+    assert run.candidates.get().status == Candidate.Status.FAILED
+
+
+def test_cancel_answers_json_to_the_dashboard(client, user):
+    run = make_run(user, status=SearchRun.Status.PENDING)
+    client.force_login(user)
+
+    response = client.post(reverse("run_cancel", args=[run.pk]), HTTP_ACCEPT="application/json")
+
+    assert response.status_code == 200
+    assert response.json()["run"]["status"] == "cancelled"
+    assert response.json()["message"] == "The run was cancelled."
+
+
+def test_cancel_of_a_finished_run_says_so(client, user):
+    run = make_run(user, status=SearchRun.Status.DONE)
+    client.force_login(user)
+
+    response = client.post(reverse("run_cancel", args=[run.pk]), HTTP_ACCEPT="application/json")
+
+    assert response.status_code == 400
+    assert "already done" in response.json()["message"]
+
+
+def test_cancel_rejects_get(client, user):
+    run = make_run(user, status=SearchRun.Status.RUNNING)
+    client.force_login(user)
+
+    assert client.get(reverse("run_cancel", args=[run.pk])).status_code == 405
+
+
+def test_cancel_checks_owner(client, user, other_user):
+    run = make_run(other_user, status=SearchRun.Status.RUNNING)
+    client.force_login(user)
+
+    assert client.post(reverse("run_cancel", args=[run.pk])).status_code == 404
+    run.refresh_from_db()
+    assert run.status == SearchRun.Status.RUNNING
+
+
+def test_cancel_requires_login(client, user):
+    run = make_run(user, status=SearchRun.Status.RUNNING)
+
+    assert client.post(reverse("run_cancel", args=[run.pk])).status_code == 302
+    run.refresh_from_db()
+    assert run.status == SearchRun.Status.RUNNING
+
+
+# --- extend -------------------------------------------------------------------------------------
+
+
+def test_extend_works(client, user):
+    # A pending run is only re-budgeted (a done one would be restarted on a worker).
+    run = make_run(user, status=SearchRun.Status.PENDING)
+    client.force_login(user)
+
+    response = client.post(reverse("run_extend", args=[run.pk]), {"extra_budget": 5})
+
+    assert response.status_code == 302
+    run.refresh_from_db()
+    assert run.budget == 25
+    assert run.config["budget"] == 25
+
+
+def test_extend_accepts_a_json_body(client, user):
+    run = make_run(user, status=SearchRun.Status.PENDING)
+    client.force_login(user)
+
+    response = client.post(
+        reverse("run_extend", args=[run.pk]),
+        json.dumps({"extra_budget": 3}),
+        content_type="application/json",
+        HTTP_ACCEPT="application/json",
+    )
+
+    assert response.status_code == 200
+    assert response.json()["run"]["budget"] == 23
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "abc", "100000"])
+def test_extend_rejects_bad_amounts(client, user, value):
+    run = make_run(user, status=SearchRun.Status.PENDING)
+    client.force_login(user)
+
+    response = client.post(
+        reverse("run_extend", args=[run.pk]), {"extra_budget": value}, HTTP_ACCEPT="application/json"
+    )
+
+    assert response.status_code == 400
+    assert response.json()["message"].startswith("Extra candidates:")
+    run.refresh_from_db()
+    assert run.budget == 20
+
+
+def test_extend_checks_owner(client, user, other_user):
+    run = make_run(other_user, status=SearchRun.Status.PENDING)
+    client.force_login(user)
+
+    assert client.post(reverse("run_extend", args=[run.pk]), {"extra_budget": 5}).status_code == 404
+    run.refresh_from_db()
+    assert run.budget == 20
+
+
+def test_extend_requires_login(client, user):
+    run = make_run(user, status=SearchRun.Status.PENDING)
+
+    assert client.post(reverse("run_extend", args=[run.pk]), {"extra_budget": 5}).status_code == 302
+    run.refresh_from_db()
+    assert run.budget == 20
+
+
+# --- CSV ----------------------------------------------------------------------------------------
+
+
+def test_csv_works(client, user):
+    run = make_run(user)
+    parent = make_candidate(run, 0, on_pareto=True)
+    make_candidate(run, 1, parent=parent, mutation="filters +3", val_accuracy=0.75)
+    make_candidate(
+        run,
+        2,
+        status=Candidate.Status.REJECTED,
+        feasible=False,
+        val_accuracy=None,
+        test_accuracy=None,
+        train_seconds=None,
+        reject_reason="peak SRAM 5000 B > limit 2048 B",
+    )
+    client.force_login(user)
+
+    response = client.get(reverse("run_csv", args=[run.pk]))
+
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/csv")
+    assert f'filename="run-{run.pk}-candidates.csv"' in response["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(response.content.decode())))
+    assert list(rows[0]) == [
+        "index",
+        "status",
+        "feasible",
+        "on_pareto",
+        "val_accuracy",
+        "test_accuracy",
+        "peak_sram_bytes",
+        "flash_bytes",
+        "macs",
+        "latency_ms_estimate",
+        "params",
+        "train_seconds",
+        "parent_index",
+        "mutation",
+        "reject_reason",
+    ]
+    assert [r["index"] for r in rows] == ["0", "1", "2"]
+    assert (rows[0]["on_pareto"], rows[0]["val_accuracy"], rows[0]["peak_sram_bytes"]) == (
+        "True",
+        "0.9",
+        "320",
+    )
+    assert (rows[0]["macs"], rows[0]["latency_ms_estimate"], rows[0]["params"]) == ("4864", "0.1824", "2610")
+    assert (rows[1]["parent_index"], rows[1]["mutation"], rows[1]["val_accuracy"]) == (
+        "0",
+        "filters +3",
+        "0.75",
+    )
+    assert (rows[2]["status"], rows[2]["val_accuracy"], rows[2]["feasible"]) == ("rejected", "", "False")
+    assert rows[2]["reject_reason"] == "peak SRAM 5000 B > limit 2048 B"
+
+
+def test_csv_checks_owner(client, user, other_user):
+    run = make_run(other_user)
+    client.force_login(user)
+
+    assert client.get(reverse("run_csv", args=[run.pk])).status_code == 404
+
+
+def test_csv_requires_login(client, user):
+    run = make_run(user)
+
+    assert client.get(reverse("run_csv", args=[run.pk])).status_code == 302
+
+
+# --- delete -------------------------------------------------------------------------------------
+
+
+def test_delete_works(client, user):
+    project = make_project(user)
+    run = make_run(user, project)
+    make_candidate(run, 0)
+    client.force_login(user)
+
+    response = client.post(reverse("run_delete", args=[run.pk]))
+
+    assert response.status_code == 302
+    assert response.url == reverse("project_detail", args=[project.pk])
+    assert not SearchRun.objects.filter(pk=run.pk).exists()
+    assert not Candidate.objects.exists()
+
+
+def test_delete_removes_the_weights(client, user, settings, django_capture_on_commit_callbacks):
+    run = make_run(user)
+    weights = settings.MEDIA_ROOT / "weights" / f"run-{run.pk}"
+    weights.mkdir(parents=True)
+    (weights / "candidate-0.pt").write_bytes(b"weights")
+    client.force_login(user)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(reverse("run_delete", args=[run.pk]))
+
+    assert not weights.exists()
+
+
+def test_delete_refuses_an_active_run(client, user):
+    run = make_run(user, status=SearchRun.Status.RUNNING)
+    client.force_login(user)
+
+    response = client.post(reverse("run_delete", args=[run.pk]))
+
+    assert response.status_code == 302
+    assert SearchRun.objects.filter(pk=run.pk).exists()
+
+
+def test_delete_checks_owner(client, user, other_user):
+    run = make_run(other_user)
+    client.force_login(user)
+
+    assert client.post(reverse("run_delete", args=[run.pk])).status_code == 404
+    assert SearchRun.objects.filter(pk=run.pk).exists()
+
+
+def test_delete_rejects_get(client, user):
+    run = make_run(user)
+    client.force_login(user)
+
+    assert client.get(reverse("run_delete", args=[run.pk])).status_code == 405
+
+
+def test_delete_requires_login(client, user):
+    run = make_run(user)
+
+    assert client.post(reverse("run_delete", args=[run.pk])).status_code == 302
+    assert SearchRun.objects.filter(pk=run.pk).exists()
