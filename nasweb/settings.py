@@ -65,7 +65,10 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "rest_framework",
+    "rest_framework.authtoken",
     "drf_spectacular",
+    # Swagger UI and Redoc assets for /api/docs/ and /api/redoc/, served locally (no CDN).
+    "drf_spectacular_sidecar",
     "searches.apps.SearchesConfig",
 ]
 
@@ -112,7 +115,15 @@ MEDIA_URL = "/media/"
 
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "frontend" / "static"]
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    # js/plotly.min.js, straight from the installed plotly package (no CDN, no vendored copy).
+    "searches.staticfiles.PlotlyFinder",
+]
 STATIC_ROOT = NASWEB_DATA_DIR / "static"
+# whitenoise warns on every request when the folder is missing (before the first collectstatic).
+STATIC_ROOT.mkdir(exist_ok=True)
 
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
@@ -206,6 +217,8 @@ CELERY_TASK_SOFT_TIME_LIMIT = max(CELERY_TASK_TIME_LIMIT - 60, 1)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 3600}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = TIME_ZONE
+# Evaluations a run keeps queued or training at once (a run's config may set its own "parallel").
+NASWEB_PARALLEL_EVALUATIONS = _env_int("NASWEB_PARALLEL_EVALUATIONS", 2)
 
 if REDIS_URL:
     CHANNEL_LAYERS = {
@@ -223,7 +236,11 @@ else:
 # --------------------------------------------------------------------------------------------
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    # Token first: an anonymous API client gets 401 with a WWW-Authenticate header, not 403.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
@@ -233,6 +250,15 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Neural architecture search for microcontrollers.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema, like everything else, is for signed-in users only.
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "RunStatusEnum": "searches.models.SearchRun.Status",
+        "CandidateStatusEnum": "searches.models.Candidate.Status",
+    },
 }
 
 # --------------------------------------------------------------------------------------------

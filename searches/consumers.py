@@ -1,0 +1,170 @@
+"""The run dashboard's websocket: one connection per open dashboard, relaying ``searches.events``.
+
+A connection is only ever for the run's owner.  The user comes from the session cookie at
+connect time, and permission is checked again on every resync and every ``RECHECK_SECONDS``
+(a logout, a password change or a deleted run ends the stream), not only on connect.
+
+A refused or revoked connection is accepted and then closed with code 4403: a browser sees a
+handshake refusal only as code 1006, which a client cannot tell from a network error, so it
+would keep reconnecting.  The Origin header is checked before this consumer runs
+(``AllowedHostsOriginValidator`` in ``nasweb.asgi``).
+
+daphne refuses websocket messages over 1 MiB (its ``--websocket_max_message_size``), and a
+snapshot of a few thousand candidates is bigger.  A snapshot therefore goes out in parts of at
+most ``MAX_MESSAGE_BYTES``: the first keeps ``full``, the others are ``full: false`` snapshots
+of the same ``seq``, and ``more`` says whether another part follows.  A delta too big for one
+message is replaced by the snapshot of the changes since the sequence number before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from importlib import import_module
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.auth import get_user
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+
+from searches import events
+from searches.models import SearchRun
+
+logger = logging.getLogger(__name__)
+
+# Close code for "not allowed" (4000-4999 are free for applications; 4403 mirrors HTTP 403).
+CLOSE_FORBIDDEN = 4403
+# Half of daphne's default limit, leaving room for the run and the message's other fields.
+MAX_MESSAGE_BYTES = 512 * 1024
+
+
+def _get_run_for_user(user: Any, run_id: int) -> SearchRun | None:
+    return SearchRun.objects.for_user(user).filter(pk=run_id).first()
+
+
+def _parse_since(value: Any) -> int | None:
+    """A non-negative sequence number, or None for anything else (a full snapshot)."""
+    try:
+        since = int(value)
+    except (TypeError, ValueError):
+        return None
+    return since if since >= 0 else None
+
+
+def snapshot_messages(snapshot: dict[str, Any], limit: int | None = None) -> list[str]:
+    """``snapshot`` as JSON texts of at most about ``limit`` bytes each (see the module docstring)."""
+    limit = limit or MAX_MESSAGE_BYTES
+    head = {key: value for key, value in snapshot.items() if key != "candidates"}
+    head_bytes = len(json.dumps(head).encode()) + 64
+    parts: list[list[str]] = [[]]
+    size = head_bytes
+    for row in snapshot["candidates"]:
+        text = json.dumps(row)
+        if parts[-1] and size + len(text.encode()) + 1 > limit:
+            parts.append([])
+            size = head_bytes
+        parts[-1].append(text)
+        size += len(text.encode()) + 1
+    texts = []
+    for i, part in enumerate(parts):
+        fields = json.dumps(head | {"full": bool(snapshot["full"]) and i == 0, "more": i < len(parts) - 1})
+        # The rows are encoded once, above; splice them into the part's object.
+        texts.append(f'{fields[:-1]}, "candidates": [{",".join(part)}]}}')
+    return texts
+
+
+@database_sync_to_async
+def _snapshot_messages(run: SearchRun, since: int | None) -> list[str]:
+    return snapshot_messages(events.snapshot(run, since=since))
+
+
+async def _session_user_owns(session_key: str | None, run_id: int) -> bool:
+    """Whether the session, as it is in the store *now*, belongs to the run's owner."""
+    if not session_key:
+        return False
+    # A fresh store: the one in the scope cached the session's contents at connect time.
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    user = await get_user({"session": store})
+    return await database_sync_to_async(_get_run_for_user)(user, run_id) is not None
+
+
+class RunConsumer(AsyncJsonWebsocketConsumer):
+    """Snapshot on connect, then the run's deltas; ``{"type": "resync", "since": N}`` on request."""
+
+    RECHECK_SECONDS = 30.0
+
+    run: SearchRun | None = None
+    _recheck_task: asyncio.Task[None] | None = None
+
+    async def connect(self) -> None:
+        self.run_id = int(self.scope["url_route"]["kwargs"]["run_id"])
+        self.group = events.group_name(self.run_id)
+        self.run = await database_sync_to_async(_get_run_for_user)(self.scope.get("user"), self.run_id)
+        await self.accept()
+        if self.run is None:
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        # Join before reading the snapshot: an event committed in between is then both in the
+        # snapshot and queued, and the client drops the copy by its sequence number.
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        since = _parse_since(parse_qs(self.scope.get("query_string", b"").decode()).get("since", [None])[0])
+        await self._send_snapshot(since)
+        self._recheck_task = asyncio.create_task(self._recheck_periodically())
+
+    async def disconnect(self, code: int) -> None:
+        if self._recheck_task is not None:
+            self._recheck_task.cancel()
+        if self.run is not None:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        if not isinstance(content, dict) or content.get("type") != "resync" or self.run is None:
+            return
+        if not await self._still_allowed():
+            await self._revoke()
+            return
+        await self._send_snapshot(_parse_since(content.get("since")))
+
+    async def run_event(self, event: dict[str, Any]) -> None:
+        """A ``searches.events`` delta from the group: pass it on unchanged (if it fits)."""
+        if self.run is None:
+            return
+        message = event["message"]
+        text = json.dumps(message)
+        if len(text.encode()) <= MAX_MESSAGE_BYTES:  # read at call time: tests lower it
+            await self.send(text_data=text)
+        else:
+            await self._send_snapshot(max(int(message["seq"]) - 1, 0))
+
+    async def _send_snapshot(self, since: int | None) -> None:
+        run = self.run
+        if run is None:
+            return
+        for text in await _snapshot_messages(run, since):
+            if self.run is None:  # revoked while the snapshot was read
+                return
+            await self.send(text_data=text)
+
+    async def _still_allowed(self) -> bool:
+        session = self.scope.get("session")
+        return await _session_user_owns(getattr(session, "session_key", None), self.run_id)
+
+    async def _revoke(self) -> None:
+        await self.channel_layer.group_discard(self.group, self.channel_name)
+        self.run = None
+        await self.close(code=CLOSE_FORBIDDEN)
+
+    async def _recheck_periodically(self) -> None:
+        while self.run is not None:
+            await asyncio.sleep(self.RECHECK_SECONDS)
+            try:
+                allowed = await self._still_allowed()
+            except Exception:
+                # A database hiccup must not end a dashboard: the next check decides.
+                logger.exception("re-checking access to run %s failed", self.run_id)
+                continue
+            if not allowed and self.run is not None:
+                await self._revoke()
