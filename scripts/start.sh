@@ -152,7 +152,9 @@ if count := recover_runs():
 '
 
 say "starting the Celery worker and the web server"
-setsid "$NASWEB_VENV/bin/celery" -A nasweb worker --concurrency 1 -l info &
+# One single-threaded training per core is the fastest layout (docs/benchmarks.md, "Threads and
+# processes"); NASWEB_WORKERS overrides it.
+setsid "$NASWEB_VENV/bin/celery" -A nasweb worker --concurrency "${NASWEB_WORKERS:-$(nproc)}" -l info &
 children+=($!)
 setsid "$NASWEB_VENV/bin/daphne" -b 127.0.0.1 -p "$PORT" nasweb.asgi:application &
 children+=($!)
