@@ -46,13 +46,13 @@ class HardwareProfileForm(forms.ModelForm):
     """Edge Impulse's target form: name, RAM, ROM, latency budget, processor and clock."""
 
     sram_kb = forms.IntegerField(
-        label="SRAM (kB)",
-        validators=_positive(MAX_SRAM_KB, "kB"),
+        label="SRAM (KB)",
+        validators=_positive(MAX_SRAM_KB, "KB"),
         help_text="RAM the model may use for activations; leave room for firmware and stacks.",
     )
     flash_kb = forms.IntegerField(
-        label="Flash (kB)",
-        validators=_positive(MAX_FLASH_KB, "kB"),
+        label="Flash (KB)",
+        validators=_positive(MAX_FLASH_KB, "KB"),
         help_text="ROM the model's weights may take.",
     )
     latency_ms = forms.FloatField(
@@ -142,10 +142,10 @@ class NewRunForm(forms.Form):
     )
     seed = _count("Seed", 0, 2**31 - 1, initial=0)
     sram_kb = forms.FloatField(
-        label="SRAM override (kB)", required=False, validators=_positive(MAX_SRAM_KB, "kB")
+        label="SRAM override (KB)", required=False, validators=_positive(MAX_SRAM_KB, "KB")
     )
     flash_kb = forms.FloatField(
-        label="Flash override (kB)", required=False, validators=_positive(MAX_FLASH_KB, "kB")
+        label="Flash override (KB)", required=False, validators=_positive(MAX_FLASH_KB, "KB")
     )
     latency_ms = forms.FloatField(
         label="Latency override (ms)", required=False, validators=_positive(MAX_LATENCY_MS, "ms")

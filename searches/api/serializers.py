@@ -52,10 +52,10 @@ class HardwareProfileSerializer(serializers.ModelSerializer):
         return value
 
     def validate_sram_kb(self, value: int) -> int:
-        return int(_check_max(value, limits.MAX_SRAM_KB, "kB") or 0)
+        return int(_check_max(value, limits.MAX_SRAM_KB, "KB") or 0)
 
     def validate_flash_kb(self, value: int) -> int:
-        return int(_check_max(value, limits.MAX_FLASH_KB, "kB") or 0)
+        return int(_check_max(value, limits.MAX_FLASH_KB, "KB") or 0)
 
     def validate_latency_ms(self, value: float | None) -> float | None:
         return _check_max(value, limits.MAX_LATENCY_MS, "ms")
@@ -159,10 +159,10 @@ class RunCreateSerializer(serializers.Serializer):
         raise serializers.ValidationError(f"Unknown dataset {value!r}.")
 
     def validate_sram_kb(self, value: float | None) -> float | None:
-        return _check_max(value, limits.MAX_SRAM_KB, "kB")
+        return _check_max(value, limits.MAX_SRAM_KB, "KB")
 
     def validate_flash_kb(self, value: float | None) -> float | None:
-        return _check_max(value, limits.MAX_FLASH_KB, "kB")
+        return _check_max(value, limits.MAX_FLASH_KB, "KB")
 
     def validate_latency_ms(self, value: float | None) -> float | None:
         return _check_max(value, limits.MAX_LATENCY_MS, "ms")

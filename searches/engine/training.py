@@ -348,7 +348,6 @@ def train_and_evaluate(
     stop: Callable[[], bool] | None = None,
     *,
     threads: int | None = None,
-    channels_last: bool = False,
 ) -> TrainResult:
     """Train ``arch`` on the training split at ``fidelity``; report final-weight val/test accuracy.
 
@@ -363,17 +362,17 @@ def train_and_evaluate(
     _check_compatible(arch, dataset)
     start = time.perf_counter()
     train_idx, val_idx = split_indices(dataset.y_train, fidelity)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x_train = to_nchw(dataset.x_train[train_idx]).contiguous(memory_format=fmt)
+    # Plain contiguous NCHW: channels_last measured no faster on one thread (docs/benchmarks.md).
+    x_train = to_nchw(dataset.x_train[train_idx]).contiguous()
     y_train = torch.from_numpy(dataset.y_train[train_idx])
-    x_val = to_nchw(dataset.x_train[val_idx]).contiguous(memory_format=fmt)
+    x_val = to_nchw(dataset.x_train[val_idx]).contiguous()
     y_val = torch.from_numpy(dataset.y_train[val_idx])
     with _torch_state(threads or default_threads(), fidelity.seed):
-        model = build_model(arch).to(memory_format=fmt)  # type: ignore[call-overload]
+        model = build_model(arch)
         t0 = time.perf_counter()
         history, diverged = _fit(model, x_train, y_train, x_val, y_val, fidelity, callback, stop)
         train_seconds = time.perf_counter() - t0
-        x_test = to_nchw(dataset.x_test).contiguous(memory_format=fmt)
+        x_test = to_nchw(dataset.x_test).contiguous()
         test_acc = accuracy(model, x_test, torch.from_numpy(dataset.y_test))
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     return TrainResult(

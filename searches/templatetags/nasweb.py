@@ -13,13 +13,13 @@ DASH = "—"
 
 @register.filter
 def kb(value: Any) -> str:
-    """Bytes as kB (1 kB = 1024 B), with the exact byte count for small values."""
+    """Bytes as KB (1 KB = 1024 B), with the exact byte count for small values."""
     if value in (None, ""):
         return DASH
     n = int(value)
     if n < 1024:
         return f"{n:,} B"
-    return f"{n / 1024:,.1f} kB"
+    return f"{n / 1024:,.1f} KB"
 
 
 @register.filter

@@ -130,7 +130,7 @@ def test_profiles_crud_works(api, user):
     ("field", "value", "message"),
     [
         ("sram_kb", 0, "greater than or equal to 1"),
-        ("sram_kb", 10**7, "Must be at most 65,536 kB."),
+        ("sram_kb", 10**7, "Must be at most 65,536 KB."),
         ("clock_mhz", -5, "greater than or equal to 0.001"),
         ("latency_ms", 10**9, "Must be at most 60,000 ms."),
         ("core", "pentium", "is not a valid choice"),

@@ -95,7 +95,7 @@ def test_create_prefills_from_a_preset(client, user):
     [
         ("sram_kb", "0", "Must be a positive number."),
         ("sram_kb", "-3", "Must be a positive number."),
-        ("sram_kb", "9999999", "Must be at most 65,536 kB."),
+        ("sram_kb", "9999999", "Must be at most 65,536 KB."),
         ("flash_kb", "abc", "Enter a whole number."),
         ("latency_ms", "-1", "Must be a positive number."),
         ("clock_mhz", "0", "Must be a positive number."),
