@@ -4,20 +4,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('searches', '0002_board_presets'),
+        ("searches", "0002_board_presets"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='candidate',
-            name='seq',
+            model_name="candidate",
+            name="seq",
             field=models.PositiveBigIntegerField(db_index=True, default=0),
         ),
         migrations.AddField(
-            model_name='searchrun',
-            name='seq',
+            model_name="searchrun",
+            name="seq",
             field=models.PositiveBigIntegerField(default=0),
         ),
     ]
