@@ -252,9 +252,10 @@ DEFAULT_THREADS = 1
 
 def default_threads() -> int:
     """Intra-op threads per evaluation: 1 (run one evaluation per core; see docs/benchmarks.md)."""
-    # Measured on 2 cores: 2 threads train 1.5x faster than 1 on an idle machine, two 1-thread
-    # evaluations side by side 1.9x, but two 2-thread ones 10x *slower* (OpenMP threads spin
-    # waiting for a core).  One thread is robust, and its results do not depend on core count.
+    # Measured on 2 shared cores: one 2-thread evaluation trains 1.05-1.5x faster than a 1-thread
+    # one, two 1-thread evaluations side by side 1.4-1.9x, but two 2-thread ones 2-10x *slower*
+    # (OpenMP threads spin waiting for a core any other job holds).  One thread is robust, and
+    # its results do not depend on the machine's core count.
     return DEFAULT_THREADS
 
 
