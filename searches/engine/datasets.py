@@ -206,8 +206,9 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
 
     Per-class counts use largest-remainder rounding so the total is ``round(fraction * N)``
     and every class is within one sample of its exact share; a class never gives away its
-    last sample.  Both index arrays are sorted and disjoint; the result depends only on
-    ``y``, ``fraction`` and ``seed``.
+    last sample (the total comes out smaller when only such classes could give one).  Both
+    index arrays are sorted and disjoint; the result depends only on ``y``, ``fraction`` and
+    ``seed``.
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"fraction must be in (0, 1), got {fraction}")
