@@ -15,10 +15,10 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-import redis
+
+from tests._redis import private_redis_url
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -47,15 +47,7 @@ def chromium() -> Path:
 
 @pytest.fixture(scope="session")
 def e2e_redis_url() -> str:
-    base = urlsplit(os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
-    url = urlunsplit(base._replace(path=f"/{REDIS_DB}"))
-    client = redis.Redis.from_url(url, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"needs a Redis server at {base.netloc} (set REDIS_URL): {exc}")
-    client.flushdb()
-    return url
+    return private_redis_url(REDIS_DB)
 
 
 def _free_port() -> int:

@@ -16,10 +16,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import pytest
-import redis
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection
@@ -29,6 +28,7 @@ from searches import events, tasks
 from searches.engine.training import Fidelity
 from searches.models import Candidate, SearchRun
 from searches.services import runs
+from tests._redis import private_redis_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -40,15 +40,7 @@ WORKER_OPTIONS = ["--pool", "solo", "--loglevel", "info", "--without-gossip", "-
 
 @pytest.fixture
 def redis_url() -> str:
-    base = urlsplit(os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
-    url = urlunsplit(base._replace(path=f"/{REDIS_DB}"))
-    client = redis.Redis.from_url(url, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"needs a Redis server at {base.netloc} (set REDIS_URL): {exc}")
-    client.flushdb()
-    return url
+    return private_redis_url(REDIS_DB)
 
 
 @pytest.fixture
