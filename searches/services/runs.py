@@ -9,7 +9,6 @@ run can be resumed by any process.  This module drives a run in one process (the
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -312,7 +311,6 @@ def run_in_process(
         if on_event is not None:
             on_event(event)
 
-    started = time.monotonic()
     try:
         run_search(strategy, make_evaluator(run, dataset, fidelity), on_any, should_stop)
     except BaseException as exc:
@@ -325,7 +323,6 @@ def run_in_process(
     done = strategy.is_done() or strategy.stop_reason is not None
     status = SearchRun.Status.DONE if done else SearchRun.Status.CANCELLED
     _finish_run(run, status, error=strategy.stop_reason or "")
-    run.wall_seconds = time.monotonic() - started  # type: ignore[attr-defined]
     return run
 
 
