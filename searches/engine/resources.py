@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from searches.engine.arch import Architecture
+from searches.engine.arena import ArenaPlan, plan_arena
 from searches.engine.graph import LayerInfo, build_graph
 from searches.engine.memory import MemoryPlan, plan_memory
 from searches.engine.opgraph import OpGraph
@@ -49,10 +50,12 @@ class ResourceReport:
     graph: OpGraph
     layers: list[LayerInfo]
     memory: MemoryPlan
+    arena: ArenaPlan
 
     @property
     def peak_sram_bytes(self) -> int:
-        return self.memory.peak_bytes
+        """The exported arena's size: the live-tensor peak unless fixed offsets fragment."""
+        return self.arena.size
 
     @property
     def flash_bytes(self) -> int:
@@ -70,6 +73,7 @@ class ResourceReport:
         """The machine-readable report printed by ``manage.py analyze --json``."""
         return {
             "peak_sram_bytes": self.peak_sram_bytes,
+            "live_peak_bytes": self.memory.peak_bytes,
             "default_order_peak_sram_bytes": self.memory.default_peak_bytes,
             "flash_bytes": self.flash_bytes,
             "macs": self.macs,
@@ -100,6 +104,7 @@ class ResourceReport:
 
 
 def analyze(arch: Architecture) -> ResourceReport:
-    """Exact resource report of the int8 deployment of ``arch``."""
+    """Exact resource report of the int8 deployment of ``arch`` (peak SRAM is the arena size)."""
     graph, layers = build_graph(arch)
-    return ResourceReport(graph, layers, plan_memory(graph))
+    memory = plan_memory(graph)
+    return ResourceReport(graph, layers, memory, plan_arena(graph, memory))
