@@ -25,15 +25,17 @@ from searches.engine.resources import ResourceReport, analyze
 
 KERNELS_PATH = Path(__file__).resolve().parent / "c" / "kernels.h"
 VALUES_PER_LINE = 20
-_KERNEL_FOR_OP = {
-    "conv2d": "conv2d",
-    "conv1x1": "conv1x1",
-    "dwconv2d": "dwconv2d",
-    "dense": "dense",
-    "maxpool": "maxpool",
-    "avgpool": "avgpool",
-    "add": "add",
+# Template sections each op kind needs ("requant" with the shared helpers always comes first).
+_KERNELS_FOR_OP = {
+    "conv2d": ("dot2", "conv2d"),
+    "conv1x1": ("dot2", "conv1x1"),
+    "dwconv2d": ("dwconv2d",),
+    "dense": ("dense",),
+    "maxpool": ("maxpool",),
+    "avgpool": ("avgpool",),
+    "add": ("add",),
 }
+_SECTION_ORDER = ("requant", "dot2", "conv2d", "conv1x1", "dwconv2d", "dense", "maxpool", "avgpool", "add")
 
 
 class ExportError(RuntimeError):
@@ -78,7 +80,8 @@ def _template_sections() -> tuple[str, dict[str, str]]:
 
 def _kernels(name: str, kinds: Iterable[str]) -> str:
     prelude, sections = _template_sections()
-    wanted = ["requant", *sorted({_KERNEL_FOR_OP[k] for k in kinds})]
+    needed = {"requant"}.union(*(_KERNELS_FOR_OP[k] for k in kinds))
+    wanted = [k for k in _SECTION_ORDER if k in needed]
     code = prelude.split("*/", 1)[1].lstrip() + "\n" + "\n".join(sections[k] for k in wanted)
     return code.replace("nnk_", f"{name}_").replace("NNK_", f"{name.upper()}_")
 
@@ -271,10 +274,11 @@ int {name}_run(const int8_t *input, int8_t *output);
 #if defined({u}_IMPLEMENTATION) && !defined({u}_IMPLEMENTATION_DONE)
 #define {u}_IMPLEMENTATION_DONE
 
-/* Constant arrays go to flash (.rodata); define {u}_CONST_ATTR to place them elsewhere. */
+/* Constant arrays go to flash (.rodata); 'used' keeps even one-element arrays as arrays, so
+ * their bytes are the reported flash.  Define {u}_CONST_ATTR to place them elsewhere. */
 #ifndef {u}_CONST_ATTR
 #if defined(__GNUC__)
-#define {u}_CONST_ATTR __attribute__((aligned(4)))
+#define {u}_CONST_ATTR __attribute__((aligned(4), used))
 #else
 #define {u}_CONST_ATTR
 #endif

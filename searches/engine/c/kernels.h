@@ -24,23 +24,25 @@
 #endif
 
 /* @kernel requant */
-/* acc * M0 * 2^(shift-31), TFLite double rounding; a positive shift saturates first. */
+/* acc * M0 * 2^(shift-31), TFLite double rounding; a positive shift saturates first.
+ * The rounding high multiply trunc((ab + (ab >= 0 ? 2^30 : 1 - 2^30)) / 2^31) equals
+ * floor((ab + 2^30) / 2^31) for every ab: one multiply-add and a shift, then the rounding
+ * right shift (half away from zero) in 32 bits. */
 static int32_t nnk_requant(int32_t acc, int32_t mult, int32_t shift)
 {
-    int32_t left = shift > 0 ? shift : 0;
-    int32_t right = shift > 0 ? 0 : -shift;
-    int64_t x = (int64_t)acc * ((int64_t)1 << left);
-    int64_t ab, mask, rem, threshold;
-    int32_t high;
-    if (x > INT32_MAX) x = INT32_MAX;
-    if (x < INT32_MIN) x = INT32_MIN;
-    ab = x * mult;
-    ab += ab >= 0 ? ((int64_t)1 << 30) : (1 - ((int64_t)1 << 30));
-    high = (int32_t)(ab / ((int64_t)1 << 31));
-    mask = ((int64_t)1 << right) - 1;
+    int32_t high, right, mask, rem, threshold;
+    if (shift > 0) {
+        int64_t x = (int64_t)acc * ((int64_t)1 << shift);
+        acc = x > INT32_MAX ? INT32_MAX : (x < INT32_MIN ? INT32_MIN : (int32_t)x);
+        right = 0;
+    } else {
+        right = -shift;
+    }
+    high = (int32_t)(((int64_t)acc * mult + ((int64_t)1 << 30)) >> 31);
+    mask = (int32_t)(((uint32_t)1 << right) - 1u);
     rem = high & mask;
     threshold = (mask >> 1) + (high < 0 ? 1 : 0);
-    return (int32_t)((high >> right) + (rem > threshold ? 1 : 0));
+    return (high >> right) + (rem > threshold ? 1 : 0);
 }
 
 static int8_t nnk_saturate(int32_t v, int32_t lo, int32_t hi)
@@ -97,11 +99,41 @@ static int32_t nnk_dot(const int8_t *a, const int8_t *b, int32_t n)
     while (n-- > 0) acc += (int32_t)*a++ * *b++;
     return acc;
 }
+
+/* @end */
+
+/* @kernel dot2 */
+/* Two dot products sharing the input: s0 += x.w0, s1 += x.w1 (input unpacked once). */
+static inline void nnk_dot2(const int8_t *x, const int8_t *w0, const int8_t *w1, int32_t n, int32_t *s0, int32_t *s1)
+{
+    int32_t a0 = *s0, a1 = *s1;
+#if NNK_DSP
+    while (n >= 4) {
+        uint32_t xv = nnk_load4(x), v0 = nnk_load4(w0), v1 = nnk_load4(w1);
+        uint32_t x02 = __sxtb16(xv), x13 = nnk_sxtb16_hi(xv);
+        a0 = __smlad(x02, __sxtb16(v0), a0);
+        a0 = __smlad(x13, nnk_sxtb16_hi(v0), a0);
+        a1 = __smlad(x02, __sxtb16(v1), a1);
+        a1 = __smlad(x13, nnk_sxtb16_hi(v1), a1);
+        x += 4;
+        w0 += 4;
+        w1 += 4;
+        n -= 4;
+    }
+#endif
+    while (n-- > 0) {
+        int32_t v = *x++;
+        a0 += v * *w0++;
+        a1 += v * *w1++;
+    }
+    *s0 = a0;
+    *s1 = a1;
+}
 /* @end */
 
 /* @kernel conv2d */
 /* Sum of n weights (for taps that fall on padding). */
-static int32_t nnk_sum(const int8_t *w, int32_t n)
+static inline int32_t nnk_sum(const int8_t *w, int32_t n)
 {
     int32_t s = 0;
     while (n-- > 0) s += *w++;
@@ -124,21 +156,33 @@ static void nnk_conv2d(const int8_t *in, int32_t ih, int32_t iw, int32_t ic,
             int32_t kx_lo = ix0 < 0 ? -ix0 : 0;
             int32_t kx_hi = ix0 + k > iw ? iw - ix0 : k;
             int32_t run = (kx_hi - kx_lo) * ic;
+            int32_t row = k * ic;
             const int8_t *wo = w;
-            for (o = 0; o < oc; ++o, wo += k * k * ic) {
-                int32_t acc = bias[o];
+            for (o = 0; o < oc; o += 2, wo += 2 * k * row) {
+                /* two output channels per pass share every input load (the last may be single) */
+                int32_t pair = o + 1 < oc;
+                const int8_t *wp = pair ? wo + k * row : wo;
+                int32_t acc0 = bias[o], acc1 = pair ? bias[o + 1] : 0;
                 for (ky = 0; ky < k; ++ky) {
                     int32_t iy = iy0 + ky;
-                    const int8_t *wrow = wo + ky * k * ic;
+                    const int8_t *r0 = wo + ky * row, *r1 = wp + ky * row;
                     if (iy < 0 || iy >= ih || run <= 0) {
-                        acc += in_zp * nnk_sum(wrow, k * ic);
+                        acc0 += in_zp * nnk_sum(r0, row);
+                        acc1 += in_zp * nnk_sum(r1, row);
                         continue;
                     }
-                    if (kx_lo > 0) acc += in_zp * nnk_sum(wrow, kx_lo * ic);
-                    acc += nnk_dot(in + (iy * iw + ix0 + kx_lo) * ic, wrow + kx_lo * ic, run);
-                    if (kx_hi < k) acc += in_zp * nnk_sum(wrow + kx_hi * ic, (k - kx_hi) * ic);
+                    if (kx_lo > 0) {
+                        acc0 += in_zp * nnk_sum(r0, kx_lo * ic);
+                        acc1 += in_zp * nnk_sum(r1, kx_lo * ic);
+                    }
+                    nnk_dot2(in + (iy * iw + ix0 + kx_lo) * ic, r0 + kx_lo * ic, r1 + kx_lo * ic, run, &acc0, &acc1);
+                    if (kx_hi < k) {
+                        acc0 += in_zp * nnk_sum(r0 + kx_hi * ic, (k - kx_hi) * ic);
+                        acc1 += in_zp * nnk_sum(r1 + kx_hi * ic, (k - kx_hi) * ic);
+                    }
                 }
-                *out++ = nnk_saturate(nnk_requant(acc, mult[o], shift[o]) + out_zp, act_min, act_max);
+                *out++ = nnk_saturate(nnk_requant(acc0, mult[o], shift[o]) + out_zp, act_min, act_max);
+                if (pair) *out++ = nnk_saturate(nnk_requant(acc1, mult[o + 1], shift[o + 1]) + out_zp, act_min, act_max);
             }
         }
     }
@@ -154,7 +198,13 @@ static void nnk_conv1x1(const int8_t *in, int32_t pixels, int32_t ic,
     int32_t p, o;
     for (p = 0; p < pixels; ++p, in += ic) {
         const int8_t *wo = w;
-        for (o = 0; o < oc; ++o, wo += ic) {
+        for (o = 0; o + 1 < oc; o += 2, wo += 2 * ic) {
+            int32_t acc0 = bias[o], acc1 = bias[o + 1];
+            nnk_dot2(in, wo, wo + ic, ic, &acc0, &acc1);
+            *out++ = nnk_saturate(nnk_requant(acc0, mult[o], shift[o]) + out_zp, act_min, act_max);
+            *out++ = nnk_saturate(nnk_requant(acc1, mult[o + 1], shift[o + 1]) + out_zp, act_min, act_max);
+        }
+        if (o < oc) {
             int32_t acc = bias[o] + nnk_dot(in, wo, ic);
             *out++ = nnk_saturate(nnk_requant(acc, mult[o], shift[o]) + out_zp, act_min, act_max);
         }
@@ -175,29 +225,49 @@ static void nnk_dwconv2d(const int8_t *in, int32_t ih, int32_t iw, int32_t c,
         int32_t iy0 = oy * stride - pad_top;
         for (ox = 0; ox < ow; ++ox) {
             int32_t ix0 = ox * stride - pad_left;
+#if NNK_DSP
+            int32_t inside = iy0 >= 0 && ix0 >= 0 && iy0 + k <= ih && ix0 + k <= iw;
+#endif
             ch = 0;
 #if NNK_DSP
             /* four channels at a time: SXTB16 splits a word into channels (0,2) and (1,3) */
-            for (; ch + 4 <= c; ch += 4) {
+            for (; ch < (c & ~3); ch += 4) {
                 int32_t a0 = bias[ch], a1 = bias[ch + 1], a2 = bias[ch + 2], a3 = bias[ch + 3];
-                for (ky = 0; ky < k; ++ky) {
-                    int32_t iy = iy0 + ky;
-                    for (kx = 0; kx < k; ++kx) {
-                        int32_t ix = ix0 + kx;
-                        const int8_t *wt = w + (ky * k + kx) * c + ch;
-                        if (iy < 0 || iy >= ih || ix < 0 || ix >= iw) {
-                            a0 += in_zp * wt[0];
-                            a1 += in_zp * wt[1];
-                            a2 += in_zp * wt[2];
-                            a3 += in_zp * wt[3];
-                        } else {
-                            uint32_t xv = nnk_load4(in + (iy * iw + ix) * c + ch), wv = nnk_load4(wt);
+                if (inside) {
+                    /* interior pixel: every tap is valid, no bounds checks */
+                    const int8_t *wt = w + ch, *row = in + (iy0 * iw + ix0) * c + ch;
+                    for (ky = 0; ky < k; ++ky, row += iw * c) {
+                        const int8_t *xp = row;
+                        for (kx = 0; kx < k; ++kx, xp += c, wt += c) {
+                            uint32_t xv = nnk_load4(xp), wv = nnk_load4(wt);
                             uint32_t x02 = __sxtb16(xv), x13 = nnk_sxtb16_hi(xv);
                             uint32_t w02 = __sxtb16(wv), w13 = nnk_sxtb16_hi(wv);
                             a0 = __smlabb(x02, w02, a0);
                             a2 = __smlatt(x02, w02, a2);
                             a1 = __smlabb(x13, w13, a1);
                             a3 = __smlatt(x13, w13, a3);
+                        }
+                    }
+                } else {
+                    for (ky = 0; ky < k; ++ky) {
+                        int32_t iy = iy0 + ky;
+                        for (kx = 0; kx < k; ++kx) {
+                            int32_t ix = ix0 + kx;
+                            const int8_t *wt = w + (ky * k + kx) * c + ch;
+                            if (iy < 0 || iy >= ih || ix < 0 || ix >= iw) {
+                                a0 += in_zp * wt[0];
+                                a1 += in_zp * wt[1];
+                                a2 += in_zp * wt[2];
+                                a3 += in_zp * wt[3];
+                            } else {
+                                uint32_t xv = nnk_load4(in + (iy * iw + ix) * c + ch), wv = nnk_load4(wt);
+                                uint32_t x02 = __sxtb16(xv), x13 = nnk_sxtb16_hi(xv);
+                                uint32_t w02 = __sxtb16(wv), w13 = nnk_sxtb16_hi(wv);
+                                a0 = __smlabb(x02, w02, a0);
+                                a2 = __smlatt(x02, w02, a2);
+                                a1 = __smlabb(x13, w13, a1);
+                                a3 = __smlatt(x13, w13, a3);
+                            }
                         }
                     }
                 }
