@@ -12,6 +12,13 @@ source scripts/lib.sh
 DEBIAN_PACKAGES=(
     dataset-fashion-mnist
     chromium
+    # the exported C header's checks: host gcc, the Cortex-M toolchain and QEMU (installed with
+    # --no-install-recommends by ensure_debian_packages: 32 packages instead of 182)
+    gcc
+    make
+    gcc-arm-none-eabi
+    libnewlib-arm-none-eabi
+    qemu-system-arm
 )
 
 ensure_venv requirements-dev.txt
