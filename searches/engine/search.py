@@ -43,9 +43,9 @@ from searches.engine.resources import CORES, analyze, latency_ms
 STATE_FORMAT = "nasweb.search-state"
 STATE_VERSION = 1
 OBJECTIVES: tuple[str, ...] = ("error", "peak_sram_bytes", "flash_bytes", "macs")
-STRATEGIES: tuple[str, ...] = ("aging_evolution", "random")
+STRATEGIES: tuple[str, ...] = ("aging_evolution", "random", "memnas")
 
-StrategyName = Literal["aging_evolution", "random"]
+StrategyName = Literal["aging_evolution", "random", "memnas"]
 Origin = Literal["random", "mutation"]
 
 
@@ -139,12 +139,18 @@ class SearchConfig:
     max_retries: int = 50
     max_random_tries: int = 500
     fidelity: dict[str, Any] = field(default_factory=dict)
+    # Settings only one strategy reads (MemNAS: lambda, beta, top_k...), validated by that strategy.
+    strategy_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
         if self.strategy == "aging_evolution" and all(b is None for b in self.bounds.as_tuple()):
             raise ValueError("aging evolution needs at least one bound to build its objective")
+        if self.strategy == "memnas":
+            from searches.engine.memnas import MemNASConfig  # local: memnas builds on this module
+
+            MemNASConfig.from_json(self.strategy_options)  # raises ValueError on bad options
         for name in ("population", "sample_size", "max_retries", "max_random_tries"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
@@ -159,6 +165,7 @@ class SearchConfig:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}
         data.update(space=self.space.to_json(), bounds=self.bounds.to_json(), limits=self.limits.to_json())
         data["fidelity"] = dict(self.fidelity)
+        data["strategy_options"] = dict(self.strategy_options)
         return data
 
     @classmethod
@@ -584,6 +591,10 @@ _CLASSES: dict[str, type[SearchStrategy]] = {"aging_evolution": AgingEvolution, 
 
 def make_strategy(config: SearchConfig) -> SearchStrategy:
     """A fresh strategy of the kind ``config.strategy`` names."""
+    if config.strategy == "memnas":
+        from searches.engine.memnas import MemNAS  # local: memnas builds on this module
+
+        return MemNAS(config)
     return _CLASSES[config.strategy](config)
 
 
