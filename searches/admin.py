@@ -61,13 +61,15 @@ class CandidateAdmin(admin.ModelAdmin):
         "feasible",
         "on_pareto",
         "val_accuracy",
+        "int8_val_accuracy",
         "peak_sram_bytes",
         "flash_bytes",
         "macs",
+        "export_status",
     ]
-    list_filter = ["status", "feasible", "on_pareto"]
+    list_filter = ["status", "feasible", "on_pareto", "export_status"]
     raw_id_fields = ["run", "parent"]
-    readonly_fields = ["created"]
+    readonly_fields = ["created", "export_requested", "export_finished"]
 
 
 @admin.register(Dataset)

@@ -240,6 +240,18 @@ class Candidate(models.Model):
         FAILED = "failed", "Failed"
         REJECTED = "rejected", "Rejected"
 
+    class ExportStatus(models.TextChoices):
+        """Where the verification of the C export stands (searches.services.export)."""
+
+        NONE = "none", "Not verified"
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        PASSED = "passed", "Passed"
+        FAILED = "failed", "Failed"
+        # Not a failure of the export: tools missing where the check ran, or a core (AVR,
+        # Xtensa) the Cortex-M checks cannot build for.
+        UNAVAILABLE = "unavailable", "Unavailable"
+
     run = models.ForeignKey(SearchRun, on_delete=models.CASCADE, related_name="candidates")
     # Position in the run's evaluation order (0-based); unique within the run.
     index = models.PositiveIntegerField()
@@ -264,6 +276,17 @@ class Candidate(models.Model):
     seq = models.PositiveBigIntegerField(default=0, db_index=True)
     # Empty until trained weights are saved (under MEDIA_ROOT/weights/).
     weights = models.FileField(upload_to=weights_upload_to, max_length=255, blank=True)
+    # The post-training int8 model (searches.engine.quant.QuantModel as .npz, next to the
+    # weights) and its accuracies on the same validation and test images as the float ones.
+    int8_model = models.FileField(upload_to=weights_upload_to, max_length=255, blank=True)
+    int8_val_accuracy = models.FloatField(null=True, blank=True)
+    int8_test_accuracy = models.FloatField(null=True, blank=True)
+    # The last verification of the C export (host bit-exactness, Cortex-M build, QEMU run):
+    # its state and, once finished, its report (ExportVerification.to_json(), or an error).
+    export_status = models.CharField(max_length=16, choices=ExportStatus.choices, default=ExportStatus.NONE)
+    export_report = models.JSONField(null=True, blank=True)
+    export_requested = models.DateTimeField(null=True, blank=True)
+    export_finished = models.DateTimeField(null=True, blank=True)
     created = models.DateTimeField(auto_now_add=True)
 
     objects = CandidateQuerySet.as_manager()
@@ -283,6 +306,14 @@ class Candidate(models.Model):
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         _save_keeping_seq(self, args, kwargs)
+
+    @property
+    def is_trained(self) -> bool:
+        return self.status == self.Status.DONE and bool(self.weights)
+
+    @property
+    def export_busy(self) -> bool:
+        return self.export_status in {self.ExportStatus.QUEUED, self.ExportStatus.RUNNING}
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Deleting runs together with the files their candidates left under MEDIA_ROOT."""
+"""Deleting runs together with the files their candidates left under MEDIA_ROOT (weights, int8 models)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,15 @@ def _weights_dir(run_id: int) -> Path:
     return Path(settings.MEDIA_ROOT) / "weights" / f"run-{run_id}"
 
 
+def remove_run_files(run_id: int) -> None:
+    """Remove every file the run's candidates saved (weights, int8 models)."""
+    shutil.rmtree(_weights_dir(run_id), ignore_errors=True)
+
+
 def _remove_after_commit(run_ids: list[int]) -> None:
     def remove() -> None:
         for run_id in run_ids:
-            shutil.rmtree(_weights_dir(run_id), ignore_errors=True)
+            remove_run_files(run_id)
 
     transaction.on_commit(remove)
 

@@ -42,6 +42,7 @@ from searches import events
 from searches.engine.search import EvalFailure, EvalResult, Proposal, SearchStrategy
 from searches.engine.training import Fidelity, TrainingStopped
 from searches.models import Candidate, SearchRun
+from searches.services import deletion
 from searches.services.runs import (
     get_dataset,
     load_strategy,
@@ -175,8 +176,10 @@ def evaluate(candidate_id: int) -> None:
                 return
             _tell(run_id, proposal.id, result)
         except ObjectDoesNotExist:
-            # The user deleted the run (and so its candidates) while this one queued or trained.
+            # The user deleted the run (and so its candidates) while this one queued or trained;
+            # what the training saved after the deletion removed the run's files goes too.
             logger.info("run %s is gone; candidate %s dropped", run_id, candidate_id)
+            deletion.remove_run_files(run_id)
 
 
 # ---- the steps -----------------------------------------------------------------------------------

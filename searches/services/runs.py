@@ -207,6 +207,12 @@ def store_result(
             test_accuracy=result.test_accuracy,
             train_seconds=metrics.get("train_seconds"),
             weights=metrics.get("weights", ""),
+            int8_model=metrics.get("int8_model", ""),
+            int8_val_accuracy=metrics.get("int8_val_accuracy"),
+            int8_test_accuracy=metrics.get("int8_test_accuracy"),
+            # New weights: an earlier verification no longer describes them.
+            export_status=Candidate.ExportStatus.NONE,
+            export_report=None,
         )
         changed = list(rows.values_list("pk", flat=True))
         changed += [pk for pk in _update_pareto_flags(run, strategy) if pk not in changed]
@@ -273,19 +279,23 @@ def train_proposal(
     proposal: Proposal,
     stop: Callable[[], bool] | None = None,
 ) -> EvalResult:
-    """Train one proposal and save its weights; raises on divergence, TrainingStopped when stopped."""
+    """Train a proposal, save its weights and int8 model; raises on divergence, TrainingStopped if stopped."""
     result = train_and_evaluate(proposal.architecture, dataset, fidelity, stop=stop)
     if result.diverged:
         raise RuntimeError("training diverged (loss is not finite)")
+    from searches.services.export import int8_metrics  # export builds on this module
+
     path = weights_path(run, proposal.id)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_weights(result.state_dict, path)
+    int8 = int8_metrics(run, proposal.id, proposal.architecture, result.state_dict, dataset, fidelity)
     return EvalResult(
         result.val_accuracy,
         result.test_accuracy,
         metrics={
             "train_seconds": result.train_seconds,
             "weights": str(path.relative_to(settings.MEDIA_ROOT)),
+            **int8,
         },
     )
 

@@ -1,0 +1,524 @@
+"""Exporting trained candidates: the int8 model, the C header and bundle, ONNX, and verification.
+
+The engine does the work (``searches.engine.quant``, ``export``, ``bundle``, ``verify``); this
+module decides what it runs on and stores what comes out:
+
+- **int8 model.**  Right after a candidate trains, :func:`int8_metrics` quantises it with
+  calibration on up to ``CALIBRATION_SAMPLES`` images drawn (seeded) from its training split,
+  measures the int8 accuracy on the same validation and test images as the float accuracy,
+  and saves the model next to the weights (``candidate-N.int8.npz``), so deleting the run
+  deletes it too.  Candidates trained before that existed are quantised on demand
+  (:func:`quant_model_for`) from their weights, with the same calibration images, so they
+  get the very model an evaluation would have stored.
+- **downloads.**  The header, the zip bundle and the float ONNX model are built per request
+  from the stored model; their C names are ``nasweb_r<run>_c<index>``.
+- **verification.**  :func:`request_verification` marks the candidate queued and queues a
+  Celery task once the transaction commits; :func:`verify` (the task and the
+  ``verify_export`` command) runs ``searches.engine.verify.verify_export`` for the run's
+  target, storing every step's progress and the final report on the candidate and
+  announcing each change through ``searches.events``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import logging
+import os
+import pickle  # only for its exception: torch.load(weights_only=True) raises it
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from threadpoolctl import threadpool_limits
+
+from searches import events
+from searches.engine import toolchain
+from searches.engine.arch import Architecture, ArchitectureError, from_json
+from searches.engine.bundle import bundle_zip
+from searches.engine.datasets import Dataset, DatasetError
+from searches.engine.export import CHeader, c_identifier, generate_header
+from searches.engine.quant import QuantModel, int8_accuracy, quantize
+from searches.engine.training import (
+    ArchNet,
+    Fidelity,
+    build_model,
+    default_threads,
+    load_weights,
+    split_indices,
+)
+from searches.engine.verify import FAILED, UNAVAILABLE, ExportVerification, StepResult, verify_export
+from searches.models import Candidate, SearchRun
+from searches.services.runs import get_dataset, search_config, weights_path
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_SAMPLES = 512
+# Fixed, so that quantising on demand later picks the same images the evaluation did.
+CALIBRATION_SEED = 0
+# Test inputs whose output bytes are compared one by one (on the host and under QEMU).
+VERIFY_INPUTS = 20
+# A verification queued or running for longer than this is taken as lost (a worker died):
+# asking again is allowed.
+STALE_AFTER = timedelta(minutes=30)
+
+ExportStatus = Candidate.ExportStatus
+
+
+class ExportUnavailable(Exception):
+    """This candidate cannot be exported (not trained, weights or dataset gone); says why."""
+
+
+# ---- the int8 model -----------------------------------------------------------------------
+
+
+def calibration_images(dataset: Dataset, fidelity: Fidelity) -> np.ndarray:
+    """Up to ``CALIBRATION_SAMPLES`` training-split images (NHWC floats), the same every time."""
+    train_idx, _ = split_indices(dataset.y_train, fidelity)
+    n = min(CALIBRATION_SAMPLES, len(train_idx))
+    picked = np.random.default_rng(CALIBRATION_SEED).choice(train_idx, size=n, replace=False)
+    return dataset.x_train[np.sort(picked)]
+
+
+def quantize_trained(arch: Architecture, model: ArchNet, dataset: Dataset, fidelity: Fidelity) -> QuantModel:
+    """The int8 model of a trained float model, calibrated on its training split."""
+    return quantize(arch, model, calibration_images(dataset, fidelity))
+
+
+def int8_accuracies(qm: QuantModel, dataset: Dataset, fidelity: Fidelity) -> tuple[float, float]:
+    """(validation, test) accuracy of the int8 model on the images the float accuracies used."""
+    _, val_idx = split_indices(dataset.y_train, fidelity)
+    val = int8_accuracy(qm, dataset.x_train[val_idx], dataset.y_train[val_idx])
+    return val, int8_accuracy(qm, dataset.x_test, dataset.y_test)
+
+
+@contextlib.contextmanager
+def _evaluation_threads() -> Iterator[None]:
+    """Quantise on the threads an evaluation trains on (one): evaluations run side by side.
+
+    numpy's BLAS would otherwise start a thread per core for the integer reference, which
+    fights the other evaluations for the cores (measured no faster alone on two cores).
+    """
+    threads = default_threads()
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(threads):
+            yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def int8_path(run: SearchRun, candidate_index: int) -> Path:
+    """Where a candidate's int8 model lives: beside its weights, so run deletion removes both."""
+    return weights_path(run, candidate_index).with_suffix(".int8.npz")
+
+
+def _media_name(path: Path) -> str:
+    return str(path.relative_to(settings.MEDIA_ROOT))
+
+
+def save_quant_model(qm: QuantModel, path: Path) -> None:
+    """Write ``qm`` to ``path`` whole or not at all (a temporary file renamed into place)."""
+    buffer = io.BytesIO()
+    qm.save(buffer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buffer.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def int8_metrics(
+    run: SearchRun,
+    candidate_index: int,
+    arch: Architecture,
+    state_dict: dict[str, torch.Tensor],
+    dataset: Dataset,
+    fidelity: Fidelity,
+) -> dict[str, Any]:
+    """Quantise a freshly trained candidate and save its int8 model; the metrics to store.
+
+    A model that cannot be quantised does not fail its evaluation (the float result stands):
+    the error is logged and the export quantises again on demand, where it is reported.
+    """
+    try:
+        model = build_model(arch)
+        model.load_state_dict(state_dict)
+        with _evaluation_threads():
+            qm = quantize_trained(arch, model.eval(), dataset, fidelity)
+            val, test = int8_accuracies(qm, dataset, fidelity)
+        path = int8_path(run, candidate_index)
+        save_quant_model(qm, path)
+    except Exception:
+        logger.warning("could not quantise candidate %s of run %s", candidate_index, run.pk, exc_info=True)
+        return {}
+    return {"int8_model": _media_name(path), "int8_val_accuracy": val, "int8_test_accuracy": test}
+
+
+def _check_trained(candidate: Candidate) -> None:
+    if candidate.status != Candidate.Status.DONE:
+        status = candidate.get_status_display().lower()
+        raise ExportUnavailable(
+            f"candidate {candidate.index} of run {candidate.run_id} is {status}, not trained: "
+            "only trained candidates can be exported"
+        )
+    if not candidate.weights:
+        raise ExportUnavailable(f"candidate {candidate.index} of run {candidate.run_id} has no saved weights")
+    if not _media_file(candidate.weights.name).is_file():
+        raise ExportUnavailable(f"the weights file {candidate.weights.name} is missing")
+
+
+def _media_file(name: str) -> Path:
+    return Path(settings.MEDIA_ROOT) / name
+
+
+def _architecture(candidate: Candidate) -> Architecture:
+    try:
+        return from_json(candidate.architecture)
+    except ArchitectureError as exc:
+        raise ExportUnavailable(f"the architecture is not valid: {exc}") from exc
+
+
+def float_model_for(candidate: Candidate) -> tuple[Architecture, ArchNet]:
+    """The trained float model of a candidate, from its weights file."""
+    _check_trained(candidate)
+    arch = _architecture(candidate)
+    path = _media_file(candidate.weights.name)
+    try:
+        return arch, load_weights(arch, path)
+    except (pickle.UnpicklingError, OSError, RuntimeError, ValueError) as exc:
+        raise ExportUnavailable(
+            f"the weights file {candidate.weights.name} cannot be read: {_load_error(exc)}"
+        ) from exc
+
+
+def _load_error(exc: Exception) -> str:
+    if isinstance(exc, pickle.UnpicklingError):
+        # torch's own message suggests loading without weights_only, which nasweb never does.
+        return "it is not a tensor file saved by nasweb"
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _dataset_and_fidelity(run: SearchRun) -> tuple[Dataset, Fidelity]:
+    try:
+        dataset = get_dataset(run.dataset)
+    except (DatasetError, OSError, ValueError) as exc:
+        raise ExportUnavailable(f"the run's dataset {run.dataset!r} is not available: {exc}") from exc
+    return dataset, Fidelity(**search_config(run).fidelity)
+
+
+def _stored_quant_model(candidate: Candidate) -> QuantModel | None:
+    if not candidate.int8_model:
+        return None
+    try:
+        return QuantModel.load(_media_file(candidate.int8_model.name))
+    except (OSError, ValueError, KeyError):
+        logger.warning("int8 model of candidate %s unreadable; quantising again", candidate.pk, exc_info=True)
+        return None
+
+
+def quant_model_for(candidate: Candidate, *, with_accuracy: bool = False) -> QuantModel:
+    """The candidate's int8 model: the stored one, else quantised now from its weights and stored.
+
+    ``with_accuracy`` also fills in missing int8 accuracies (slow on large test sets: the
+    verification task asks for it, page downloads do not).
+    """
+    _check_trained(candidate)
+    qm = _stored_quant_model(candidate)
+    needs_accuracy = with_accuracy and candidate.int8_test_accuracy is None
+    if qm is not None and not needs_accuracy:
+        return qm
+    dataset, fidelity = _dataset_and_fidelity(candidate.run)
+    fields: dict[str, Any] = {}
+    if qm is None:
+        arch, model = float_model_for(candidate)
+        with _evaluation_threads():
+            qm = quantize_trained(arch, model, dataset, fidelity)
+        path = int8_path(candidate.run, candidate.index)
+        save_quant_model(qm, path)
+        fields["int8_model"] = _media_name(path)
+    if needs_accuracy:
+        with _evaluation_threads():
+            fields["int8_val_accuracy"], fields["int8_test_accuracy"] = int8_accuracies(qm, dataset, fidelity)
+    if not _update(candidate, **fields) and "int8_model" in fields:
+        # Deleted meanwhile, its run's files with it: leave nothing behind.
+        _media_file(fields["int8_model"]).unlink(missing_ok=True)
+    return qm
+
+
+# ---- downloads -----------------------------------------------------------------------------
+
+
+def c_name(candidate: Candidate) -> str:
+    """The C identifier of a candidate's export: ``nasweb_r<run id>_c<index>``."""
+    return c_identifier(f"nasweb_r{candidate.run_id}_c{candidate.index}")
+
+
+@dataclass(frozen=True)
+class Target:
+    """The board a candidate is exported for: core, clock and memory budget."""
+
+    core: str
+    clock_mhz: float
+    flash_bytes: int
+    sram_bytes: int
+    label: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Runs without a hardware profile (e.g. from the command line) build for a generous Cortex-M4F.
+DEFAULT_TARGET = Target(
+    "cortex-m4f", 80.0, 1024 * 1024, 256 * 1024, "default Cortex-M4F (the run has no profile)"
+)
+
+
+def target_for(run: SearchRun) -> Target:
+    """The run's hardware profile; else the limits it searched under; else ``DEFAULT_TARGET``."""
+    profile = run.profile
+    if profile is not None:
+        return Target(profile.core, profile.clock_mhz, profile.flash_bytes, profile.sram_bytes, profile.name)
+    limits = (run.config or {}).get("limits") or {}
+    if limits.get("core") and limits.get("clock_mhz"):
+        return Target(
+            core=limits["core"],
+            clock_mhz=float(limits["clock_mhz"]),
+            flash_bytes=int(limits.get("flash_bytes") or DEFAULT_TARGET.flash_bytes),
+            sram_bytes=int(limits.get("sram_bytes") or DEFAULT_TARGET.sram_bytes),
+            label="the run's limits (its profile was deleted)",
+        )
+    return DEFAULT_TARGET
+
+
+def header_for(candidate: Candidate) -> CHeader:
+    """The candidate's C header."""
+    return generate_header(quant_model_for(candidate), c_name(candidate))
+
+
+def bundle_for(candidate: Candidate) -> tuple[str, bytes]:
+    """(file name, zip bytes) of the candidate's bundle for its run's target."""
+    target = target_for(candidate.run)
+    name = c_name(candidate)
+    data = bundle_zip(
+        quant_model_for(candidate),
+        name,
+        core=target.core,
+        flash_limit_bytes=target.flash_bytes,
+        sram_limit_bytes=target.sram_bytes,
+    )
+    return f"{name}.zip", data
+
+
+@contextlib.contextmanager
+def _quiet_onnx_exporter() -> Iterator[None]:
+    # The exporter logs a warning per torchvision operator it cannot register (torchvision is
+    # not installed, and nasweb models use none of them) and torch.export a FutureWarning about
+    # its own internals: noise in a server's log.
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        quiet.setLevel(level)
+
+
+def onnx_for(candidate: Candidate) -> tuple[str, bytes]:
+    """(file name, bytes) of the float model in ONNX: input ``input`` NCHW float32 in [0, 1]."""
+    arch, model = float_model_for(candidate)
+    h, w, c = arch.input_shape
+    example = torch.zeros((1, c, h, w))
+    batch = torch.export.Dim("batch", min=1)
+    with _quiet_onnx_exporter(), torch.no_grad():
+        program = torch.onnx.export(
+            model.eval(),
+            (example,),
+            dynamo=True,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+            verbose=False,
+        )
+    proto = program.model_proto
+    proto.doc_string = (
+        f"nasweb run {candidate.run_id}, candidate {candidate.index} ({candidate.run.dataset}), float32. "
+        f"input: (N, {c}, {h}, {w}) NCHW pixels scaled to [0, 1]; output: (N, {arch.classes}) logits."
+    )
+    return f"{c_name(candidate)}.onnx", proto.SerializeToString()
+
+
+# ---- verification ---------------------------------------------------------------------------
+
+
+def _update(candidate: Candidate, **fields: Any) -> bool:
+    """Write ``fields`` on the row and announce it; False (nothing written) if it is gone."""
+    if not fields:
+        return True
+    with transaction.atomic():
+        if not Candidate.objects.filter(pk=candidate.pk).update(**fields):
+            return False
+        for name, value in fields.items():
+            setattr(candidate, name, value)
+        events.candidate_changed(candidate)
+    return True
+
+
+def _busy(candidate: Candidate) -> bool:
+    if not candidate.export_busy:
+        return False
+    requested = candidate.export_requested
+    return requested is not None and timezone.now() - requested < STALE_AFTER
+
+
+def request_verification(candidate: Candidate) -> bool:
+    """Queue a verification (after the transaction commits); False if one is already under way."""
+    _check_trained(candidate)
+    with transaction.atomic():
+        candidate = Candidate.objects.select_for_update().get(pk=candidate.pk)
+        if _busy(candidate):
+            return False
+        _update(
+            candidate,
+            export_status=ExportStatus.QUEUED,
+            export_report=None,
+            export_requested=timezone.now(),
+            export_finished=None,
+        )
+        transaction.on_commit(functools.partial(_enqueue_verification, candidate.pk))
+    return True
+
+
+@dataclass(frozen=True)
+class VerificationOutcome:
+    """How a verification ended: the stored status and report, and the engine's result if it ran."""
+
+    status: str
+    report: dict[str, Any]
+    verification: ExportVerification | None = None
+
+    @property
+    def error(self) -> str | None:
+        return self.report.get("error")
+
+
+def status_of(verification: ExportVerification) -> str:
+    """passed; failed if any step failed; else unavailable (tools missing, unsupported core)."""
+    if verification.passed:
+        return ExportStatus.PASSED
+    if any(step.status == FAILED for step in verification.steps):
+        return ExportStatus.FAILED
+    if any(step.status == UNAVAILABLE for step in verification.steps):
+        return ExportStatus.UNAVAILABLE
+    return ExportStatus.FAILED
+
+
+def verify(
+    candidate: Candidate,
+    *,
+    workdir: str | Path | None = None,
+    progress: Callable[[StepResult], None] | None = None,
+    n_inputs: int = VERIFY_INPUTS,
+) -> VerificationOutcome:
+    """Verify the candidate's export now, storing progress and the result on it (task and command).
+
+    Never raises for a candidate that cannot be verified: the reason becomes a failed (or, for
+    missing tools, unavailable) outcome with an ``error`` in its report.
+    """
+    target = target_for(candidate.run)
+    base = {"target": target.to_json(), "name": c_name(candidate)}
+    steps: dict[str, dict[str, Any]] = {}
+
+    def on_step(step: StepResult) -> None:
+        steps[step.key] = step.to_json()
+        _update(candidate, export_report={**base, "steps": list(steps.values())})
+        if progress is not None:
+            progress(step)
+
+    _update(candidate, export_status=ExportStatus.RUNNING, export_report=base, export_finished=None)
+    try:
+        outcome = _run_verification(candidate, target, base, workdir, on_step, n_inputs)
+    except Exception as exc:
+        # Stored rather than raised: a verification must never stay "running".
+        logger.exception("verification of candidate %s crashed", candidate.pk)
+        outcome = VerificationOutcome(ExportStatus.FAILED, {**base, "error": f"{type(exc).__name__}: {exc}"})
+    _update(
+        candidate, export_status=outcome.status, export_report=outcome.report, export_finished=timezone.now()
+    )
+    return outcome
+
+
+def _run_verification(
+    candidate: Candidate,
+    target: Target,
+    base: dict[str, Any],
+    workdir: str | Path | None,
+    on_step: Callable[[StepResult], None],
+    n_inputs: int,
+) -> VerificationOutcome:
+    try:
+        qm = quant_model_for(candidate, with_accuracy=True)
+        dataset, _ = _dataset_and_fidelity(candidate.run)
+    except ExportUnavailable as exc:
+        return VerificationOutcome(ExportStatus.FAILED, {**base, "error": str(exc)})
+    result = verify_export(
+        qm,
+        c_name(candidate),
+        core=target.core,
+        flash_limit_bytes=target.flash_bytes,
+        sram_limit_bytes=target.sram_bytes,
+        clock_mhz=target.clock_mhz,
+        test_x=dataset.x_test,
+        test_y=dataset.y_test,
+        n_inputs=n_inputs,
+        workdir=workdir,
+        progress=on_step,
+    )
+    return VerificationOutcome(status_of(result), {**base, **result.to_json()}, result)
+
+
+def verify_queued(candidate_id: int) -> None:
+    """The task's entry: verify a candidate whose verification is queued (or was interrupted)."""
+    candidate = Candidate.objects.select_related("run", "run__profile").filter(pk=candidate_id).first()
+    if candidate is None:
+        logger.info("candidate %s is gone; nothing to verify", candidate_id)
+        return
+    if not candidate.export_busy:
+        logger.info(
+            "candidate %s: verification is %s, not queued; skipped", candidate_id, candidate.export_status
+        )
+        return
+    verify(candidate)
+
+
+def missing_tools() -> list[str]:
+    """The verification's tools missing on this machine (the web server's view)."""
+    return toolchain.missing_tools()
+
+
+INSTALL_COMMAND = toolchain.APT_COMMAND
+
+
+def _enqueue_verification(candidate_id: int) -> None:
+    from searches import tasks  # tasks import this module
+
+    tasks.verify_export_task.delay(candidate_id)
