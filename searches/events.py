@@ -11,7 +11,8 @@ Messages (JSON) a dashboard receives:
 - ``{"type": "snapshot", "seq": N, "full": bool, "run": {...}, "candidates": [{...}, ...]}``
   (``full`` false: only rows changed after the client's ``since``; the consumer splits a large
   snapshot into parts, all but the last carrying ``"more": true``);
-- ``{"type": "candidate", "seq": N, "candidate": {...}}``;
+- ``{"type": "candidate", "seq": N, "candidate": {...}}`` (also when its export verification
+  moves on: ``export_status`` tells, the candidate page fetches the report itself);
 - ``{"type": "candidates", "seq": N, "candidates": [{...}, ...]}`` (several rows changed at once,
   e.g. the Pareto flags);
 - ``{"type": "run", "seq": N, "run": {...}}``.
@@ -66,6 +67,9 @@ def candidate_payload(c: Candidate) -> dict[str, Any]:
         "on_pareto": c.on_pareto,
         "val_accuracy": c.val_accuracy,
         "test_accuracy": c.test_accuracy,
+        "int8_val_accuracy": c.int8_val_accuracy,
+        "int8_test_accuracy": c.int8_test_accuracy,
+        "export_status": c.export_status,
         "error": None if c.val_accuracy is None else 1.0 - c.val_accuracy,
         "peak_sram_bytes": c.peak_sram_bytes,
         "flash_bytes": c.flash_bytes,
@@ -81,10 +85,11 @@ def candidate_payload(c: Candidate) -> dict[str, Any]:
 def snapshot(run: SearchRun, since: int | None = None) -> dict[str, Any]:
     """Everything (``since`` None) or the candidates changed after ``since``, with the run's seq."""
     run.refresh_from_db()
-    # The payload never shows architectures: decoding 5,000 of them doubled the snapshot's time.
+    # The payload never shows architectures (decoding 5,000 of them doubled the snapshot's time)
+    # nor export reports.
     rows = (
         run.candidates.select_related("parent")
-        .defer("architecture", "parent__architecture")
+        .defer("architecture", "parent__architecture", "export_report", "parent__export_report")
         .order_by("index")
     )
     if since is not None:

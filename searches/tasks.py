@@ -7,7 +7,7 @@ import logging
 from celery import Task, shared_task
 
 from searches.models import SearchRun
-from searches.services import execution
+from searches.services import execution, export
 
 logger = logging.getLogger(__name__)
 
@@ -27,3 +27,10 @@ def evaluate_candidate(self: Task, candidate_id: int) -> None:
     """Train one candidate, tell its run and queue what comes next (safe to deliver twice)."""
     logger.info("task %s: evaluating candidate %s", self.request.id, candidate_id)
     execution.evaluate(int(candidate_id))
+
+
+@shared_task(bind=True, acks_late=True, ignore_result=True)
+def verify_export_task(self: Task, candidate_id: int) -> None:
+    """Verify a candidate's C export (host, Cortex-M build, QEMU) and store the report on it."""
+    logger.info("task %s: verifying the export of candidate %s", self.request.id, candidate_id)
+    export.verify_queued(int(candidate_id))

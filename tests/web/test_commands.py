@@ -120,8 +120,11 @@ def test_search_stores_the_run_and_prints_the_front() -> None:
     for c in done:
         assert c.peak_sram_bytes <= 2048 and c.flash_bytes <= 4096
         assert 0.0 <= c.val_accuracy <= 1.0 and c.weights.name
-    assert run.candidates.filter(on_pareto=True).exists()
-    assert "Pareto front" in text
+        assert 0.0 <= c.int8_test_accuracy <= 1.0 and c.int8_model.name
+    best = run.candidates.filter(on_pareto=True).order_by("-val_accuracy").first()
+    assert best is not None
+    assert "Pareto front" in text and "int8 test" in text and f"{best.int8_test_accuracy:.3f}" in text
+    assert f"python manage.py verify_export {best.pk}" in text
 
 
 @pytest.mark.django_db

@@ -123,11 +123,15 @@ class Command(BaseCommand):
         front = run.candidates.filter(on_pareto=True).order_by("-val_accuracy")
         self.stdout.write("\nPareto front (val error, peak SRAM, flash, MACs):")
         header = (
-            f"{'#':>4}  {'val acc':>7}  {'test acc':>8}  {'SRAM B':>7}  {'flash B':>7}  {'MACs':>9}  mutation"
+            f"{'#':>4}  {'val acc':>7}  {'test acc':>8}  {'int8 test':>9}  {'SRAM B':>7}  {'flash B':>7}  "
+            f"{'MACs':>9}  mutation"
         )
         self.stdout.write(header)
         for c in front:
+            int8 = "—" if c.int8_test_accuracy is None else f"{c.int8_test_accuracy:.3f}"
             self.stdout.write(
-                f"{c.index:>4}  {c.val_accuracy:>7.3f}  {c.test_accuracy:>8.3f}  {c.peak_sram_bytes:>7,}  "
-                f"{c.flash_bytes:>7,}  {c.macs:>9,}  {c.mutation}"
+                f"{c.index:>4}  {c.val_accuracy:>7.3f}  {c.test_accuracy:>8.3f}  {int8:>9}  "
+                f"{c.peak_sram_bytes:>7,}  {c.flash_bytes:>7,}  {c.macs:>9,}  {c.mutation}"
             )
+        if front:
+            self.stdout.write(f"\nExport one: python manage.py verify_export {front[0].pk}  (or its page)")
