@@ -37,6 +37,11 @@ urlpatterns = [
         candidates.candidate_architecture,
         name="candidate_architecture",
     ),
+    path("candidates/<int:pk>/header.h", candidates.candidate_header, name="candidate_header"),
+    path("candidates/<int:pk>/bundle.zip", candidates.candidate_bundle, name="candidate_bundle"),
+    path("candidates/<int:pk>/model.onnx", candidates.candidate_onnx, name="candidate_onnx"),
+    path("candidates/<int:pk>/verify/", candidates.candidate_verify, name="candidate_verify"),
+    path("candidates/<int:pk>/export/", candidates.candidate_export, name="candidate_export"),
     # Datasets
     path("datasets/", datasets.dataset_list, name="dataset_list"),
     path("datasets/upload/", datasets.dataset_upload, name="dataset_upload"),

@@ -190,6 +190,8 @@ CANDIDATE_FIELDS = [
     "on_pareto",
     "val_accuracy",
     "test_accuracy",
+    "int8_val_accuracy",
+    "int8_test_accuracy",
     "peak_sram_bytes",
     "flash_bytes",
     "macs",
@@ -197,6 +199,7 @@ CANDIDATE_FIELDS = [
     "params",
     "train_seconds",
     "reject_reason",
+    "export_status",
     "created",
 ]
 
@@ -215,10 +218,17 @@ class CandidateDetailSerializer(CandidateSerializer):
     resources = serializers.SerializerMethodField(
         help_text="Totals, per-layer table and memory timeline computed from the architecture."
     )
+    export = serializers.SerializerMethodField(
+        help_text="The C name, the target the export is built and verified for, and the last "
+        "verification: status (none, queued, running, passed, failed, unavailable) and report."
+    )
 
     class Meta(CandidateSerializer.Meta):
-        fields = [*CANDIDATE_FIELDS, "run", "architecture", "children", "resources"]
+        fields = [*CANDIDATE_FIELDS, "run", "architecture", "children", "resources", "export"]
         read_only_fields = fields
 
     def get_resources(self, candidate: Candidate) -> dict[str, Any]:
         return reports.resources_json(reports.analyze_candidate(candidate))
+
+    def get_export(self, candidate: Candidate) -> dict[str, Any]:
+        return reports.export_json(candidate)

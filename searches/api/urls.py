@@ -14,11 +14,13 @@ router.register("profiles", views.HardwareProfileViewSet, basename="api-profile"
 router.register("projects", views.ProjectViewSet, basename="api-project")
 router.register("datasets", views.DatasetViewSet, basename="api-dataset")
 router.register("runs", views.SearchRunViewSet, basename="api-run")
+# Detail routes only (api-candidate-detail, -header, -bundle, -onnx, -verify): list a run's
+# candidates under runs/<id>/candidates/.
+router.register("candidates", views.CandidateViewSet, basename="api-candidate")
 
 urlpatterns = [
     path("", include(router.urls)),
     path("runs/<int:run_pk>/candidates/", views.RunCandidateList.as_view(), name="api-run-candidates"),
-    path("candidates/<int:pk>/", views.CandidateDetail.as_view(), name="api-candidate-detail"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     # The documentation pages are for people in a browser: send them to the login page first.
     path("docs/", login_required(SpectacularSwaggerView.as_view(url_name="api-schema")), name="api-docs"),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.db.models import F, QuerySet
+from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
-from rest_framework import filters, generics, mixins, status, viewsets
+from rest_framework import filters, generics, mixins, renderers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.pagination import PageNumberPagination
@@ -15,8 +17,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from searches.api import serializers as s
+from searches.engine.export import ExportError
+from searches.engine.quant import QuantizationError
 from searches.models import Candidate, Dataset, HardwareProfile, Project, SearchRun
-from searches.services import execution
+from searches.services import execution, export
 from searches.services.launch import RunRequest, launch_run
 
 # ---- profiles, projects, datasets ------------------------------------------------------------
@@ -147,6 +151,8 @@ CANDIDATE_FILTERS: dict[str, tuple[str, Any]] = {
     "feasible": ("feasible", lambda v: v.lower() in {"1", "true", "yes"}),
     "on_pareto": ("on_pareto", lambda v: v.lower() in {"1", "true", "yes"}),
     "min_val_accuracy": ("val_accuracy__gte", float),
+    "min_int8_val_accuracy": ("int8_val_accuracy__gte", float),
+    "export_status": ("export_status", str),
     "max_peak_sram_bytes": ("peak_sram_bytes__lte", int),
     "max_flash_bytes": ("flash_bytes__lte", int),
     "max_macs": ("macs__lte", int),
@@ -189,6 +195,8 @@ class RunCandidateList(generics.ListAPIView):
         "index",
         "val_accuracy",
         "test_accuracy",
+        "int8_val_accuracy",
+        "int8_test_accuracy",
         "peak_sram_bytes",
         "flash_bytes",
         "macs",
@@ -217,10 +225,103 @@ def _parse(parse: Any, value: str, name: str) -> Any:
         raise ValidationError({name: f"Invalid value {value!r}."}) from None
 
 
-class CandidateDetail(generics.RetrieveAPIView):
-    """One candidate with its architecture and the resources computed from it."""
+class DownloadRenderer(renderers.BaseRenderer):
+    """Lets a download answer whatever its client accepts; the view makes the bytes itself.
+
+    Errors on that path (``{"detail": ...}``) are rendered as JSON.
+    """
+
+    media_type = "*/*"
+    format = "download"
+    charset = None
+    render_style = "binary"
+
+    def render(
+        self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None
+    ) -> bytes:
+        if isinstance(data, bytes):
+            return data
+        response = (renderer_context or {}).get("response")
+        if response is not None:
+            response["Content-Type"] = "application/json"
+        return json.dumps(data).encode()
+
+
+_DOWNLOAD_RENDERERS = [renderers.JSONRenderer, DownloadRenderer]
+
+
+def _attachment(body: bytes | str, content_type: str, filename: str) -> HttpResponse:
+    response = HttpResponse(body, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+class CandidateViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """One candidate with its architecture and resources; its exports and their verification."""
 
     serializer_class = s.CandidateDetailSerializer
 
     def get_queryset(self) -> QuerySet[Candidate]:
-        return Candidate.objects.for_user(self.request.user).select_related("parent")
+        return Candidate.objects.for_user(self.request.user).select_related("parent", "run", "run__profile")
+
+    def _export(self, make: Any) -> HttpResponse | Response:
+        candidate = self.get_object()
+        try:
+            return make(candidate)
+        except export.ExportUnavailable as exc:
+            return Response({"detail": f"Cannot export: {exc}."}, status=status.HTTP_409_CONFLICT)
+        except (QuantizationError, ExportError) as exc:
+            return Response({"detail": f"The export failed: {exc}"}, status=status.HTTP_409_CONFLICT)
+
+    @extend_schema(
+        responses={(200, "text/x-c"): OpenApiTypes.STR, 409: OpenApiTypes.OBJECT},
+        description="The int8 C99 header, nasweb_r<run>_c<index>.h (needs a trained candidate).",
+    )
+    @action(detail=True, methods=["get"], renderer_classes=_DOWNLOAD_RENDERERS)
+    def header(self, request: Request, pk: str | None = None) -> HttpResponse | Response:
+        def make(candidate: Candidate) -> HttpResponse:
+            header = export.header_for(candidate)
+            return _attachment(header.text, "text/x-c; charset=utf-8", header.filename)
+
+        return self._export(make)
+
+    @extend_schema(
+        responses={(200, "application/zip"): OpenApiTypes.BINARY, 409: OpenApiTypes.OBJECT},
+        description="The header with an example main.c, a Makefile and a README, for the run's target.",
+    )
+    @action(detail=True, methods=["get"], renderer_classes=_DOWNLOAD_RENDERERS)
+    def bundle(self, request: Request, pk: str | None = None) -> HttpResponse | Response:
+        def make(candidate: Candidate) -> HttpResponse:
+            filename, data = export.bundle_for(candidate)
+            return _attachment(data, "application/zip", filename)
+
+        return self._export(make)
+
+    @extend_schema(
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY, 409: OpenApiTypes.OBJECT},
+        description="The trained float model in ONNX: input NCHW float32 in [0, 1], output logits.",
+    )
+    @action(detail=True, methods=["get"], renderer_classes=_DOWNLOAD_RENDERERS)
+    def onnx(self, request: Request, pk: str | None = None) -> HttpResponse | Response:
+        def make(candidate: Candidate) -> HttpResponse:
+            filename, data = export.onnx_for(candidate)
+            return _attachment(data, "application/octet-stream", filename)
+
+        return self._export(make)
+
+    @extend_schema(request=None, responses={202: s.CandidateDetailSerializer, 409: OpenApiTypes.OBJECT})
+    @action(detail=True, methods=["post"])
+    def verify(self, request: Request, pk: str | None = None) -> Response:
+        """Queue the export verification; follow ``export.status`` until passed, failed or unavailable."""
+        candidate = self.get_object()
+        try:
+            queued = export.request_verification(candidate)
+        except export.ExportUnavailable as exc:
+            return Response({"detail": f"Cannot verify: {exc}."}, status=status.HTTP_409_CONFLICT)
+        if not queued:
+            return Response(
+                {"detail": "A verification of this candidate is already under way."},
+                status=status.HTTP_409_CONFLICT,
+            )
+        candidate.refresh_from_db()
+        return Response(s.CandidateDetailSerializer(candidate).data, status=status.HTTP_202_ACCEPTED)

@@ -1,4 +1,4 @@
-"""What the candidate page and the API show about one architecture: layers, memory, board fit."""
+"""What the candidate page and the API show about one candidate: layers, memory, board fit, export."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Any
 
 from searches.engine import arch as arch_format
 from searches.engine.resources import CORES, ResourceReport, analyze, latency_ms
-from searches.models import Candidate, HardwareProfile
+from searches.engine.verify import STEPS
+from searches.models import Candidate, Core, HardwareProfile
+from searches.services import export
 
 
 @dataclass(frozen=True)
@@ -84,4 +86,50 @@ def resources_json(report: ResourceReport) -> dict[str, Any]:
             for row, layer in zip(layer_rows(report), report.layers, strict=True)
         ],
         "memory": memory_data(report),
+    }
+
+
+def export_steps(report: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The verification's four steps in order: each as reported, or ``pending`` if not reached."""
+    done = {step.get("key"): step for step in (report or {}).get("steps") or []}
+    return [
+        done.get(key) or {"key": key, "title": title, "status": "pending", "numbers": {}}
+        for key, title in STEPS
+    ]
+
+
+def export_context(candidate: Candidate) -> dict[str, Any]:
+    """The candidate page's Export section: what can be downloaded and how the verification went."""
+    report = candidate.export_report or {}
+    trained = candidate.is_trained
+    target = export.target_for(candidate.run)
+    return {
+        "trained": trained,
+        "name": export.c_name(candidate),
+        "target": target,
+        "core_label": Core(target.core).label if target.core in Core.values else target.core,
+        "status": candidate.export_status,
+        "status_label": candidate.get_export_status_display(),
+        "busy": candidate.export_busy,
+        "ran": bool(report.get("steps")) or bool(report.get("error")),
+        "steps": export_steps(report),
+        "error": report.get("error"),
+        "summary": report.get("summary"),
+        "seconds": report.get("seconds"),
+        "finished": candidate.export_finished,
+        "missing_tools": export.missing_tools() if trained else [],
+        "install_command": export.INSTALL_COMMAND,
+    }
+
+
+def export_json(candidate: Candidate) -> dict[str, Any]:
+    """The API's ``export`` of a candidate: verification status, target and report."""
+    target = export.target_for(candidate.run)
+    return {
+        "name": export.c_name(candidate),
+        "status": candidate.export_status,
+        "target": target.to_json(),
+        "requested": candidate.export_requested,
+        "finished": candidate.export_finished,
+        "report": candidate.export_report,
     }

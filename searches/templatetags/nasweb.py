@@ -50,3 +50,30 @@ def seconds(value: Any) -> str:
         return DASH
     v = float(value)
     return f"{v:.1f} s" if v < 120 else f"{v / 60:.1f} min"
+
+
+@register.filter
+def pct2(value: Any) -> str:
+    """A percentage with two decimals (accuracies that must be seen to be equal)."""
+    if value in (None, ""):
+        return DASH
+    return f"{float(value) * 100:.2f}%"
+
+
+@register.filter
+def share(part: Any, whole: Any) -> str:
+    """``part`` as a percentage of ``whole`` ("12.5%")."""
+    if part in (None, "") or not whole:
+        return DASH
+    return f"{100 * float(part) / float(whole):.1f}%"
+
+
+@register.filter
+def points(value: Any, reference: Any) -> str:
+    """The difference of two accuracies in percentage points ("-0.3 pt"), empty if either is missing."""
+    if value in (None, "") or reference in (None, ""):
+        return ""
+    delta = 100 * (float(value) - float(reference))
+    if abs(delta) < 0.05:
+        return "±0.0 pt"
+    return f"{delta:+.1f} pt"

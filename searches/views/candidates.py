@@ -1,17 +1,28 @@
-"""One candidate: its metrics, layer table, memory timeline, lineage and which boards it fits."""
+"""One candidate: its metrics, layer table, memory timeline, lineage, board fit and export."""
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
+from typing import Any
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
 
+from searches import events
 from searches.engine.arch import ArchitectureError
+from searches.engine.export import ExportError
+from searches.engine.quant import QuantizationError
 from searches.engine.resources import latency_ms
 from searches.models import Candidate
-from searches.services import reports
+from searches.services import export, reports
+
+logger = logging.getLogger(__name__)
 
 
 def _get_candidate_for_user(request: HttpRequest, pk: int) -> Candidate:
@@ -34,7 +45,13 @@ def _latency_estimate(candidate: Candidate, macs: int) -> float | None:
 @login_required
 def candidate_detail(request: HttpRequest, pk: int) -> HttpResponse:
     candidate = _get_candidate_for_user(request, pk)
-    ctx = {"candidate": candidate, "run": candidate.run, "children": candidate.children.order_by("index")}
+    ctx = {
+        "candidate": candidate,
+        "run": candidate.run,
+        "children": candidate.children.order_by("index"),
+        "export": reports.export_context(candidate),
+        "live_config": _live_config(candidate),
+    }
     try:
         report = reports.analyze_candidate(candidate)
     except ArchitectureError as exc:
@@ -61,3 +78,112 @@ def candidate_architecture(request: HttpRequest, pk: int) -> HttpResponse:
     filename = f"run-{candidate.run_id}-candidate-{candidate.index}.json"
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
+
+
+def _live_config(candidate: Candidate) -> dict[str, Any]:
+    """What candidate.js needs to follow the candidate: the run's stream from the page's seq on."""
+    return {
+        "candidate_id": candidate.pk,
+        "ws_path": f"/ws/runs/{candidate.run_id}/",
+        "since": candidate.run.seq,
+        "export_url": reverse("candidate_export", args=[candidate.pk]),
+        "export_status": candidate.export_status,
+        "seq": candidate.seq,
+    }
+
+
+@login_required
+@require_GET
+def candidate_export(request: HttpRequest, pk: int) -> HttpResponse:
+    """The page's Export section alone: the candidate page swaps it in when the status moves."""
+    candidate = _get_candidate_for_user(request, pk)
+    ctx = {"candidate": candidate, "run": candidate.run, "export": reports.export_context(candidate)}
+    return render(request, "searches/_candidate_export.html", ctx)
+
+
+# ---- downloads -----------------------------------------------------------------------------
+
+
+def _attachment(body: bytes | str, content_type: str, filename: str) -> HttpResponse:
+    response = HttpResponse(body, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+def _download(request: HttpRequest, pk: int, make: Callable[[Candidate], HttpResponse]) -> HttpResponse:
+    """``make(candidate)``, or back to the candidate page saying why the export is impossible."""
+    candidate = _get_candidate_for_user(request, pk)
+    try:
+        return make(candidate)
+    except export.ExportUnavailable as exc:
+        messages.error(request, f"Cannot export: {exc}.")
+    except (QuantizationError, ExportError) as exc:
+        logger.exception("export of candidate %s failed", candidate.pk)
+        messages.error(request, f"The export failed: {exc}")
+    return redirect("candidate_detail", pk=candidate.pk)
+
+
+def _header_response(candidate: Candidate) -> HttpResponse:
+    header = export.header_for(candidate)
+    return _attachment(header.text, "text/x-c; charset=utf-8", header.filename)
+
+
+def _bundle_response(candidate: Candidate) -> HttpResponse:
+    filename, data = export.bundle_for(candidate)
+    return _attachment(data, "application/zip", filename)
+
+
+def _onnx_response(candidate: Candidate) -> HttpResponse:
+    filename, data = export.onnx_for(candidate)
+    return _attachment(data, "application/octet-stream", filename)
+
+
+@login_required
+@require_GET
+def candidate_header(request: HttpRequest, pk: int) -> HttpResponse:
+    """The int8 C header (``nasweb_r<run>_c<index>.h``)."""
+    return _download(request, pk, _header_response)
+
+
+@login_required
+@require_GET
+def candidate_bundle(request: HttpRequest, pk: int) -> HttpResponse:
+    """The header with an example, Makefile and README, for the run's target, as a zip."""
+    return _download(request, pk, _bundle_response)
+
+
+@login_required
+@require_GET
+def candidate_onnx(request: HttpRequest, pk: int) -> HttpResponse:
+    """The trained float model in ONNX."""
+    return _download(request, pk, _onnx_response)
+
+
+# ---- verification --------------------------------------------------------------------------
+
+
+def _verify_done(request: HttpRequest, candidate: Candidate, message: str, ok: bool) -> HttpResponse:
+    if "application/json" in request.headers.get("Accept", ""):
+        candidate.refresh_from_db()
+        payload = {"ok": ok, "message": message, "candidate": events.candidate_payload(candidate)}
+        return JsonResponse(payload, status=200 if ok else 409)
+    (messages.success if ok else messages.error)(request, message)
+    return redirect(reverse("candidate_detail", args=[candidate.pk]) + "#export")
+
+
+@login_required
+@require_POST
+def candidate_verify(request: HttpRequest, pk: int) -> HttpResponse:
+    """Queue the export verification (host, Cortex-M build, QEMU) on a worker."""
+    candidate = _get_candidate_for_user(request, pk)
+    try:
+        queued = export.request_verification(candidate)
+    except export.ExportUnavailable as exc:
+        return _verify_done(request, candidate, f"Cannot verify: {exc}.", ok=False)
+    if not queued:
+        return _verify_done(
+            request, candidate, "A verification of this candidate is already under way.", ok=False
+        )
+    return _verify_done(
+        request, candidate, "Verification queued: the steps appear below as they finish.", ok=True
+    )

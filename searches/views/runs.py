@@ -29,6 +29,8 @@ CSV_COLUMNS = (
     "on_pareto",
     "val_accuracy",
     "test_accuracy",
+    "int8_val_accuracy",
+    "int8_test_accuracy",
     "peak_sram_bytes",
     "flash_bytes",
     "macs",

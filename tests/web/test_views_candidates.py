@@ -116,8 +116,8 @@ def test_it_embeds_the_memory_timeline(client, user):
     assert "js/plotly.min.js" in body and "js/candidate.js" in body
 
 
-def test_the_c_header_button_is_disabled_with_a_reason(client, user):
-    candidate = make_candidate(make_run(user))
+def test_the_c_header_button_is_disabled_without_trained_weights(client, user):
+    candidate = make_candidate(make_run(user))  # done, but no weights file
     client.force_login(user)
 
     body = client.get(reverse("candidate_detail", args=[candidate.pk])).content.decode()
@@ -126,8 +126,8 @@ def test_the_c_header_button_is_disabled_with_a_reason(client, user):
     assert button is not None
     assert button.group(1) == "C header"
     assert "disabled" in button.group(0)
-    assert "The C header export arrives with the export issue" in body
-    assert '.h"' not in body  # no download link to a header yet
+    assert "Exports need a trained candidate" in body
+    assert reverse("candidate_header", args=[candidate.pk]) not in body
 
 
 def test_it_shows_a_rejected_candidate(client, user):

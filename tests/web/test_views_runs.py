@@ -376,7 +376,7 @@ def test_extend_requires_login(client, user):
 
 def test_csv_works(client, user):
     run = make_run(user)
-    parent = make_candidate(run, 0, on_pareto=True)
+    parent = make_candidate(run, 0, on_pareto=True, int8_val_accuracy=0.895, int8_test_accuracy=0.87)
     make_candidate(run, 1, parent=parent, mutation="filters +3", val_accuracy=0.75)
     make_candidate(
         run,
@@ -403,6 +403,8 @@ def test_csv_works(client, user):
         "on_pareto",
         "val_accuracy",
         "test_accuracy",
+        "int8_val_accuracy",
+        "int8_test_accuracy",
         "peak_sram_bytes",
         "flash_bytes",
         "macs",
@@ -420,6 +422,8 @@ def test_csv_works(client, user):
         "320",
     )
     assert (rows[0]["macs"], rows[0]["latency_ms_estimate"], rows[0]["params"]) == ("4864", "0.1824", "2610")
+    assert (rows[0]["int8_val_accuracy"], rows[0]["int8_test_accuracy"]) == ("0.895", "0.87")
+    assert rows[1]["int8_val_accuracy"] == ""  # trained before int8 export existed
     assert (rows[1]["parent_index"], rows[1]["mutation"], rows[1]["val_accuracy"]) == (
         "0",
         "filters +3",

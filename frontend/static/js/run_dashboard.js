@@ -85,7 +85,7 @@
     if (text === undefined) {
       text =
         `<b>#${c.index}</b> ${c.status}${c.on_pareto ? " · Pareto front" : ""}<br>` +
-        `val acc ${fmtPct(c.val_accuracy)} · SRAM ${fmtBytes(c.peak_sram_bytes)} · flash ${fmtBytes(c.flash_bytes)}<br>` +
+        `val acc ${fmtPct(c.val_accuracy)} (int8 ${fmtPct(c.int8_val_accuracy)}) · SRAM ${fmtBytes(c.peak_sram_bytes)} · flash ${fmtBytes(c.flash_bytes)}<br>` +
         `MACs ${fmtCount(c.macs)} · latency ${fmtMs(c.latency_ms)}` +
         (c.mutation ? `<br>${escapeHtml(c.mutation.slice(0, 60))}` : "");
       hoverCache.set(c, text);
@@ -392,6 +392,8 @@
     { key: "index", label: "#", get: (c) => c.index },
     { key: "val_accuracy", label: "val acc", get: (c) => c.val_accuracy, show: fmtPct },
     { key: "test_accuracy", label: "test acc", get: (c) => c.test_accuracy, show: fmtPct },
+    { key: "int8_val_accuracy", label: "int8 val", get: (c) => c.int8_val_accuracy, show: fmtPct },
+    { key: "int8_test_accuracy", label: "int8 test", get: (c) => c.int8_test_accuracy, show: fmtPct },
     { key: "peak_sram_bytes", label: "peak SRAM", get: (c) => c.peak_sram_bytes, show: fmtBytes },
     { key: "flash_bytes", label: "flash", get: (c) => c.flash_bytes, show: fmtBytes },
     { key: "macs", label: "MACs", get: (c) => c.macs, show: fmtCount },
