@@ -41,7 +41,7 @@ from searches.engine.training import ArchNet, ConvUnit
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 ADD_LEFT_SHIFT = 20  # TFLite's headroom for int8 Add
-REFERENCE_BATCH = 64
+REFERENCE_BATCH = 16
 WEIGHTED = ("conv2d", "conv1x1", "dwconv2d", "dense")
 FORMAT = "nasweb.int8"
 VERSION = 1
@@ -207,31 +207,31 @@ def quantize_multiplier(m: float) -> tuple[int, int]:
     return m0, e
 
 
-def _trunc_div(a: IntArray, d: int) -> IntArray:
-    """C-style division (toward zero) of int64 values by a positive ``d``."""
-    return np.where(a >= 0, a // d, -((-a) // d))
-
-
 def requantize(acc: IntArray, multiplier: Any, shift: Any) -> IntArray:
     """TFLite's MultiplyByQuantizedMultiplier (double rounding), element-wise, in int64.
 
     A positive shift first multiplies by 2^shift with int32 saturation (well defined, and
-    the C kernel does the same).
+    the C kernel does the same).  The rounding high multiply
+    trunc((ab + (ab >= 0 ? 2^30 : 1 - 2^30)) / 2^31) equals floor((ab + 2^30) / 2^31) for
+    every integer ab, which is an add and an arithmetic shift.
     """
     acc = np.asarray(acc, dtype=np.int64)
     m = np.asarray(multiplier, dtype=np.int64)
     s = np.asarray(shift, dtype=np.int64)
-    left = np.maximum(s, 0)
+    if np.any(s > 0):
+        acc = np.clip(acc << np.maximum(s, 0), INT32_MIN, INT32_MAX)
     right = np.maximum(-s, 0)
-    x = np.clip(acc * (np.int64(1) << left), INT32_MIN, INT32_MAX)
-    ab = x * m
-    nudge = np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
-    high = _trunc_div(ab + nudge, 1 << 31)
     # M0 < 2^31, so the INT32_MIN·INT32_MIN saturation case cannot occur.
-    mask = (np.int64(1) << right) - 1
-    remainder = high & mask
-    threshold = (mask >> 1) + (high < 0)
-    return (high >> right) + (remainder > threshold)
+    high = acc * m
+    high += 1 << 30
+    high >>= 31
+    # Rounding right shift, half away from zero: floor((high + 2^(r-1) - [high < 0]) / 2^r)
+    # for r > 0; the same as gemmlowp's remainder/threshold form, in fewer passes.
+    negative = (high < 0) & (right > 0)
+    high += (np.int64(1) << right) >> 1
+    high -= negative
+    high >>= right
+    return high
 
 
 def _rounded_average(total: IntArray, count: int) -> IntArray:
@@ -423,7 +423,7 @@ def _conv(op: Op, p: WeightedOp, x: IntArray, zp_in: int, zp_out: int) -> IntArr
     top, bottom, left, right = _pads(op, h, w)
     # Padded taps hold the input zero point (real 0); with the folded bias this equals
     # b + Σ w·(q - zp) over the valid taps only.
-    padded = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=zp_in)
+    padded = np.pad(x.astype(np.float64), ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=zp_in)
     oh = (h + top + bottom - k) // stride + 1
     ow = (w + left + right - k) // stride + 1
     weights = p.weights.astype(np.float64)
@@ -433,7 +433,7 @@ def _conv(op: Op, p: WeightedOp, x: IntArray, zp_in: int, zp_out: int) -> IntArr
         for kx in range(k):
             rows = slice(ky, ky + stride * (oh - 1) + 1, stride)
             cols = slice(kx, kx + stride * (ow - 1) + 1, stride)
-            tap = padded[:, rows, cols, :].astype(np.float64)
+            tap = padded[:, rows, cols, :]
             if op.kind == "dwconv2d":
                 acc += tap * weights[ky, kx]
             else:
