@@ -423,7 +423,9 @@ def _conv(op: Op, p: WeightedOp, x: IntArray, zp_in: int, zp_out: int) -> IntArr
     top, bottom, left, right = _pads(op, h, w)
     # Padded taps hold the input zero point (real 0); with the folded bias this equals
     # b + Σ w·(q - zp) over the valid taps only.
-    padded = np.pad(x.astype(np.float64), ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=zp_in)
+    padded = np.pad(
+        x.astype(np.float64), ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=zp_in
+    )
     oh = (h + top + bottom - k) // stride + 1
     ow = (w + left + right - k) // stride + 1
     weights = p.weights.astype(np.float64)
