@@ -25,6 +25,7 @@ MAX_POPULATION = 500
 MAX_EPOCHS = 500
 MAX_PARALLEL = 16
 MAX_EXTEND = 5_000
+MAX_MEMNAS_TOP_K = 16
 
 
 class SignupForm(UserCreationForm):
@@ -150,6 +151,30 @@ class NewRunForm(forms.Form):
     latency_ms = forms.FloatField(
         label="Latency override (ms)", required=False, validators=_positive(MAX_LATENCY_MS, "ms")
     )
+    memnas_lambda = forms.FloatField(
+        label="MemNAS λ",
+        min_value=0,
+        max_value=1,
+        initial=0.5,
+        required=False,
+        help_text="Weight of accuracy against memory in the efficiency score (1: accuracy only).",
+    )
+    memnas_beta = forms.FloatField(
+        label="MemNAS β",
+        min_value=0,
+        max_value=1,
+        initial=0.7,
+        required=False,
+        help_text="Weight of peak SRAM against flash in the memory part of the score.",
+    )
+    memnas_top_k = _count(
+        "MemNAS top-k",
+        1,
+        MAX_MEMNAS_TOP_K,
+        initial=4,
+        required=False,
+        help_text="Children of each backbone trained per round, picked by the ranking model.",
+    )
     pruning = forms.BooleanField(
         label="Structured pruning (coming with the pruning issue)", required=False, disabled=True
     )
@@ -194,7 +219,9 @@ class NewRunForm(forms.Form):
     def clean(self) -> dict[str, Any]:
         data = super().clean()
         population, sample_size = data.get("population"), data.get("sample_size")
-        if population and sample_size and sample_size > population:
+        # MemNAS has no population; the hidden evolution fields are ignored.
+        evolution = data.get("strategy") != SearchRun.Strategy.MEMNAS
+        if evolution and population and sample_size and sample_size > population:
             self.add_error("sample_size", "The sample size cannot exceed the population.")
         return data
 
@@ -250,3 +277,34 @@ class DatasetUploadForm(forms.Form):
         if self.cleaned_data.get("npz"):
             return None
         return {key: self.cleaned_data[key] for key in IDX_FIELDS}
+
+
+class PruneForm(forms.Form):
+    """A standalone pruning job: a target sparsity, or "fit the run's hardware profile"."""
+
+    MODE_CHOICES = [("sparsity", "Target sparsity"), ("fit", "Fit this run's hardware profile")]
+
+    mode = forms.ChoiceField(choices=MODE_CHOICES, initial="sparsity", widget=forms.RadioSelect)
+    target_sparsity = forms.FloatField(
+        required=False,
+        initial=0.5,
+        min_value=0.01,
+        max_value=0.95,
+        help_text="Fraction of the prunable channels removed, up to 0.95.",
+    )
+    epochs = forms.IntegerField(
+        initial=4,
+        min_value=1,
+        max_value=20,
+        help_text="Fine-tuning epochs (the sparsity ramps over the first half).",
+    )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if (
+            data.get("mode") == "sparsity"
+            and data.get("target_sparsity") is None
+            and "target_sparsity" not in self.errors
+        ):
+            self.add_error("target_sparsity", "Give a target sparsity, or choose to fit the profile.")
+        return data

@@ -159,6 +159,7 @@ class SearchRun(models.Model):
     class Strategy(models.TextChoices):
         AGING_EVOLUTION = "aging_evolution", "Aging evolution (μNAS)"
         RANDOM = "random", "Random search"
+        MEMNAS = "memnas", "MemNAS (grow and trim)"
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"

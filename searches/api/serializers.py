@@ -122,6 +122,9 @@ class _OwnedPrimaryKey(serializers.PrimaryKeyRelatedField):
         return self.queryset.model.objects.for_user(self.context["request"].user)
 
 
+MEMNAS_FIELDS = ("memnas_lambda", "memnas_beta", "memnas_top_k")
+
+
 class RunCreateSerializer(serializers.Serializer):
     """A new run; blank numbers take the dataset's defaults, as in the web form."""
 
@@ -151,6 +154,30 @@ class RunCreateSerializer(serializers.Serializer):
     sram_kb = serializers.FloatField(required=False, allow_null=True, default=None)
     flash_kb = serializers.FloatField(required=False, allow_null=True, default=None)
     latency_ms = serializers.FloatField(required=False, allow_null=True, default=None)
+    memnas_lambda = serializers.FloatField(
+        min_value=0,
+        max_value=1,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="MemNAS only: weight of accuracy against memory (default 0.5).",
+    )
+    memnas_beta = serializers.FloatField(
+        min_value=0,
+        max_value=1,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="MemNAS only: weight of peak SRAM against flash (default 0.7).",
+    )
+    memnas_top_k = serializers.IntegerField(
+        min_value=1,
+        max_value=limits.MAX_MEMNAS_TOP_K,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="MemNAS only: children trained per round (default 4).",
+    )
 
     def validate_dataset(self, value: str) -> Dataset:
         for dataset in Dataset.objects.for_user(_owner(self)):
@@ -168,6 +195,10 @@ class RunCreateSerializer(serializers.Serializer):
         return _check_max(value, limits.MAX_LATENCY_MS, "ms")
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("strategy") != SearchRun.Strategy.MEMNAS:
+            given = [name for name in MEMNAS_FIELDS if attrs.get(name) is not None]
+            if given:
+                raise serializers.ValidationError(dict.fromkeys(given, "Only MemNAS runs take this setting."))
         if attrs.get("sample_size") and attrs["sample_size"] > attrs["population"]:
             raise serializers.ValidationError(
                 {"sample_size": "The sample size cannot exceed the population."}

@@ -32,6 +32,11 @@ class RunRequest:
     flash_kb: float | None = None
     latency_ms: float | None = None
     name: str = ""
+    # MemNAS only: λ (accuracy against memory), β (SRAM against flash) and the children trained
+    # per round; None takes the engine's default.
+    memnas_lambda: float | None = None
+    memnas_beta: float | None = None
+    memnas_top_k: int | None = None
 
 
 def fidelity_for(request: RunRequest) -> Fidelity:
@@ -42,6 +47,14 @@ def fidelity_for(request: RunRequest) -> Fidelity:
     if request.train_subset:
         overrides["train_subset"] = request.train_subset
     return Fidelity(**{**asdict(base), **overrides})
+
+
+def strategy_options_for(request: RunRequest) -> dict[str, Any]:
+    """The engine's ``strategy_options``: the MemNAS settings given, for a MemNAS run only."""
+    if request.strategy != SearchRun.Strategy.MEMNAS:
+        return {}
+    options = {"lambda": request.memnas_lambda, "beta": request.memnas_beta, "top_k": request.memnas_top_k}
+    return {key: value for key, value in options.items() if value is not None}
 
 
 def launch_run(owner: Any, project: Project | None, request: RunRequest) -> SearchRun:
@@ -59,6 +72,7 @@ def launch_run(owner: Any, project: Project | None, request: RunRequest) -> Sear
         population=request.population,
         sample_size=request.sample_size,
         fidelity=fidelity_for(request),
+        strategy_options=strategy_options_for(request),
     )
     with transaction.atomic():
         run = runs.create_run(

@@ -98,8 +98,12 @@ def make_config(
     population: int | None = None,
     sample_size: int | None = None,
     fidelity: Fidelity | None = None,
+    strategy_options: dict[str, Any] | None = None,
 ) -> SearchConfig:
-    """A search config whose μNAS bounds are the profile's limits plus per-dataset defaults."""
+    """A search config whose μNAS bounds are the profile's limits plus per-dataset defaults.
+
+    ``strategy_options`` are settings only one strategy reads (MemNAS: lambda, beta, top_k).
+    """
     error_bound, macs_bound = DATASET_BOUNDS.get(dataset.name, DATASET_BOUNDS[""])
     population = population or max(4, min(100, budget // 3))
     fidelity = fidelity or default_fidelity(dataset.name)
@@ -118,6 +122,7 @@ def make_config(
         sample_size=sample_size or max(2, min(25, population // 4)),
         seed=seed,
         fidelity=asdict(fidelity) | {"seed": seed},
+        strategy_options=dict(strategy_options or {}),
     )
 
 

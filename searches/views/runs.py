@@ -96,6 +96,9 @@ def _request_from(form: NewRunForm) -> RunRequest:
         flash_kb=data["flash_kb"],
         latency_ms=data["latency_ms"],
         name=data["name"].strip(),
+        memnas_lambda=data["memnas_lambda"],
+        memnas_beta=data["memnas_beta"],
+        memnas_top_k=data["memnas_top_k"],
     )
 
 

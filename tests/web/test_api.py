@@ -260,6 +260,48 @@ def test_run_create_validates(api, user, other_user, enqueued):
     assert enqueued == []
 
 
+def test_run_create_takes_memnas_settings(api, user, enqueued, django_capture_on_commit_callbacks):
+    body = {
+        "profile": _preset().pk,
+        "dataset": "digits",
+        "strategy": "memnas",
+        "budget": 6,
+        "memnas_lambda": 0.2,
+        "memnas_top_k": 2,
+    }
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.post("/api/runs/", body, format="json")
+
+    assert response.status_code == 201
+    run = SearchRun.objects.get(owner=user)
+    assert run.strategy == "memnas"
+    assert run.config["strategy_options"] == {"lambda": 0.2, "top_k": 2}
+    assert enqueued == [run.pk]
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "message"),
+    [
+        ({"strategy": "memnas", "memnas_lambda": 1.5}, "memnas_lambda", "less than or equal to 1"),
+        ({"strategy": "memnas", "memnas_beta": -1}, "memnas_beta", "greater than or equal to 0"),
+        ({"strategy": "memnas", "memnas_top_k": 17}, "memnas_top_k", "less than or equal to 16"),
+        ({"strategy": "memnas", "memnas_top_k": "many"}, "memnas_top_k", "valid integer"),
+        ({"memnas_lambda": 0.5}, "memnas_lambda", "Only MemNAS runs take this setting."),
+        ({"strategy": "random", "memnas_top_k": 2}, "memnas_top_k", "Only MemNAS runs take this setting."),
+    ],
+)
+def test_run_create_validates_memnas_settings(api, user, enqueued, fields, field, message):
+    body = {"profile": _preset().pk, "dataset": "digits", "budget": 6} | fields
+
+    response = api.post("/api/runs/", body, format="json")
+
+    assert response.status_code == 400
+    assert any(message in error for error in response.json()[field])
+    assert not SearchRun.objects.exists()
+    assert enqueued == []
+
+
 def test_run_retrieve_checks_owner(api, other_user):
     bobs = make_run(other_user)
 

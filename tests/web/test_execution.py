@@ -59,11 +59,27 @@ def queue(monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: A
     return recorder
 
 
-def _run(owner: Any, *, budget: int = 3, population: int = 2, parallel: int | None = 2, seed: int = 0):
+def _run(
+    owner: Any,
+    *,
+    budget: int = 3,
+    population: int = 2,
+    parallel: int | None = 2,
+    seed: int = 0,
+    strategy: str = "aging_evolution",
+    strategy_options: dict[str, Any] | None = None,
+):
     dataset = runs.get_dataset("digits")
     limits = runs.limits_for(None, sram_kb=2, flash_kb=4)
     config = runs.make_config(
-        dataset, limits, budget=budget, population=population, seed=seed, fidelity=Fidelity(epochs=1)
+        dataset,
+        limits,
+        budget=budget,
+        population=population,
+        seed=seed,
+        fidelity=Fidelity(epochs=1),
+        strategy=strategy,
+        strategy_options=strategy_options,
     )
     run = runs.create_run(owner, "digits", config)
     if parallel is not None:
@@ -193,6 +209,27 @@ def test_a_run_finishes_with_its_budget(user, queue: Queue) -> None:
     assert run.status == SearchRun.Status.DONE and run.finished is not None
     assert run.evaluated == 4 and len(done) == 4
     assert any(c.parent_id is not None for c in done)  # past the warm-up, children are mutations
+    front = {m.id for m in _strategy(run).archive}
+    assert {c.index for c in run.candidates.filter(on_pareto=True)} == front
+
+
+def test_a_memnas_run_waits_for_each_round_and_finishes(user, queue: Queue) -> None:
+    # More slots than a round has children: ask() answers None while the round trains.
+    run = _run(user, budget=4, parallel=4, strategy="memnas", strategy_options={"top_k": 2})
+    queue.call(execution.start_run, run)
+    assert len(queue.evaluations) == 1  # the seed backbone, alone
+
+    queue.evaluate_next()
+    assert len(queue.evaluations) == 2  # the first round: its top two children
+
+    queue.evaluate_next()
+    run.refresh_from_db()
+    assert run.status == SearchRun.Status.RUNNING and len(queue.evaluations) == 1  # the round's other child
+
+    queue.drain()
+    run.refresh_from_db()
+    assert run.status == SearchRun.Status.DONE and run.evaluated == 4
+    assert len(_rows(run, Candidate.Status.DONE)) == 4
     front = {m.id for m in _strategy(run).archive}
     assert {c.index for c in run.candidates.filter(on_pareto=True)} == front
 

@@ -127,6 +127,75 @@ def test_new_run_takes_explicit_fidelity_and_strategy(
     assert enqueued == [run.pk]
 
 
+def test_new_run_form_offers_memnas(client, user):
+    project = make_project(user)
+    client.force_login(user)
+
+    response = client.get(reverse("run_create", args=[project.pk]))
+
+    form = response.context["form"]
+    assert ("memnas", "MemNAS (grow and trim)") in form.fields["strategy"].choices
+    assert (form["memnas_lambda"].value(), form["memnas_beta"].value(), form["memnas_top_k"].value()) == (
+        0.5,
+        0.7,
+        4,
+    )
+    body = response.content.decode()
+    assert 'id="memnas-options"' in body and 'id="evolution-options"' in body
+
+
+def test_new_run_takes_memnas_settings(client, user, enqueued, django_capture_on_commit_callbacks):
+    project = make_project(user)
+    profile = make_profile(user)
+    client.force_login(user)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            reverse("run_create", args=[project.pk]),
+            # The hidden evolution fields still post; a sample size above the population is ignored.
+            _form_data(
+                profile, strategy="memnas", memnas_lambda=0.3, memnas_beta=0.9, memnas_top_k=2, sample_size=9
+            ),
+        )
+
+    run = SearchRun.objects.get(owner=user)
+    assert response.status_code == 302
+    assert run.strategy == "memnas"
+    assert run.config["strategy_options"] == {"lambda": 0.3, "beta": 0.9, "top_k": 2}
+    assert enqueued == [run.pk]
+
+
+def test_new_run_leaves_memnas_defaults_to_the_engine(
+    client, user, enqueued, django_capture_on_commit_callbacks
+):
+    project = make_project(user)
+    profile = make_profile(user)
+    client.force_login(user)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(
+            reverse("run_create", args=[project.pk]), _form_data(profile, strategy="memnas", memnas_top_k=3)
+        )
+
+    assert SearchRun.objects.get(owner=user).config["strategy_options"] == {"top_k": 3}
+
+
+def test_new_run_ignores_memnas_settings_for_evolution(
+    client, user, enqueued, django_capture_on_commit_callbacks
+):
+    project = make_project(user)
+    profile = make_profile(user)
+    client.force_login(user)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(
+            reverse("run_create", args=[project.pk]),
+            _form_data(profile, memnas_lambda=0.5, memnas_beta=0.7, memnas_top_k=4),
+        )
+
+    assert SearchRun.objects.get(owner=user).config["strategy_options"] == {}
+
+
 @pytest.mark.parametrize(
     ("fields", "field", "message"),
     [
@@ -138,6 +207,10 @@ def test_new_run_takes_explicit_fidelity_and_strategy(
         ({"latency_ms": 10**9}, "latency_ms", "Must be at most 60,000 ms."),
         ({"strategy": "grid"}, "strategy", "Select a valid choice."),
         ({"dataset": 999999}, "dataset", "Select a valid choice."),
+        ({"strategy": "memnas", "memnas_lambda": 1.5}, "memnas_lambda", "less than or equal to 1"),
+        ({"strategy": "memnas", "memnas_beta": -0.1}, "memnas_beta", "greater than or equal to 0"),
+        ({"strategy": "memnas", "memnas_top_k": 0}, "memnas_top_k", "greater than or equal to 1"),
+        ({"strategy": "memnas", "memnas_top_k": 17}, "memnas_top_k", "less than or equal to 16"),
     ],
 )
 def test_new_run_shows_field_errors(client, user, enqueued, fields, field, message):
@@ -231,6 +304,19 @@ def test_detail_works(client, user):
         "extend_url": f"/runs/{run.pk}/extend/",
         "status": "running",
     }
+
+
+def test_detail_works_for_a_memnas_run(client, user):
+    run = make_run(user, strategy=SearchRun.Strategy.MEMNAS, status=SearchRun.Status.RUNNING)
+    make_candidate(run, 0)
+    make_candidate(run, 1, parent=None, status=Candidate.Status.PENDING, val_accuracy=None)
+    client.force_login(user)
+
+    response = client.get(reverse("run_detail", args=[run.pk]))
+
+    assert response.status_code == 200
+    assert response.context["candidate_count"] == 2
+    assert response.context["dashboard_config"]["status"] == "running"
 
 
 def test_detail_checks_owner(client, user, other_user):

@@ -1,5 +1,5 @@
 // The new-run form: blank epochs and train subset take the chosen dataset's defaults,
-// shown as the fields' placeholders.
+// shown as the fields' placeholders; only the chosen strategy's own settings are shown.
 (() => {
   const hints = document.getElementById("fidelity-hints");
   const form = document.getElementById("run-form");
@@ -13,6 +13,15 @@
     form.elements.train_subset.placeholder = `default: ${hint.train_subset}`;
   }
 
+  // MemNAS grows and trims one backbone: population and sample size do not apply to it.
+  function showStrategyOptions() {
+    const memnas = form.elements.strategy.value === "memnas";
+    document.getElementById("evolution-options").hidden = memnas;
+    document.getElementById("memnas-options").hidden = !memnas;
+  }
+
   form.elements.dataset.addEventListener("change", showDefaults);
+  form.elements.strategy.addEventListener("change", showStrategyOptions);
   showDefaults();
+  showStrategyOptions();
 })();

@@ -1,0 +1,39 @@
+"""The new-run form shows only the chosen strategy's own settings."""
+
+from __future__ import annotations
+
+import re
+
+from playwright.sync_api import Page, expect
+
+from tests.e2e.conftest import PASSWORD, USERNAME, LiveStack
+
+
+def test_the_run_form_shows_memnas_settings_for_memnas_only(page: Page, live_stack: LiveStack) -> None:
+    base = live_stack.base_url
+    page.goto(f"{base}/accounts/login/")
+    page.fill("input[name=username]", USERNAME)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("main form button[type=submit]")
+    page.goto(f"{base}/projects/new/")
+    page.fill("input[name=name]", "Form project")
+    page.click("main form button[type=submit]")
+    expect(page).to_have_url(re.compile(r"/projects/\d+/$"))
+    page.goto(page.url + "runs/new/")
+
+    population, memnas_lambda = (
+        page.locator("input[name=population]"),
+        page.locator("input[name=memnas_lambda]"),
+    )
+    expect(population).to_be_visible()
+    expect(memnas_lambda).to_be_hidden()
+
+    page.select_option("select[name=strategy]", "memnas")
+    expect(population).to_be_hidden()
+    expect(memnas_lambda).to_be_visible()
+    expect(memnas_lambda).to_have_value("0.5")
+    expect(page.locator("input[name=memnas_top_k]")).to_have_value("4")
+
+    page.select_option("select[name=strategy]", "random")
+    expect(population).to_be_visible()
+    expect(memnas_lambda).to_be_hidden()
