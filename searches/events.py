@@ -15,7 +15,10 @@ Messages (JSON) a dashboard receives:
   moves on: ``export_status`` tells, the candidate page fetches the report itself);
 - ``{"type": "candidates", "seq": N, "candidates": [{...}, ...]}`` (several rows changed at once,
   e.g. the Pareto flags);
-- ``{"type": "run", "seq": N, "run": {...}}``.
+- ``{"type": "run", "seq": N, "run": {...}}``;
+- ``{"type": "pruning", "seq": N, "job": {...}}``: a pruning job on one of the run's candidates
+  moved on (an epoch finished, or the job ended).  It does not bump ``seq`` (N is the run's
+  current number): the job's own row is its truth, and dashboards ignore the type.
 
 A client sends ``{"type": "resync", "since": N}`` to get a snapshot of changes after N.
 """
@@ -29,7 +32,7 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 from django.db.models import F
 
-from searches.models import Candidate, SearchRun
+from searches.models import Candidate, PruningJob, SearchRun
 
 
 def group_name(run_id: int) -> str:
@@ -148,3 +151,20 @@ def run_changed(run: SearchRun) -> None:
         seq = _bump(run.pk)
         run.seq = seq
         _send_after_commit(run.pk, {"type": "run", "seq": seq, "run": run_payload(run)})
+
+
+def pruning_payload(job: PruningJob) -> dict[str, Any]:
+    """What the pruning page shows live: status, the epochs so far and the result's link."""
+    return {
+        "id": job.pk,
+        "status": job.status,
+        "progress": job.progress,
+        "error": job.error,
+        "result_candidate": job.result_candidate_id,
+    }
+
+
+def pruning_changed(job: PruningJob, run_id: int) -> None:
+    """Announce a pruning job's new state on its run's stream (after the transaction commits)."""
+    seq = int(SearchRun.objects.values_list("seq", flat=True).get(pk=run_id))
+    _send_after_commit(run_id, {"type": "pruning", "seq": seq, "job": pruning_payload(job)})

@@ -395,3 +395,56 @@ class Dataset(models.Model):
 
 
 UPLOAD_PREFIX = "upload:"
+
+
+# --------------------------------------------------------------------------------------------
+# Pruning job
+# --------------------------------------------------------------------------------------------
+
+
+class PruningJobQuerySet(models.QuerySet):
+    def for_user(self, user: Any) -> PruningJobQuerySet:
+        """Jobs on candidates of the user's own runs."""
+        if not _is_signed_in(user):
+            return self.none()
+        return self.filter(source__run__owner=user)
+
+
+class PruningJob(models.Model):
+    """A standalone DPF pruning of one trained candidate (searches.services.pruning)."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    source = models.ForeignKey(Candidate, on_delete=models.CASCADE, related_name="pruning_jobs")
+    # searches.engine.pruning.PruneConfig.to_json()
+    config = models.JSONField(default=dict)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    # One PruneProgress (as a dict) per finished epoch, epoch 0 being the unpruned model.
+    progress = models.JSONField(default=list, blank=True)
+    # PruneResult.to_json() plus the int8 accuracies of both sides: the before/after table.
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    # The pruned model, a new candidate of the source's run.
+    result_candidate = models.ForeignKey(
+        Candidate, on_delete=models.SET_NULL, null=True, blank=True, related_name="pruned_from_jobs"
+    )
+    created = models.DateTimeField(auto_now_add=True)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    objects = PruningJobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created", "-id"]
+
+    def __str__(self) -> str:
+        return f"pruning job {self.pk} of candidate {self.source_id}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in {self.Status.QUEUED, self.Status.RUNNING}

@@ -7,7 +7,7 @@ import logging
 from celery import Task, shared_task
 
 from searches.models import SearchRun
-from searches.services import execution, export
+from searches.services import execution, export, pruning
 
 logger = logging.getLogger(__name__)
 
@@ -34,3 +34,10 @@ def verify_export_task(self: Task, candidate_id: int) -> None:
     """Verify a candidate's C export (host, Cortex-M build, QEMU) and store the report on it."""
     logger.info("task %s: verifying the export of candidate %s", self.request.id, candidate_id)
     export.verify_queued(int(candidate_id))
+
+
+@shared_task(bind=True, acks_late=True, ignore_result=True)
+def prune_candidate(self: Task, job_id: int) -> None:
+    """Run a queued pruning job (DPF) and store the pruned candidate (safe to deliver twice)."""
+    logger.info("task %s: pruning job %s", self.request.id, job_id)
+    pruning.run_pruning(int(job_id))

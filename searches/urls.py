@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import include, path
 
-from searches.views import accounts, candidates, datasets, home, profiles, projects, runs
+from searches.views import accounts, candidates, datasets, home, profiles, projects, pruning, runs
 
 urlpatterns = [
     path("", home.index, name="index"),
@@ -42,6 +42,10 @@ urlpatterns = [
     path("candidates/<int:pk>/model.onnx", candidates.candidate_onnx, name="candidate_onnx"),
     path("candidates/<int:pk>/verify/", candidates.candidate_verify, name="candidate_verify"),
     path("candidates/<int:pk>/export/", candidates.candidate_export, name="candidate_export"),
+    path("candidates/<int:pk>/prune/", pruning.candidate_prune, name="candidate_prune"),
+    # Pruning jobs
+    path("pruning/<int:pk>/", pruning.pruning_detail, name="pruning_detail"),
+    path("pruning/<int:pk>/cancel/", pruning.pruning_cancel, name="pruning_cancel"),
     # Datasets
     path("datasets/", datasets.dataset_list, name="dataset_list"),
     path("datasets/upload/", datasets.dataset_upload, name="dataset_upload"),

@@ -7,7 +7,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
-from searches.api import views
+from searches.api import pruning, views
 
 router = DefaultRouter()
 router.register("profiles", views.HardwareProfileViewSet, basename="api-profile")
@@ -17,6 +17,7 @@ router.register("runs", views.SearchRunViewSet, basename="api-run")
 # Detail routes only (api-candidate-detail, -header, -bundle, -onnx, -verify): list a run's
 # candidates under runs/<id>/candidates/.
 router.register("candidates", views.CandidateViewSet, basename="api-candidate")
+router.register("pruning-jobs", pruning.PruningJobViewSet, basename="api-pruning-job")
 
 urlpatterns = [
     path("", include(router.urls)),

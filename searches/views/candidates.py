@@ -19,6 +19,7 @@ from searches.engine.arch import ArchitectureError
 from searches.engine.export import ExportError
 from searches.engine.quant import QuantizationError
 from searches.engine.resources import latency_ms
+from searches.forms import PruneForm
 from searches.models import Candidate
 from searches.services import export, reports
 
@@ -51,6 +52,8 @@ def candidate_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "children": candidate.children.order_by("index"),
         "export": reports.export_context(candidate),
         "live_config": _live_config(candidate),
+        "prune_form": PruneForm(),
+        "pruning_jobs": candidate.pruning_jobs.select_related("result_candidate")[:10],
     }
     try:
         report = reports.analyze_candidate(candidate)

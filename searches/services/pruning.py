@@ -1,0 +1,305 @@
+"""Standalone pruning jobs: DPF structured pruning of one trained candidate, on a worker.
+
+:func:`start_pruning` checks the request, stores a queued :class:`PruningJob` and queues the
+Celery task once the transaction commits; :func:`run_pruning` (the task) fine-tunes the source
+with ``searches.engine.pruning.prune``, storing and announcing every epoch, and on success
+adds the pruned model to the source's run as a new, trained candidate (weights, int8 model,
+resources), so it shows in the run's table and downloads like any other.
+
+The new candidate's index is ``PRUNED_INDEX_BASE + job id``: the run's strategy numbers its
+proposals from 0 with its own counter, so a high base keeps the two apart even after the run
+is extended, and the strategy never learns of these rows (they are not in its state).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from searches import events
+from searches.engine.pruning import (
+    MAX_SPARSITY,
+    PruneConfig,
+    PruneError,
+    PruneProgress,
+    PruneResult,
+    ResourceLimits,
+    prune,
+)
+from searches.engine.resources import latency_ms
+from searches.engine.training import Fidelity, TrainingStopped, save_weights
+from searches.models import Candidate, PruningJob, SearchRun
+from searches.services import export
+from searches.services.runs import get_dataset, search_config, weights_path
+
+logger = logging.getLogger(__name__)
+
+PRUNED_INDEX_BASE = 1_000_000
+DEFAULT_EPOCHS = 4
+# How often (at most) a pruning worker asks the database whether its job was cancelled.
+CANCEL_POLL_SECONDS = 2.0
+
+Status = PruningJob.Status
+
+
+class PruningUnavailable(Exception):
+    """This pruning cannot start (candidate not trained, bad sparsity, no profile); says why."""
+
+
+# ---- what the UI calls ---------------------------------------------------------------------
+
+
+def start_pruning(
+    candidate: Candidate,
+    *,
+    target_sparsity: float | None = None,
+    fit_profile: bool = False,
+    epochs: int = DEFAULT_EPOCHS,
+) -> PruningJob:
+    """Store a queued job pruning ``candidate`` to a sparsity or to fit its run's profile."""
+    if (target_sparsity is None) == (not fit_profile):
+        raise PruningUnavailable("choose either a target sparsity or fitting the run's profile")
+    _check_trained(candidate)
+    config = prune_config(candidate.run, target_sparsity, fit_profile, epochs)
+    with transaction.atomic():
+        job = PruningJob.objects.create(source=candidate, config=config.to_json())
+        transaction.on_commit(functools.partial(_enqueue, job.pk))
+    return job
+
+
+def cancel_pruning(job: PruningJob) -> bool:
+    """Stop a queued or running job (its worker notices within seconds); False if it had ended."""
+    with transaction.atomic():
+        changed = PruningJob.objects.filter(pk=job.pk, status__in=[Status.QUEUED, Status.RUNNING]).update(
+            status=Status.CANCELLED, error="cancelled", finished=timezone.now()
+        )
+        job.refresh_from_db()
+        if changed:
+            events.pruning_changed(job, job.source.run_id)
+    return bool(changed)
+
+
+def prune_config(
+    run: SearchRun, target_sparsity: float | None, fit_profile: bool, epochs: int
+) -> PruneConfig:
+    """The engine's config: the run's data split and batch size, a short schedule."""
+    if target_sparsity is not None and not 0.0 < target_sparsity <= MAX_SPARSITY:
+        raise PruningUnavailable(f"the target sparsity must lie in (0, {MAX_SPARSITY}]")
+    if epochs < 1:
+        raise PruningUnavailable("pruning needs at least one epoch")
+    fidelity = Fidelity(**search_config(run).fidelity)
+    return PruneConfig(
+        target_sparsity=target_sparsity,
+        fit=profile_limits(run) if fit_profile else None,
+        epochs=epochs,
+        finish_epoch=epochs / 2,
+        batch_size=fidelity.batch_size,
+        train_subset=fidelity.train_subset,
+        val_fraction=fidelity.val_fraction,
+        seed=fidelity.seed,
+    )
+
+
+def profile_limits(run: SearchRun) -> ResourceLimits:
+    """The run's hardware profile's SRAM and flash, else the limits it searched under."""
+    if run.profile is not None:
+        return ResourceLimits(peak_sram_bytes=run.profile.sram_bytes, flash_bytes=run.profile.flash_bytes)
+    limits = (run.config or {}).get("limits") or {}
+    sram, flash = limits.get("sram_bytes"), limits.get("flash_bytes")
+    if not sram and not flash:
+        raise PruningUnavailable("the run has no hardware profile (nor SRAM or flash limits) to fit")
+    return ResourceLimits(peak_sram_bytes=sram or None, flash_bytes=flash or None)
+
+
+def _check_trained(candidate: Candidate) -> None:
+    try:
+        export.float_model_for(candidate)
+    except export.ExportUnavailable as exc:
+        raise PruningUnavailable(str(exc).replace("exported", "pruned")) from exc
+
+
+# ---- what the task calls -------------------------------------------------------------------
+
+
+def run_pruning(job_id: int) -> None:
+    """Run a queued job to its end (done, failed or cancelled); safe to deliver twice."""
+    job = _claim(job_id)
+    if job is None:
+        return
+    try:
+        result = _prune(job)
+    except TrainingStopped:
+        logger.info("pruning job %s cancelled", job_id)
+        return
+    except (PruneError, export.ExportUnavailable) as exc:
+        _finish(job, Status.FAILED, error=str(exc))
+        return
+    except Exception as exc:
+        logger.exception("pruning job %s failed", job_id)
+        _finish(job, Status.FAILED, error=f"{type(exc).__name__}: {exc}")
+        return
+    _store_result(job, result)
+
+
+def _claim(job_id: int) -> PruningJob | None:
+    with transaction.atomic():
+        job = PruningJob.objects.select_for_update().select_related("source__run").filter(pk=job_id).first()
+        if job is None or job.status != Status.QUEUED:
+            logger.info("pruning job %s is %s: skipped", job_id, job and job.status)
+            return None
+        job.status = Status.RUNNING
+        job.started = timezone.now()
+        job.save(update_fields=["status", "started"])
+        events.pruning_changed(job, job.source.run_id)
+    return job
+
+
+def _prune(job: PruningJob) -> PruneResult:
+    arch, model = export.float_model_for(job.source)
+    return prune(
+        arch,
+        model,
+        get_dataset(job.source.run.dataset),
+        PruneConfig.from_json(job.config),
+        stop=_cancel_poll(job.pk),
+        progress=functools.partial(_record_progress, job),
+    )
+
+
+def _record_progress(job: PruningJob, p: PruneProgress) -> None:
+    job.progress = [*job.progress, dict(p.__dict__)]
+    with transaction.atomic():
+        PruningJob.objects.filter(pk=job.pk, status=Status.RUNNING).update(progress=job.progress)
+        events.pruning_changed(job, job.source.run_id)
+
+
+def _cancel_poll(job_id: int) -> Callable[[], bool]:
+    """A ``stop`` callable: true once the job is no longer running (checked sparingly)."""
+    next_check = time.monotonic() + CANCEL_POLL_SECONDS
+
+    def stop() -> bool:
+        nonlocal next_check
+        now = time.monotonic()
+        if now < next_check:
+            return False
+        next_check = now + CANCEL_POLL_SECONDS
+        return not PruningJob.objects.filter(pk=job_id, status=Status.RUNNING).exists()
+
+    return stop
+
+
+def _finish(job: PruningJob, status: str, **fields: Any) -> bool:
+    """End a running job; False if it was cancelled (or deleted) meanwhile."""
+    fields |= {"status": status, "finished": timezone.now()}
+    with transaction.atomic():
+        if not PruningJob.objects.filter(pk=job.pk, status=Status.RUNNING).update(**fields):
+            return False
+        for name, value in fields.items():
+            setattr(job, name, value)
+        events.pruning_changed(job, job.source.run_id)
+    return True
+
+
+# ---- the new candidate ---------------------------------------------------------------------
+
+
+def pruned_index(job: PruningJob) -> int:
+    return PRUNED_INDEX_BASE + job.pk
+
+
+def _store_result(job: PruningJob, result: PruneResult) -> None:
+    """Save the pruned model's files, then its candidate row and the job's table, or nothing."""
+    source, run = job.source, job.source.run
+    index = pruned_index(job)
+    dataset = get_dataset(run.dataset)
+    fidelity = Fidelity(**search_config(run).fidelity)
+    state = result.model.state_dict()
+    path = weights_path(run, index)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(state, path)
+    int8 = export.int8_metrics(run, index, result.architecture, state, dataset, fidelity)
+    files = [path, *([Path(settings.MEDIA_ROOT) / int8["int8_model"]] if "int8_model" in int8 else [])]
+    try:
+        with transaction.atomic():
+            candidate = _create_candidate(job, result, index, path, int8)
+            table = result.to_json() | {
+                "int8_before": [source.int8_val_accuracy, source.int8_test_accuracy],
+                "int8_after": [int8.get("int8_val_accuracy"), int8.get("int8_test_accuracy")],
+            }
+            if not _finish(job, Status.DONE, result=table, result_candidate=candidate):
+                raise _Cancelled
+            events.candidate_changed(candidate)
+            events.run_changed(run)
+    except BaseException as exc:
+        for file in files:
+            with contextlib.suppress(OSError):
+                file.unlink()
+        if not isinstance(exc, _Cancelled):
+            raise
+
+
+class _Cancelled(Exception):
+    """The job was cancelled while its result was being saved: nothing is kept."""
+
+
+def _create_candidate(
+    job: PruningJob, result: PruneResult, index: int, path: Path, int8: dict[str, Any]
+) -> Candidate:
+    source, run = job.source, job.source.run
+    resources = result.after.resources
+    return Candidate.objects.create(
+        run=run,
+        index=index,
+        architecture=result.architecture.to_json(),
+        parent=source,
+        mutation=f"pruned from #{source.index} (sparsity {result.sparsity:.2f})"[:200],
+        status=Candidate.Status.DONE,
+        feasible=_feasible(run, resources),
+        val_accuracy=result.after.val_accuracy,
+        test_accuracy=result.after.test_accuracy,
+        peak_sram_bytes=resources["peak_sram_bytes"],
+        flash_bytes=resources["flash_bytes"],
+        macs=resources["macs"],
+        params=resources["params"],
+        latency_ms=_latency(run, resources["macs"]),
+        train_seconds=result.seconds,
+        weights=str(path.relative_to(settings.MEDIA_ROOT)),
+        **int8,
+    )
+
+
+def _run_limits(run: SearchRun) -> dict[str, Any]:
+    return (run.config or {}).get("limits") or {}
+
+
+def _feasible(run: SearchRun, resources: dict[str, int]) -> bool:
+    limits = _run_limits(run)
+    return all(
+        not limits.get(key) or resources[name] <= limits[key]
+        for key, name in (("sram_bytes", "peak_sram_bytes"), ("flash_bytes", "flash_bytes"))
+    )
+
+
+def _latency(run: SearchRun, macs: int) -> float | None:
+    limits = _run_limits(run)
+    if limits.get("core") and limits.get("clock_mhz"):
+        return latency_ms(macs, limits["core"], limits["clock_mhz"])
+    return None
+
+
+# ---- queueing (the only place that touches Celery) -------------------------------------------------
+
+
+def _enqueue(job_id: int) -> None:
+    from searches import tasks  # tasks import this module
+
+    tasks.prune_candidate.delay(job_id)
