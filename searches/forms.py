@@ -176,7 +176,16 @@ class NewRunForm(forms.Form):
         help_text="Children of each backbone trained per round, picked by the ranking model.",
     )
     pruning = forms.BooleanField(
-        label="Structured pruning (coming with the pruning issue)", required=False, disabled=True
+        label="Structured pruning (DPF)",
+        required=False,
+        help_text="Each candidate trains with DPF to its own sparsity gene, drawn and mutated in the range "
+        "below (μNAS); its page then shows the pruned network.",
+    )
+    sparsity_low = forms.FloatField(
+        label="Sparsity from", min_value=0, max_value=0.95, initial=0.05, required=False
+    )
+    sparsity_high = forms.FloatField(
+        label="Sparsity to", min_value=0, max_value=0.95, initial=0.9, required=False
     )
 
     def __init__(self, *args: Any, owner: Any, **kwargs: Any) -> None:
@@ -223,7 +232,20 @@ class NewRunForm(forms.Form):
         evolution = data.get("strategy") != SearchRun.Strategy.MEMNAS
         if evolution and population and sample_size and sample_size > population:
             self.add_error("sample_size", "The sample size cannot exceed the population.")
+        if data.get("pruning"):
+            self._clean_sparsity(data, evolution)
         return data
+
+    def _clean_sparsity(self, data: dict[str, Any], evolution: bool) -> None:
+        if not evolution:
+            self.add_error(
+                "pruning", "Structured pruning is a gene of aging evolution and random search, not MemNAS."
+            )
+        low, high = data.get("sparsity_low"), data.get("sparsity_high")
+        if low is None or high is None:
+            self.add_error("sparsity_low", "Give the sparsity range for pruning.")
+        elif low > high:
+            self.add_error("sparsity_high", "The upper sparsity must not be below the lower one.")
 
 
 def _fashion_dir() -> Any:
@@ -232,6 +254,9 @@ def _fashion_dir() -> Any:
 
 def _dataset_label(dataset: Dataset) -> str:
     return f"{dataset.name} ({dataset.shape_label}, {dataset.classes} classes)"
+
+
+PRUNING_NOT_MEMNAS = "Structured pruning is a gene of aging evolution and random search, not MemNAS."
 
 
 class ExtendRunForm(forms.Form):

@@ -194,11 +194,28 @@ class RunCreateSerializer(serializers.Serializer):
     def validate_latency_ms(self, value: float | None) -> float | None:
         return _check_max(value, limits.MAX_LATENCY_MS, "ms")
 
+    sparsity = serializers.ListField(
+        child=serializers.FloatField(min_value=0, max_value=0.95),
+        min_length=2,
+        max_length=2,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Structured pruning (μNAS): [low, high] range of each candidate's DPF sparsity gene.",
+    )
+
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if attrs.get("strategy") != SearchRun.Strategy.MEMNAS:
             given = [name for name in MEMNAS_FIELDS if attrs.get(name) is not None]
             if given:
                 raise serializers.ValidationError(dict.fromkeys(given, "Only MemNAS runs take this setting."))
+        sparsity = attrs.get("sparsity")
+        if sparsity is not None:
+            if attrs.get("strategy") == SearchRun.Strategy.MEMNAS:
+                raise serializers.ValidationError({"sparsity": "MemNAS runs do not take a sparsity gene."})
+            if sparsity[0] > sparsity[1]:
+                raise serializers.ValidationError({"sparsity": "Give [low, high] with low <= high."})
+            attrs["sparsity"] = (sparsity[0], sparsity[1])
         if attrs.get("sample_size") and attrs["sample_size"] > attrs["population"]:
             raise serializers.ValidationError(
                 {"sample_size": "The sample size cannot exceed the population."}

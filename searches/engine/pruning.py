@@ -42,7 +42,6 @@ Parameters are never overwritten: the optimizer always updates the dense weights
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -57,6 +56,12 @@ from searches.engine import arch as A
 from searches.engine.arch import Architecture, ConvBlock, Dense, feature_shape
 from searches.engine.datasets import Dataset
 from searches.engine.resources import analyze
+
+# The sparsity gene lives with the search that mutates it; re-exported for pruning's users.
+from searches.engine.search import MAX_SPARSITY
+from searches.engine.search import SPARSITY_SIGMA as SPARSITY_SIGMA
+from searches.engine.search import mutate_sparsity as mutate_sparsity
+from searches.engine.search import random_sparsity as random_sparsity
 from searches.engine.training import (
     STOP_POLL_SECONDS,
     ArchNet,
@@ -74,9 +79,7 @@ from searches.engine.training import (
     to_nchw,
 )
 
-MAX_SPARSITY = 0.95
 MASK_INTERVAL = 16  # iterations between mask updates (DPF, μNAS)
-SPARSITY_SIGMA = 0.05  # μNAS mutates the sparsity gene by N(0, 0.05)
 RESOURCES: tuple[str, ...] = ("peak_sram_bytes", "flash_bytes", "macs", "params")
 
 Pos = tuple[int, int]  # (block, layer) of a conv layer
@@ -896,17 +899,3 @@ def _final_masks(arch: Architecture, model: ArchNet, run: _Run) -> tuple[Masks, 
 
 
 # ---- the sparsity gene (search) -------------------------------------------------------------------
-
-
-def mutate_sparsity(rng: random.Random, s: float, low: float, high: float) -> float:
-    """μNAS's sparsity gene mutation: ``s`` + N(0, 0.05), clipped to ``[low, high]``."""
-    if not 0.0 <= low <= high <= MAX_SPARSITY:
-        raise ValueError(f"need 0 <= low <= high <= {MAX_SPARSITY}")
-    return min(high, max(low, s + rng.gauss(0.0, SPARSITY_SIGMA)))
-
-
-def random_sparsity(rng: random.Random, low: float, high: float) -> float:
-    """A fresh sparsity gene for a random architecture, uniform in ``[low, high]``."""
-    if not 0.0 <= low <= high <= MAX_SPARSITY:
-        raise ValueError(f"need 0 <= low <= high <= {MAX_SPARSITY}")
-    return rng.uniform(low, high)

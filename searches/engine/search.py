@@ -40,6 +40,8 @@ from searches.engine import space
 from searches.engine.arch import Architecture
 from searches.engine.resources import CORES, analyze, latency_ms
 
+MAX_SPARSITY = 0.95
+SPARSITY_SIGMA = 0.05  # μNAS mutates the sparsity gene by N(0, 0.05)
 STATE_FORMAT = "nasweb.search-state"
 STATE_VERSION = 1
 OBJECTIVES: tuple[str, ...] = ("error", "peak_sram_bytes", "flash_bytes", "macs")
@@ -50,6 +52,20 @@ Origin = Literal["random", "mutation"]
 
 
 # ---- configuration ------------------------------------------------------------------------
+
+
+def mutate_sparsity(rng: random.Random, s: float, low: float, high: float) -> float:
+    """μNAS's sparsity gene mutation: ``s`` + N(0, 0.05), clipped to ``[low, high]``."""
+    if not 0.0 <= low <= high <= MAX_SPARSITY:
+        raise ValueError(f"need 0 <= low <= high <= {MAX_SPARSITY}")
+    return min(high, max(low, s + rng.gauss(0.0, SPARSITY_SIGMA)))
+
+
+def random_sparsity(rng: random.Random, low: float, high: float) -> float:
+    """A fresh sparsity gene for a random architecture, uniform in ``[low, high]``."""
+    if not 0.0 <= low <= high <= MAX_SPARSITY:
+        raise ValueError(f"need 0 <= low <= high <= {MAX_SPARSITY}")
+    return rng.uniform(low, high)
 
 
 @dataclass(frozen=True)
@@ -141,6 +157,9 @@ class SearchConfig:
     fidelity: dict[str, Any] = field(default_factory=dict)
     # Settings only one strategy reads (MemNAS: lambda, beta, top_k...), validated by that strategy.
     strategy_options: dict[str, Any] = field(default_factory=dict)
+    # μNAS's sparsity gene: (low, high) of the DPF target sparsity drawn per candidate, or None
+    # (no pruning).  Feasibility is judged on the unpruned architecture, an upper bound.
+    sparsity: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -160,6 +179,10 @@ class SearchConfig:
             raise ValueError("lambda_floor must lie in (0, 1]")
         if not self.cap > 0:
             raise ValueError("cap must be positive")
+        if self.sparsity is not None:
+            low, high = self.sparsity
+            if not 0.0 <= low <= high <= MAX_SPARSITY:
+                raise ValueError(f"sparsity range must satisfy 0 <= low <= high <= {MAX_SPARSITY}")
 
     def to_json(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -176,6 +199,7 @@ class SearchConfig:
                 "space": space.SpaceConfig.from_json(data["space"]),
                 "bounds": Bounds.from_json(data.get("bounds", {})),
                 "limits": Limits.from_json(data.get("limits", {})),
+                "sparsity": None if data.get("sparsity") is None else tuple(data["sparsity"]),
             }
         )
 
@@ -194,6 +218,7 @@ class Proposal:
     resources: dict[str, Any]
     parent_id: int | None = None
     reject_reason: str | None = None
+    sparsity: float | None = None  # DPF target for this candidate when the search prunes
 
     @property
     def rejected(self) -> bool:
@@ -212,6 +237,7 @@ class Proposal:
             "resources": dict(self.resources),
             "parent_id": self.parent_id,
             "reject_reason": self.reject_reason,
+            "sparsity": self.sparsity,
         }
 
     @classmethod
@@ -264,8 +290,8 @@ class Member:
 
     @property
     def objectives(self) -> tuple[float, ...]:
-        """(val error, peak SRAM, flash, MACs), all minimised."""
-        r = self.proposal.resources
+        """(val error, peak SRAM, flash, MACs), all minimised; a pruned candidate's measured ones."""
+        r = self.result.metrics.get("resources") or self.proposal.resources
         return (1.0 - self.result.val_accuracy, r["peak_sram_bytes"], r["flash_bytes"], r["macs"])
 
     def to_json(self) -> dict[str, Any]:
@@ -460,7 +486,13 @@ class SearchStrategy:
             reasons = self.config.limits.violations(resources)
             if not reasons:
                 self._streak = 0
-                return Proposal(self._take_id(), candidate, "random", description, resources)
+                sparsity = None
+                if self.config.sparsity is not None:
+                    sparsity = random_sparsity(self._rng, *self.config.sparsity)
+                    description = f"{description} · sparsity {sparsity:.2f}"
+                return Proposal(
+                    self._take_id(), candidate, "random", description, resources, sparsity=sparsity
+                )
             self.counters["random_rejected"] += 1
             last_reason = "; ".join(reasons)
         tries = self.config.max_random_tries
@@ -546,14 +578,22 @@ class AgingEvolution(SearchStrategy):
             self.counters["rejected"] += 1
         else:
             self._streak = 0
+        description, sparsity = mutation.description, None
+        if self.config.sparsity is not None:
+            # μNAS mutates every child's gene: s + N(0, 0.05), clipped to the range.
+            low, high = self.config.sparsity
+            before = parent.proposal.sparsity if parent.proposal.sparsity is not None else low
+            sparsity = mutate_sparsity(self._rng, before, low, high)
+            description = f"{description} · sparsity {before:.2f}→{sparsity:.2f}"
         return Proposal(
             self._take_id(),
             mutation.child,
             "mutation",
-            mutation.description,
+            description,
             resources,
             parent_id=parent.id,
             reject_reason="; ".join(reasons) or None,
+            sparsity=sparsity,
         )
 
     def select_parent(self) -> Member:

@@ -37,6 +37,8 @@ class RunRequest:
     memnas_lambda: float | None = None
     memnas_beta: float | None = None
     memnas_top_k: int | None = None
+    # μNAS structured pruning: the (low, high) range of each candidate's sparsity gene, or None.
+    sparsity: tuple[float, float] | None = None
 
 
 def fidelity_for(request: RunRequest) -> Fidelity:
@@ -73,6 +75,7 @@ def launch_run(owner: Any, project: Project | None, request: RunRequest) -> Sear
         sample_size=request.sample_size,
         fidelity=fidelity_for(request),
         strategy_options=strategy_options_for(request),
+        sparsity=request.sparsity,
     )
     with transaction.atomic():
         run = runs.create_run(

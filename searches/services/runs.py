@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -32,10 +33,11 @@ from searches.engine.search import (
     SearchStrategy,
     from_state_json,
     make_strategy,
+    measure,
     run_search,
 )
 from searches.engine.space import SpaceConfig
-from searches.engine.training import Fidelity, save_weights, train_and_evaluate
+from searches.engine.training import Fidelity, build_model, save_weights, train_and_evaluate
 from searches.models import UPLOAD_PREFIX, Candidate, HardwareProfile, SearchRun
 from searches.services.datasets import load_uploaded
 
@@ -99,10 +101,12 @@ def make_config(
     sample_size: int | None = None,
     fidelity: Fidelity | None = None,
     strategy_options: dict[str, Any] | None = None,
+    sparsity: tuple[float, float] | None = None,
 ) -> SearchConfig:
     """A search config whose μNAS bounds are the profile's limits plus per-dataset defaults.
 
-    ``strategy_options`` are settings only one strategy reads (MemNAS: lambda, beta, top_k).
+    ``strategy_options`` are settings only one strategy reads (MemNAS: lambda, beta, top_k);
+    ``sparsity`` turns on μNAS's structured-pruning gene with that (low, high) range.
     """
     error_bound, macs_bound = DATASET_BOUNDS.get(dataset.name, DATASET_BOUNDS[""])
     population = population or max(4, min(100, budget // 3))
@@ -123,6 +127,7 @@ def make_config(
         seed=seed,
         fidelity=asdict(fidelity) | {"seed": seed},
         strategy_options=dict(strategy_options or {}),
+        sparsity=sparsity,
     )
 
 
@@ -212,6 +217,7 @@ def store_result(
             test_accuracy=result.test_accuracy,
             train_seconds=metrics.get("train_seconds"),
             weights=metrics.get("weights", ""),
+            **_pruned_fields(metrics),
             int8_model=metrics.get("int8_model", ""),
             int8_val_accuracy=metrics.get("int8_val_accuracy"),
             int8_test_accuracy=metrics.get("int8_test_accuracy"),
@@ -222,6 +228,21 @@ def store_result(
         changed = list(rows.values_list("pk", flat=True))
         changed += [pk for pk in _update_pareto_flags(run, strategy) if pk not in changed]
     events.candidates_changed(run.pk, changed)
+
+
+def _pruned_fields(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A candidate pruned during training is stored as the pruned network it became."""
+    if "architecture" not in metrics:
+        return {}
+    resources = metrics["resources"]
+    return {
+        "architecture": metrics["architecture"],
+        "peak_sram_bytes": resources.get("peak_sram_bytes"),
+        "flash_bytes": resources.get("flash_bytes"),
+        "macs": resources.get("macs"),
+        "params": resources.get("params"),
+        "latency_ms": resources.get("latency_ms"),
+    }
 
 
 def _update_pareto_flags(run: SearchRun, strategy: SearchStrategy) -> list[int]:
@@ -285,6 +306,8 @@ def train_proposal(
     stop: Callable[[], bool] | None = None,
 ) -> EvalResult:
     """Train a proposal, save its weights and int8 model; raises on divergence, TrainingStopped if stopped."""
+    if proposal.sparsity is not None:
+        return _train_pruned(run, dataset, fidelity, proposal, stop)
     result = train_and_evaluate(proposal.architecture, dataset, fidelity, stop=stop)
     if result.diverged:
         raise RuntimeError("training diverged (loss is not finite)")
@@ -300,6 +323,51 @@ def train_proposal(
         metrics={
             "train_seconds": result.train_seconds,
             "weights": str(path.relative_to(settings.MEDIA_ROOT)),
+            **int8,
+        },
+    )
+
+
+# μNAS trains a pruned candidate from scratch with DPF: masks start growing after 10% of the
+# epochs and reach the candidate's sparsity at 80%, leaving the rest to fine-tune.
+PRUNE_START, PRUNE_FINISH = 0.1, 0.8
+
+
+def _train_pruned(
+    run: SearchRun, dataset: Dataset, fidelity: Fidelity, proposal: Proposal, stop: Callable[[], bool] | None
+) -> EvalResult:
+    """Train with DPF to the proposal's sparsity; the result describes the pruned model."""
+    from searches.engine.pruning import PruneConfig, prune
+    from searches.services.export import int8_metrics  # export builds on this module
+
+    config = PruneConfig(
+        target_sparsity=proposal.sparsity,
+        epochs=fidelity.epochs,
+        start_epoch=PRUNE_START * fidelity.epochs,
+        finish_epoch=PRUNE_FINISH * fidelity.epochs,
+        lr=fidelity.lr,
+        weight_decay=fidelity.weight_decay,
+        batch_size=fidelity.batch_size,
+        train_subset=fidelity.train_subset,
+        val_fraction=fidelity.val_fraction,
+        seed=fidelity.seed,
+    )
+    torch.manual_seed(fidelity.seed)
+    result = prune(proposal.architecture, build_model(proposal.architecture), dataset, config, stop=stop)
+    state = result.model.state_dict()
+    path = weights_path(run, proposal.id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(state, path)
+    int8 = int8_metrics(run, proposal.id, result.architecture, state, dataset, fidelity)
+    return EvalResult(
+        result.after.val_accuracy,
+        result.after.test_accuracy,
+        metrics={
+            "train_seconds": result.seconds,
+            "weights": str(path.relative_to(settings.MEDIA_ROOT)),
+            "architecture": result.architecture.to_json(),
+            "resources": measure(result.architecture, search_config(run).limits),
+            "sparsity": result.sparsity,
             **int8,
         },
     )

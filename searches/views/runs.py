@@ -99,6 +99,7 @@ def _request_from(form: NewRunForm) -> RunRequest:
         memnas_lambda=data["memnas_lambda"],
         memnas_beta=data["memnas_beta"],
         memnas_top_k=data["memnas_top_k"],
+        sparsity=(data["sparsity_low"], data["sparsity_high"]) if data["pruning"] else None,
     )
 
 

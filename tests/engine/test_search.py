@@ -328,3 +328,58 @@ def test_ids_increase_in_ask_order() -> None:
     S.run_search(S.AgingEvolution(config(budget=10)), fake_evaluate, events.append)
     ids = [e.proposal.id for e in events if e.kind in ("proposed", "rejected")]
     assert all(a < b for a, b in pairwise(ids))
+
+
+# ---- sparsity gene (μNAS with structured pruning) ------------------------------------------
+
+
+def test_sparsity_gene_is_drawn_mutated_and_kept_in_range() -> None:
+    strategy = S.make_strategy(config(sparsity=(0.1, 0.6), population=3, budget=12))
+    proposals: list[S.Proposal] = []
+    for _ in range(12):
+        proposal = ask_feasible(strategy)
+        proposals.append(proposal)
+        strategy.tell(proposal.id, fake_evaluate(proposal.architecture, proposal))
+    assert all(p.sparsity is not None and 0.1 <= p.sparsity <= 0.6 for p in proposals)
+    children = [p for p in proposals if p.origin == "mutation"]
+    assert children and all("sparsity" in p.description and "→" in p.description for p in children)
+    assert len({round(p.sparsity or 0, 6) for p in proposals}) > 3  # genes differ
+
+
+def test_without_the_option_no_sparsity_is_drawn() -> None:
+    strategy = S.make_strategy(config(population=3))
+    assert all(ask_feasible(strategy).sparsity is None for _ in range(3))
+
+
+def test_sparsity_config_round_trips_and_is_validated() -> None:
+    cfg = config(sparsity=(0.05, 0.9))
+    assert S.SearchConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
+    with pytest.raises(ValueError, match="sparsity"):
+        config(sparsity=(0.5, 0.2))
+    with pytest.raises(ValueError, match="sparsity"):
+        config(sparsity=(0.0, 0.99))
+    old = cfg.to_json()
+    del old["sparsity"]  # a config stored before the option existed
+    assert S.SearchConfig.from_json(old).sparsity is None
+
+
+def test_resume_with_the_sparsity_gene_is_exact() -> None:
+    cfg = config(sparsity=(0.1, 0.8), population=2, budget=10)
+    straight, straight_log = S.make_strategy(cfg), list[dict[str, object]]()
+    for _ in range(6):
+        step(straight, straight_log)
+    resumed, resumed_log = S.make_strategy(cfg), list[dict[str, object]]()
+    for _ in range(3):
+        step(resumed, resumed_log)
+    resumed = round_trip(resumed)
+    for _ in range(3):
+        step(resumed, resumed_log)
+    assert resumed_log == straight_log
+
+
+def test_a_pruned_members_objectives_are_its_measured_resources() -> None:
+    strategy = S.make_strategy(config(sparsity=(0.3, 0.3)))
+    proposal = ask_feasible(strategy)
+    pruned = {**proposal.resources, "peak_sram_bytes": 1, "flash_bytes": 2, "macs": 3}
+    member = strategy.tell(proposal.id, S.EvalResult(0.9, 0.9, metrics={"resources": pruned}))
+    assert member is not None and member.objectives == (pytest.approx(0.1), 1, 2, 3)

@@ -302,6 +302,35 @@ def test_run_create_validates_memnas_settings(api, user, enqueued, fields, field
     assert enqueued == []
 
 
+def test_run_create_takes_a_sparsity_range(api, user, enqueued, django_capture_on_commit_callbacks):
+    body = {"profile": _preset().pk, "dataset": "digits", "budget": 6, "sparsity": [0.2, 0.7]}
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.post("/api/runs/", body, format="json")
+
+    assert response.status_code == 201
+    assert SearchRun.objects.get(owner=user).config["sparsity"] == [0.2, 0.7]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"sparsity": [0.7, 0.2]}, "low <= high"),
+        ({"sparsity": [0.1]}, "at least 2 elements"),
+        ({"sparsity": [0.1, 0.99]}, "less than or equal to 0.95"),
+        ({"strategy": "memnas", "sparsity": [0.1, 0.2]}, "MemNAS runs do not take a sparsity gene."),
+    ],
+)
+def test_run_create_validates_the_sparsity_range(api, user, enqueued, fields, message):
+    body = {"profile": _preset().pk, "dataset": "digits", "budget": 6} | fields
+
+    response = api.post("/api/runs/", body, format="json")
+
+    assert response.status_code == 400
+    assert message in str(response.json()["sparsity"])
+    assert not SearchRun.objects.exists()
+
+
 def test_run_retrieve_checks_owner(api, other_user):
     bobs = make_run(other_user)
 

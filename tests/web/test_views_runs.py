@@ -66,8 +66,8 @@ def test_new_run_form_works(client, user):
     assert [name for _, name in groups["My profiles"]] == ["My board"]
     assert len(groups["Board presets"]) == 15
     body = response.content.decode()
-    assert "coming with the pruning issue" in body
-    assert 'name="pruning"' in body and "disabled" in body.split('name="pruning"')[1].split(">")[0]
+    assert 'name="pruning"' in body and "disabled" not in body.split('name="pruning"')[1].split(">")[0]
+    assert form["sparsity_low"].value() == 0.05 and form["sparsity_high"].value() == 0.9
     hints = response.context["fidelity_hints"]
     assert hints[str(_digits().pk)]["epochs"] == default_fidelity("digits").epochs
 
@@ -592,3 +592,56 @@ def test_delete_requires_login(client, user):
 
     assert client.post(reverse("run_delete", args=[run.pk])).status_code == 302
     assert SearchRun.objects.filter(pk=run.pk).exists()
+
+
+def test_new_run_takes_a_sparsity_range_for_structured_pruning(
+    client, user, enqueued, django_capture_on_commit_callbacks
+):
+    project = make_project(user)
+    profile = make_profile(user)
+    client.force_login(user)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            reverse("run_create", args=[project.pk]),
+            _form_data(profile, pruning="on", sparsity_low=0.1, sparsity_high=0.5),
+        )
+
+    run = SearchRun.objects.get(owner=user)
+    assert response.status_code == 302
+    assert run.config["sparsity"] == [0.1, 0.5]
+
+
+def test_without_pruning_the_range_is_ignored(client, user, enqueued, django_capture_on_commit_callbacks):
+    project = make_project(user)
+    client.force_login(user)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(
+            reverse("run_create", args=[project.pk]), _form_data(make_profile(user), sparsity_low=0.1)
+        )
+
+    assert SearchRun.objects.get(owner=user).config["sparsity"] is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "message"),
+    [
+        ({"sparsity_low": 0.6, "sparsity_high": 0.2}, "sparsity_high", "must not be below"),
+        ({"sparsity_low": "", "sparsity_high": 0.2}, "sparsity_low", "Give the sparsity range"),
+        ({"sparsity_high": 0.99}, "sparsity_high", "less than or equal to 0.95"),
+        ({"strategy": "memnas", "sparsity_low": 0.1, "sparsity_high": 0.2}, "pruning", "not MemNAS"),
+    ],
+)
+def test_pruning_range_errors_name_the_field(client, user, extra, field, message):
+    project = make_project(user)
+    client.force_login(user)
+    data = _form_data(
+        make_profile(user), pruning="on", **{"sparsity_low": 0.1, "sparsity_high": 0.5, **extra}
+    )
+
+    response = client.post(reverse("run_create", args=[project.pk]), data)
+
+    assert response.status_code == 200
+    assert any(message in e for e in response.context["form"].errors[field])
+    assert not SearchRun.objects.filter(owner=user).exists()
