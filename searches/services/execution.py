@@ -274,19 +274,27 @@ def _train(run: SearchRun, proposal: Proposal) -> EvalResult | EvalFailure:
         return EvalFailure(f"{type(exc).__name__}: {exc}")
 
 
-def _cancel_poll(run_id: int) -> Callable[[], bool]:
-    """A ``stop`` callable for training: true once the run is no longer running (checked sparingly)."""
-    next_check = time.monotonic() + CANCEL_POLL_SECONDS
+def throttled_stop(cancelled: Callable[[], bool], every: float | None = None) -> Callable[[], bool]:
+    """A ``stop`` callable for training that asks ``cancelled`` (a query) at most every ``every`` s."""
+    every = CANCEL_POLL_SECONDS if every is None else every
+    next_check = time.monotonic() + every
 
     def stop() -> bool:
         nonlocal next_check
         now = time.monotonic()
         if now < next_check:
             return False
-        next_check = now + CANCEL_POLL_SECONDS
-        return not SearchRun.objects.filter(pk=run_id, status=SearchRun.Status.RUNNING).exists()
+        next_check = now + every
+        return cancelled()
 
     return stop
+
+
+def _cancel_poll(run_id: int) -> Callable[[], bool]:
+    """True once the run is no longer running."""
+    return throttled_stop(
+        lambda: not SearchRun.objects.filter(pk=run_id, status=SearchRun.Status.RUNNING).exists()
+    )
 
 
 def _tell(run_id: int, proposal_id: int, result: EvalResult | EvalFailure) -> None:

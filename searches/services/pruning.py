@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from searches.engine.resources import latency_ms
 from searches.engine.training import Fidelity, TrainingStopped, save_weights
 from searches.models import Candidate, PruningJob, SearchRun
 from searches.services import export
+from searches.services.execution import throttled_stop
 from searches.services.runs import get_dataset, search_config, weights_path
 
 logger = logging.getLogger(__name__)
@@ -183,18 +183,10 @@ def _record_progress(job: PruningJob, p: PruneProgress) -> None:
 
 
 def _cancel_poll(job_id: int) -> Callable[[], bool]:
-    """A ``stop`` callable: true once the job is no longer running (checked sparingly)."""
-    next_check = time.monotonic() + CANCEL_POLL_SECONDS
-
-    def stop() -> bool:
-        nonlocal next_check
-        now = time.monotonic()
-        if now < next_check:
-            return False
-        next_check = now + CANCEL_POLL_SECONDS
-        return not PruningJob.objects.filter(pk=job_id, status=Status.RUNNING).exists()
-
-    return stop
+    """True once the job is no longer running."""
+    return throttled_stop(
+        lambda: not PruningJob.objects.filter(pk=job_id, status=Status.RUNNING).exists(), CANCEL_POLL_SECONDS
+    )
 
 
 def _finish(job: PruningJob, status: str, **fields: Any) -> bool:
