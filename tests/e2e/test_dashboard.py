@@ -91,4 +91,7 @@ def test_a_run_fills_the_dashboard_live(page: Page, live_stack: LiveStack) -> No
     page.locator("#candidate-body a[href*='/candidates/']").first.click()
     expect(page).to_have_url(re.compile(r"/candidates/\d+/$"))
     expect(page.locator("#memory-chart .js-plotly-plot").first).to_be_visible()
+    # Live bytes per step, then tensor lifetimes under the optimal and the default order.
+    expect(page.locator("#memory-chart .js-plotly-plot")).to_have_count(3)
+    expect(page.locator("#memory-chart")).to_contain_text("Tensor lifetimes (default order)")
     _screenshot(page, "candidate")

@@ -123,8 +123,8 @@
     return `rgb(${mix.join(",")})`;
   }
 
-  function drawLifetimes(element) {
-    const spans = lifetimes(memory.live_sets || []);
+  function drawLifetimes(element, liveSets, order) {
+    const spans = lifetimes(liveSets || []);
     const bytes = memory.tensor_bytes || {};
     const sizes = spans.map((s) => bytes[s.id] || 0);
     const largest = Math.max(1, ...sizes);
@@ -144,7 +144,7 @@
     const layout = {
       font,
       margin: { l: 110, r: 16, t: 8, b: 56 },
-      xaxis: stepAxis(memory.order),
+      xaxis: stepAxis(order),
       yaxis: { autorange: "reversed", automargin: true, title: { text: "tensor · size" } },
       bargap: 0.25,
       hovermode: "closest",
@@ -160,5 +160,15 @@
       "Tensor lifetimes (optimal order)",
       "One bar per activation tensor, from the step that writes it to its last reader; darker is larger.",
     ),
+    memory.live_sets,
+    memory.order,
+  );
+  drawLifetimes(
+    section(
+      "Tensor lifetimes (default order)",
+      "The same tensors when the layers run in the order the architecture lists them.",
+    ),
+    memory.default_live_sets || memory.live_sets,
+    memory.default_order || memory.order,
   );
 })();
