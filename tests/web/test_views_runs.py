@@ -68,6 +68,7 @@ def test_new_run_form_works(client, user):
     body = response.content.decode()
     assert 'name="pruning"' in body and "disabled" not in body.split('name="pruning"')[1].split(">")[0]
     assert form["sparsity_low"].value() == 0.05 and form["sparsity_high"].value() == 0.9
+    assert 'name="sparsity_low"' in body and 'name="sparsity_high"' in body
     hints = response.context["fidelity_hints"]
     assert hints[str(_digits().pk)]["epochs"] == default_fidelity("digits").epochs
 
