@@ -35,11 +35,11 @@ from searches.engine.pruning import (
     prune,
 )
 from searches.engine.resources import latency_ms
-from searches.engine.training import Fidelity, TrainingStopped, save_weights
+from searches.engine.training import Fidelity, TrainingStopped
 from searches.models import Candidate, PruningJob, SearchRun
 from searches.services import export
 from searches.services.execution import throttled_stop
-from searches.services.runs import get_dataset, search_config, weights_path
+from searches.services.runs import get_dataset, save_trained, search_config
 
 logger = logging.getLogger(__name__)
 
@@ -214,11 +214,7 @@ def _store_result(job: PruningJob, result: PruneResult) -> None:
     index = pruned_index(job)
     dataset = get_dataset(run.dataset)
     fidelity = Fidelity(**search_config(run).fidelity)
-    state = result.model.state_dict()
-    path = weights_path(run, index)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_weights(state, path)
-    int8 = export.int8_metrics(run, index, result.architecture, state, dataset, fidelity)
+    path, int8 = save_trained(run, index, result.architecture, result.model.state_dict(), dataset, fidelity)
     files = [path, *([Path(settings.MEDIA_ROOT) / int8["int8_model"]] if "int8_model" in int8 else [])]
     try:
         with transaction.atomic():

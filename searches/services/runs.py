@@ -298,6 +298,23 @@ def make_evaluator(
     return evaluate
 
 
+def save_trained(
+    run: SearchRun,
+    index: int,
+    arch: Architecture,
+    state_dict: dict[str, torch.Tensor],
+    dataset: Dataset,
+    fidelity: Fidelity,
+) -> tuple[Path, dict[str, Any]]:
+    """Save a trained candidate's weights and int8 model: (weights path, int8 metrics to store)."""
+    from searches.services.export import int8_metrics  # export builds on this module
+
+    path = weights_path(run, index)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(state_dict, path)
+    return path, int8_metrics(run, index, arch, state_dict, dataset, fidelity)
+
+
 def train_proposal(
     run: SearchRun,
     dataset: Dataset,
@@ -311,12 +328,7 @@ def train_proposal(
     result = train_and_evaluate(proposal.architecture, dataset, fidelity, stop=stop)
     if result.diverged:
         raise RuntimeError("training diverged (loss is not finite)")
-    from searches.services.export import int8_metrics  # export builds on this module
-
-    path = weights_path(run, proposal.id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_weights(result.state_dict, path)
-    int8 = int8_metrics(run, proposal.id, proposal.architecture, result.state_dict, dataset, fidelity)
+    path, int8 = save_trained(run, proposal.id, proposal.architecture, result.state_dict, dataset, fidelity)
     return EvalResult(
         result.val_accuracy,
         result.test_accuracy,
@@ -338,7 +350,6 @@ def _train_pruned(
 ) -> EvalResult:
     """Train with DPF to the proposal's sparsity; the result describes the pruned model."""
     from searches.engine.pruning import PruneConfig, prune
-    from searches.services.export import int8_metrics  # export builds on this module
 
     config = PruneConfig(
         target_sparsity=proposal.sparsity,
@@ -354,11 +365,9 @@ def _train_pruned(
     )
     torch.manual_seed(fidelity.seed)
     result = prune(proposal.architecture, build_model(proposal.architecture), dataset, config, stop=stop)
-    state = result.model.state_dict()
-    path = weights_path(run, proposal.id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_weights(state, path)
-    int8 = int8_metrics(run, proposal.id, result.architecture, state, dataset, fidelity)
+    path, int8 = save_trained(
+        run, proposal.id, result.architecture, result.model.state_dict(), dataset, fidelity
+    )
     return EvalResult(
         result.after.val_accuracy,
         result.after.test_accuracy,
