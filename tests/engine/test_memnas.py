@@ -15,6 +15,7 @@ from searches.engine import space
 from searches.engine.arch import Architecture, ConvBlock, ConvLayer, Dense, Pooling
 from searches.engine.datasets import load_digits
 from searches.engine.training import Fidelity, train_and_evaluate
+from tests.engine.test_search import round_trip
 
 pytestmark = pytest.mark.engine
 
@@ -231,10 +232,6 @@ def step(strategy: S.SearchStrategy, log: list[dict[str, object]]) -> None:
         if not proposal.rejected:
             break
     strategy.tell(proposal.id, fake_evaluate(proposal.architecture, proposal))
-
-
-def round_trip(strategy: S.SearchStrategy) -> S.SearchStrategy:
-    return S.from_state_json(json.loads(json.dumps(strategy.state_to_json())))
 
 
 @pytest.mark.parametrize(("before", "after"), [(2, 2), (3, 3), (4, 3)])
