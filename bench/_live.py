@@ -153,7 +153,7 @@ def candidate_fields(rng: random.Random, index: int) -> dict[str, Any]:
 
 
 def seed_candidates(run: Any, n: int, seed: int = 0) -> None:
-    from searches.engine.space import SpaceConfig, random_architecture
+    from searches.engine.space.sampling import SpaceConfig, random_architecture
     from searches.models import Candidate
 
     rng = random.Random(seed)

@@ -30,8 +30,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import _live  # noqa: E402
-from bench._report import replace_section  # noqa: E402
+from bench import _live
+from bench._report import replace_section
 
 REDIS_DB = 13
 

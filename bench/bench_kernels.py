@@ -1,4 +1,4 @@
-"""Instructions per MAC of the int8 kernels (searches/engine/c/kernels.h) on a Cortex-M4.
+"""Instructions per MAC of the int8 kernels (searches/engine/deploy/c/kernels.h) on a Cortex-M4.
 
 Run ``python bench/bench_kernels.py`` (writes the "Kernel instructions per MAC (Cortex-M4)"
 section of docs/benchmarks.md; ``--no-docs`` only prints).
@@ -25,11 +25,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from searches.engine.deploy.qemu import qemu_run
+from searches.engine.deploy.toolchain import TARGETS, arm_link, tool_version
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._report import replace_section  # noqa: E402
-from searches.engine import toolchain as tc  # noqa: E402
+from bench._report import replace_section
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 TITLE = "Kernel instructions per MAC (Cortex-M4)"
@@ -186,12 +188,12 @@ def _replace_word(text: str, word: str, by: str) -> str:
 
 def measure(case: Case, dsp: bool, directory: Path) -> tuple[float, int, int]:
     """(instructions per MAC, instructions of one call, output checksum) for one variant."""
-    target = tc.TARGETS["cortex-m4f"]
+    target = TARGETS["cortex-m4f"]
     counts, checksums = [], set()
     for reps in (1, 2):
         src = directory / f"{case.kernel}-{'dsp' if dsp else 'plain'}-{reps}.c"
         src.write_text(_source(case, reps))
-        image = tc.arm_link(
+        image = arm_link(
             [src],
             src.with_suffix(".elf"),
             target=target,
@@ -200,7 +202,7 @@ def measure(case: Case, dsp: bool, directory: Path) -> tuple[float, int, int]:
             defines=() if dsp else ("NNK_NO_DSP",),
             extra_flags=("-Wno-unused-function", "-Wno-type-limits"),
         )
-        run = tc.qemu_run(image, count_instructions=True)
+        run = qemu_run(image, count_instructions=True)
         assert run.instructions is not None
         counts.append(run.instructions)
         checksums.add(run.output.strip())
@@ -251,11 +253,11 @@ def report(directory: Path) -> list[str]:
     table = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     table += ["| " + " | ".join(row) + " |" for row in rows]
     return [
-        f"Command: `{COMMAND}` ({tc.tool_version('arm-none-eabi-gcc')}, -O2; "
-        f"{tc.tool_version('qemu-system-arm')}; host CPython {platform.python_version()}; "
+        f"Command: `{COMMAND}` ({tool_version('arm-none-eabi-gcc')}, -O2; "
+        f"{tool_version('qemu-system-arm')}; host CPython {platform.python_version()}; "
         f"1-minute load average {load:.1f}). Instruction counts are exact and do not depend on the load.",
         "",
-        "Instructions executed by one call of each kernel of `searches/engine/c/kernels.h` on a",
+        "Instructions executed by one call of each kernel of `searches/engine/deploy/c/kernels.h` on a",
         "Cortex-M4F (`-mcpu=cortex-m4 -mthumb -mfloat-abi=hard -mfpu=fpv4-sp-d16`, QEMU mps2-an386),",
         "divided by the call's multiply-accumulates.  Counted with nasweb's TCG plugin as the",
         "difference between images that call the kernel once and twice (same code, the repeat",

@@ -25,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import _live  # noqa: E402
-from bench._report import replace_section  # noqa: E402
+from bench import _live
+from bench._report import replace_section
 
 REDIS_DB = 13
 GOAL_P95_MS = 250.0

@@ -1,4 +1,4 @@
-"""Benchmark the exact peak-SRAM solver (searches/engine/memory.py): exactness, then speed.
+"""Benchmark the exact peak-SRAM solver (searches/engine/resources/memory.py): exactness, then speed.
 
 Run ``python bench/bench_memory.py`` (writes the "Peak-SRAM solver" section of
 docs/benchmarks.md; ``--no-docs`` only prints).  Exactness: plan_memory against brute
@@ -24,14 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from searches.engine.memory import (  # noqa: E402
-    METHOD_SERIES_PARALLEL,
-    brute_force_peak,
-    plan_memory,
-)
-from searches.engine.opgraph import Op, OpGraph, Tensor  # noqa: E402
+from searches.engine.resources.memory import METHOD_SERIES_PARALLEL, brute_force_peak, plan_memory
+from searches.engine.resources.opgraph import Op, OpGraph, Tensor
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Peak-SRAM solver"
@@ -192,7 +188,7 @@ def report(n_exact: int, graphs_per_case: int, reps: int) -> list[str]:
         f"**Exactness.** {n} random small graphs (half arbitrary DAGs of 1-8 ops, half one or two",
         f"fork-join regions; {sp} took the series-parallel path): plan_memory against brute force over",
         f"all topological orders, **{bad} mismatches** ({secs:.1f} s). The test suite",
-        "(`tests/engine/test_memory.py`) repeats this with hypothesis and also checks the fast path",
+        "(`tests/engine/resources/test_memory.py`) repeats this with hypothesis and also checks the fast path",
         "against the general downset solver on forks of up to 6 branches.",
         "",
         "**Speed.** plan_memory on random fork-join graphs, every tensor a random size (16 B-200 kB,",

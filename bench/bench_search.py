@@ -21,10 +21,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._report import replace_section  # noqa: E402
-from searches.engine.datasets import load_dataset  # noqa: E402
-from searches.engine.search import EvalResult, Limits, SearchConfig, SearchEvent, make_strategy, run_search  # noqa: E402
-from searches.engine.training import Fidelity, train_and_evaluate  # noqa: E402
+from bench._report import replace_section
+from searches.engine.strategies.base import EvalResult
+from searches.engine.strategies.config import Limits, SearchConfig
+from searches.engine.strategies.driver import SearchEvent, run_search
+from searches.engine.strategies.registry import make_strategy
+from searches.engine.training.datasets import load_dataset
+from searches.engine.training.train import Fidelity, train_and_evaluate
 
 SRAM_KB, FLASH_KB = 2, 4
 

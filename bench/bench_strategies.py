@@ -36,19 +36,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._report import replace_section  # noqa: E402
-from searches.engine.search import (  # noqa: E402
-    Bounds,
-    EvalResult,
-    Limits,
-    SearchConfig,
-    SearchEvent,
-    make_strategy,
-    pareto_front,
-    run_search,
-)
-from searches.engine.space import SpaceConfig  # noqa: E402
-from searches.engine.training import Fidelity  # noqa: E402
+from bench._report import replace_section
+from searches.engine.space.sampling import SpaceConfig
+from searches.engine.strategies.base import EvalResult
+from searches.engine.strategies.config import Bounds, Limits, SearchConfig
+from searches.engine.strategies.driver import SearchEvent, run_search
+from searches.engine.strategies.objectives import pareto_front
+from searches.engine.strategies.registry import make_strategy
+from searches.engine.training.train import Fidelity
 
 TITLE = "Search strategies"
 CACHE = ROOT / "var" / "bench_strategies"
@@ -155,8 +150,8 @@ def run_one(
     dataset_name: str, strategy_name: str, seed: int, budget: int, setting: Setting, minutes: float
 ) -> dict[str, Any]:
     """Run one search; returns its evaluations (objectives or None for failures) and timings."""
-    from searches.engine.datasets import load_dataset
-    from searches.engine.training import train_and_evaluate
+    from searches.engine.training.datasets import load_dataset
+    from searches.engine.training.train import train_and_evaluate
 
     dataset = load_dataset(dataset_name)
     config = make_config(dataset, strategy_name, seed, budget, setting)

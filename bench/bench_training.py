@@ -33,20 +33,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-from bench._report import replace_section  # noqa: E402
-from searches.engine.arch import Architecture, ConvBlock, ConvLayer, Dense, Pooling  # noqa: E402
-from searches.engine.datasets import Dataset, load_dataset  # noqa: E402
-from searches.engine.training import (  # noqa: E402
-    ConvUnit,
+from bench._report import replace_section
+from searches.engine.space.arch import Architecture, ConvBlock, ConvLayer, Dense, Pooling
+from searches.engine.training.datasets import Dataset, load_dataset
+from searches.engine.training.model import ConvUnit, build_model, to_nchw
+from searches.engine.training.train import (
     Fidelity,
     accuracy,
-    build_model,
     default_threads,
-    to_nchw,
     train_and_evaluate,
     usable_cores,
 )
@@ -663,7 +661,7 @@ SUBSECTIONS = (
     "### Candidate evaluations",
 )
 DEFAULTS_NOTE = (
-    "**Defaults chosen from these numbers** (searches/engine/training.py): one intra-op thread per "
+    "**Defaults chosen from these numbers** (searches/engine/training/train.py): one intra-op thread per "
     "evaluation, one evaluation per core; batch 64; NCHW contiguous; whole tensors pre-loaded and "
     "indexed by a seeded permutation; fused AdamW with 5% warm-up and cosine decay; symmetric "
     "'same' padding done by the conv (F.pad only where TensorFlow pads asymmetrically); evaluation "

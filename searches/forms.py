@@ -9,7 +9,7 @@ from django.conf import settings
 from django.contrib.auth.forms import UserCreationForm
 from django.core.validators import MaxValueValidator, MinValueValidator
 
-from searches.engine.datasets import fashion_mnist_available
+from searches.engine.training.datasets import fashion_mnist_available
 from searches.models import Dataset, HardwareProfile, Project, SearchRun
 from searches.services.datasets import IDX_FIELDS
 from searches.services.launch import default_parallel

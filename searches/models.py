@@ -277,7 +277,7 @@ class Candidate(models.Model):
     seq = models.PositiveBigIntegerField(default=0, db_index=True)
     # Empty until trained weights are saved (under MEDIA_ROOT/weights/).
     weights = models.FileField(upload_to=weights_upload_to, max_length=255, blank=True)
-    # The post-training int8 model (searches.engine.quant.QuantModel as .npz, next to the
+    # The post-training int8 model (searches.engine.deploy.int8.QuantModel as .npz, next to the
     # weights) and its accuracies on the same validation and test images as the float ones.
     int8_model = models.FileField(upload_to=weights_upload_to, max_length=255, blank=True)
     int8_val_accuracy = models.FloatField(null=True, blank=True)
@@ -421,7 +421,7 @@ class PruningJob(models.Model):
         CANCELLED = "cancelled", "Cancelled"
 
     source = models.ForeignKey(Candidate, on_delete=models.CASCADE, related_name="pruning_jobs")
-    # searches.engine.pruning.PruneConfig.to_json()
+    # searches.engine.training.pruning.PruneConfig.to_json()
     config = models.JSONField(default=dict)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     # One PruneProgress (as a dict) per finished epoch, epoch 0 being the unpruned model.

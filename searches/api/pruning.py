@@ -9,7 +9,7 @@ from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from searches.engine.pruning import MAX_SPARSITY
+from searches.engine.space.sparsity import MAX_SPARSITY
 from searches.models import Candidate, PruningJob
 from searches.services import pruning
 

@@ -17,8 +17,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from searches.api import serializers as s
-from searches.engine.export import ExportError
-from searches.engine.quant import QuantizationError
+from searches.engine.deploy.header import ExportError
+from searches.engine.deploy.int8 import QuantizationError
 from searches.models import Candidate, Dataset, HardwareProfile, Project, SearchRun
 from searches.services import execution, export
 from searches.services.launch import RunRequest, launch_run

@@ -22,7 +22,7 @@ from django.core.files import File
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
-from searches.engine.datasets import (
+from searches.engine.training.datasets import (
     NPZ_KEYS,
     Dataset,
     DatasetError,

@@ -38,9 +38,9 @@ from django.core.exceptions import ObjectDoesNotExist
 from django.db import transaction
 from django.utils import timezone
 
-from searches import events
-from searches.engine.search import EvalFailure, EvalResult, Proposal, SearchStrategy
-from searches.engine.training import Fidelity, TrainingStopped
+from searches import events, queue
+from searches.engine.strategies.base import EvalFailure, EvalResult, Proposal, SearchStrategy
+from searches.engine.training.train import Fidelity, TrainingStopped
 from searches.models import Candidate, SearchRun
 from searches.services import deletion
 from searches.services.runs import (
@@ -68,7 +68,7 @@ _STOPPED = (SearchRun.Status.DONE, SearchRun.Status.CANCELLED, SearchRun.Status.
 
 def submit_run(run: SearchRun) -> None:
     """Queue the start of a pending run once the current transaction commits."""
-    transaction.on_commit(functools.partial(_enqueue_start, run.pk))
+    transaction.on_commit(functools.partial(queue.start_run, run.pk))
 
 
 def start_run(run: SearchRun) -> None:
@@ -193,7 +193,7 @@ def _recover(run_id: int) -> None:
     with _failing_run_on_error(run_id), transaction.atomic():
         run = _lock(run_id)
         if run.status == SearchRun.Status.PENDING:
-            transaction.on_commit(functools.partial(_enqueue_start, run_id))
+            transaction.on_commit(functools.partial(queue.start_run, run_id))
         elif run.status == SearchRun.Status.RUNNING:
             strategy = load_strategy(run)
             _requeue_outstanding(run, strategy)
@@ -217,7 +217,7 @@ def _fill_locked(run: SearchRun, strategy: SearchStrategy) -> None:
         run.save(update_fields=["status", "error", "finished"])
     events.run_changed(run)
     for candidate_id in queued:
-        transaction.on_commit(functools.partial(_enqueue_evaluation, candidate_id))
+        transaction.on_commit(functools.partial(queue.evaluate_candidate, candidate_id))
 
 
 def _restart_locked(run: SearchRun, strategy: SearchStrategy) -> None:
@@ -237,7 +237,7 @@ def _requeue_outstanding(run: SearchRun, strategy: SearchStrategy) -> None:
     rows.filter(pk__in=stale).update(status=Candidate.Status.PENDING, reject_reason="")
     events.candidates_changed(run.pk, stale)
     for candidate_id in rows.values_list("pk", flat=True):
-        transaction.on_commit(functools.partial(_enqueue_evaluation, candidate_id))
+        transaction.on_commit(functools.partial(queue.evaluate_candidate, candidate_id))
 
 
 def _claim(run_id: int, candidate_id: int) -> tuple[SearchRun, Proposal] | None:
@@ -358,18 +358,3 @@ def _mark_failed(run_id: int, error: str) -> None:
     except Exception:
         # The database itself may be what failed; the original error is what matters.
         logger.exception("could not mark run %s failed", run_id)
-
-
-# ---- queueing (the only place that touches Celery) -------------------------------------------------
-
-
-def _enqueue_evaluation(candidate_id: int) -> None:
-    from searches import tasks  # tasks import this module
-
-    tasks.evaluate_candidate.delay(candidate_id)
-
-
-def _enqueue_start(run_id: int) -> None:
-    from searches import tasks
-
-    tasks.start_run_task.delay(run_id)

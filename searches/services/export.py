@@ -1,6 +1,6 @@
 """Exporting trained candidates: the int8 model, the C header and bundle, ONNX, and verification.
 
-The engine does the work (``searches.engine.quant``, ``export``, ``bundle``, ``verify``); this
+The engine does the work (``searches.engine.deploy``: ``quantize``, ``header``, ``bundle``, ``verify``); this
 module decides what it runs on and stores what comes out:
 
 - **int8 model.**  Right after a candidate trains, :func:`int8_metrics` quantises it with
@@ -14,7 +14,7 @@ module decides what it runs on and stores what comes out:
   from the stored model; their C names are ``nasweb_r<run>_c<index>``.
 - **verification.**  :func:`request_verification` marks the candidate queued and queues a
   Celery task once the transaction commits; :func:`verify` (the task and the
-  ``verify_export`` command) runs ``searches.engine.verify.verify_export`` for the run's
+  ``verify_export`` command) runs ``searches.engine.deploy.verify.verify_export`` for the run's
   target, storing every step's progress and the final report on the candidate and
   announcing each change through ``searches.events``.
 """
@@ -23,11 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import logging
-import os
 import pickle  # only for its exception: torch.load(weights_only=True) raises it
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -35,37 +32,36 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
-from threadpoolctl import threadpool_limits
 
-from searches import events
-from searches.engine import toolchain
-from searches.engine.arch import Architecture, ArchitectureError, from_json
-from searches.engine.bundle import bundle_zip
-from searches.engine.datasets import Dataset, DatasetError
-from searches.engine.export import CHeader, c_identifier, generate_header
-from searches.engine.quant import QuantModel, int8_accuracy, quantize
-from searches.engine.training import (
-    ArchNet,
-    Fidelity,
-    build_model,
-    default_threads,
-    load_weights,
-    split_indices,
-)
-from searches.engine.verify import FAILED, UNAVAILABLE, ExportVerification, StepResult, verify_export
+from searches import events, queue
+from searches.engine.deploy import toolchain
+from searches.engine.deploy.bundle import bundle_zip
+from searches.engine.deploy.header import CHeader, c_identifier, generate_header
+from searches.engine.deploy.int8 import QuantModel
+from searches.engine.deploy.report import FAILED, UNAVAILABLE, ExportVerification, StepResult
+from searches.engine.deploy.toolchain import APT_COMMAND
+from searches.engine.deploy.verify import verify_export
+from searches.engine.space.arch import Architecture, ArchitectureError, from_json
+from searches.engine.training.datasets import Dataset, DatasetError
+from searches.engine.training.model import ArchNet
+from searches.engine.training.train import Fidelity, load_weights
 from searches.models import Candidate, SearchRun
-from searches.services.runs import get_dataset, search_config, weights_path
+from searches.services.artifacts import (
+    evaluation_threads,
+    int8_accuracies,
+    int8_path,
+    media_name,
+    quantize_trained,
+    save_quant_model,
+)
+from searches.services.runs import get_dataset, search_config
 
 logger = logging.getLogger(__name__)
 
-CALIBRATION_SAMPLES = 512
-# Fixed, so that quantising on demand later picks the same images the evaluation did.
-CALIBRATION_SEED = 0
 # Test inputs whose output bytes are compared one by one (on the host and under QEMU).
 VERIFY_INPUTS = 20
 # A verification queued or running for longer than this is taken as lost (a worker died):
@@ -77,98 +73,6 @@ ExportStatus = Candidate.ExportStatus
 
 class ExportUnavailable(Exception):
     """This candidate cannot be exported (not trained, weights or dataset gone); says why."""
-
-
-# ---- the int8 model -----------------------------------------------------------------------
-
-
-def calibration_images(dataset: Dataset, fidelity: Fidelity) -> np.ndarray:
-    """Up to ``CALIBRATION_SAMPLES`` training-split images (NHWC floats), the same every time."""
-    train_idx, _ = split_indices(dataset.y_train, fidelity)
-    n = min(CALIBRATION_SAMPLES, len(train_idx))
-    picked = np.random.default_rng(CALIBRATION_SEED).choice(train_idx, size=n, replace=False)
-    return dataset.x_train[np.sort(picked)]
-
-
-def quantize_trained(arch: Architecture, model: ArchNet, dataset: Dataset, fidelity: Fidelity) -> QuantModel:
-    """The int8 model of a trained float model, calibrated on its training split."""
-    return quantize(arch, model, calibration_images(dataset, fidelity))
-
-
-def int8_accuracies(qm: QuantModel, dataset: Dataset, fidelity: Fidelity) -> tuple[float, float]:
-    """(validation, test) accuracy of the int8 model on the images the float accuracies used."""
-    _, val_idx = split_indices(dataset.y_train, fidelity)
-    val = int8_accuracy(qm, dataset.x_train[val_idx], dataset.y_train[val_idx])
-    return val, int8_accuracy(qm, dataset.x_test, dataset.y_test)
-
-
-@contextlib.contextmanager
-def _evaluation_threads() -> Iterator[None]:
-    """Quantise on the threads an evaluation trains on (one): evaluations run side by side.
-
-    numpy's BLAS would otherwise start a thread per core for the integer reference, which
-    fights the other evaluations for the cores (measured no faster alone on two cores).
-    """
-    threads = default_threads()
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with threadpool_limits(threads):
-            yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def int8_path(run: SearchRun, candidate_index: int) -> Path:
-    """Where a candidate's int8 model lives: beside its weights, so run deletion removes both."""
-    return weights_path(run, candidate_index).with_suffix(".int8.npz")
-
-
-def _media_name(path: Path) -> str:
-    return str(path.relative_to(settings.MEDIA_ROOT))
-
-
-def save_quant_model(qm: QuantModel, path: Path) -> None:
-    """Write ``qm`` to ``path`` whole or not at all (a temporary file renamed into place)."""
-    buffer = io.BytesIO()
-    qm.save(buffer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def int8_metrics(
-    run: SearchRun,
-    candidate_index: int,
-    arch: Architecture,
-    state_dict: dict[str, torch.Tensor],
-    dataset: Dataset,
-    fidelity: Fidelity,
-) -> dict[str, Any]:
-    """Quantise a freshly trained candidate and save its int8 model; the metrics to store.
-
-    A model that cannot be quantised does not fail its evaluation (the float result stands):
-    the error is logged and the export quantises again on demand, where it is reported.
-    """
-    try:
-        model = build_model(arch)
-        model.load_state_dict(state_dict)
-        with _evaluation_threads():
-            qm = quantize_trained(arch, model.eval(), dataset, fidelity)
-            val, test = int8_accuracies(qm, dataset, fidelity)
-        path = int8_path(run, candidate_index)
-        save_quant_model(qm, path)
-    except Exception:
-        logger.warning("could not quantise candidate %s of run %s", candidate_index, run.pk, exc_info=True)
-        return {}
-    return {"int8_model": _media_name(path), "int8_val_accuracy": val, "int8_test_accuracy": test}
 
 
 def _check_trained(candidate: Candidate) -> None:
@@ -249,13 +153,13 @@ def quant_model_for(candidate: Candidate, *, with_accuracy: bool = False) -> Qua
     fields: dict[str, Any] = {}
     if qm is None:
         arch, model = float_model_for(candidate)
-        with _evaluation_threads():
+        with evaluation_threads():
             qm = quantize_trained(arch, model, dataset, fidelity)
         path = int8_path(candidate.run, candidate.index)
         save_quant_model(qm, path)
-        fields["int8_model"] = _media_name(path)
+        fields["int8_model"] = media_name(path)
     if needs_accuracy:
-        with _evaluation_threads():
+        with evaluation_threads():
             fields["int8_val_accuracy"], fields["int8_test_accuracy"] = int8_accuracies(qm, dataset, fidelity)
     if not _update(candidate, **fields) and "int8_model" in fields:
         # Deleted meanwhile, its run's files with it: leave nothing behind.
@@ -404,7 +308,7 @@ def request_verification(candidate: Candidate) -> bool:
             export_requested=timezone.now(),
             export_finished=None,
         )
-        transaction.on_commit(functools.partial(_enqueue_verification, candidate.pk))
+        transaction.on_commit(functools.partial(queue.verify_export, candidate.pk))
     return True
 
 
@@ -515,10 +419,4 @@ def missing_tools() -> list[str]:
     return toolchain.missing_tools()
 
 
-INSTALL_COMMAND = toolchain.APT_COMMAND
-
-
-def _enqueue_verification(candidate_id: int) -> None:
-    from searches import tasks  # tasks import this module
-
-    tasks.verify_export_task.delay(candidate_id)
+INSTALL_COMMAND = APT_COMMAND

@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
-from searches.engine.training import Fidelity
+from searches.engine.training.train import Fidelity
 from searches.models import Dataset, HardwareProfile, Project, SearchRun
 from searches.services import execution, runs
 from searches.services.datasets import config_dataset

@@ -2,7 +2,7 @@
 
 :func:`start_pruning` checks the request, stores a queued :class:`PruningJob` and queues the
 Celery task once the transaction commits; :func:`run_pruning` (the task) fine-tunes the source
-with ``searches.engine.pruning.prune``, storing and announcing every epoch, and on success
+with ``searches.engine.training.pruning.prune``, storing and announcing every epoch, and on success
 adds the pruned model to the source's run as a new, trained candidate (weights, int8 model,
 resources), so it shows in the run's table and downloads like any other.
 
@@ -24,22 +24,18 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from searches import events
-from searches.engine.pruning import (
-    MAX_SPARSITY,
-    PruneConfig,
-    PruneError,
-    PruneProgress,
-    PruneResult,
-    ResourceLimits,
-    prune,
-)
-from searches.engine.resources import latency_ms
-from searches.engine.training import Fidelity, TrainingStopped
+from searches import events, queue
+from searches.engine.resources.latency import latency_ms
+from searches.engine.space.sparsity import MAX_SPARSITY
+from searches.engine.training.dpf import PruneError
+from searches.engine.training.pruning import PruneConfig, PruneProgress, PruneResult, prune
+from searches.engine.training.shrink import ResourceLimits
+from searches.engine.training.train import Fidelity, TrainingStopped
 from searches.models import Candidate, PruningJob, SearchRun
 from searches.services import export
+from searches.services.artifacts import save_trained
 from searches.services.execution import throttled_stop
-from searches.services.runs import get_dataset, save_trained, search_config
+from searches.services.runs import get_dataset, search_config
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +68,7 @@ def start_pruning(
     config = prune_config(candidate.run, target_sparsity, fit_profile, epochs)
     with transaction.atomic():
         job = PruningJob.objects.create(source=candidate, config=config.to_json())
-        transaction.on_commit(functools.partial(_enqueue, job.pk))
+        transaction.on_commit(functools.partial(queue.prune, job.pk))
     return job
 
 
@@ -282,12 +278,3 @@ def _latency(run: SearchRun, macs: int) -> float | None:
     if limits.get("core") and limits.get("clock_mhz"):
         return latency_ms(macs, limits["core"], limits["clock_mhz"])
     return None
-
-
-# ---- queueing (the only place that touches Celery) -------------------------------------------------
-
-
-def _enqueue(job_id: int) -> None:
-    from searches import tasks  # tasks import this module
-
-    tasks.prune_candidate.delay(job_id)

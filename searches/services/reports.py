@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from searches.engine import arch as arch_format
-from searches.engine.resources import CORES, ResourceReport, analyze, latency_ms
-from searches.engine.verify import STEPS
+from searches.engine.deploy.report import STEPS
+from searches.engine.resources.latency import CORES, latency_ms
+from searches.engine.resources.report import ResourceReport, analyze
+from searches.engine.space import arch as arch_format
 from searches.models import Candidate, Core, HardwareProfile
 from searches.services import export
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,25 +19,17 @@ from django.db import transaction
 from django.utils import timezone
 
 from searches import events
-from searches.engine.arch import Architecture
-from searches.engine.datasets import Dataset, load_dataset
-from searches.engine.search import (
-    Bounds,
-    EvalFailure,
-    EvalResult,
-    Limits,
-    Proposal,
-    SearchConfig,
-    SearchEvent,
-    SearchStrategy,
-    from_state_json,
-    make_strategy,
-    measure,
-    run_search,
-)
-from searches.engine.space import SpaceConfig
-from searches.engine.training import Fidelity, build_model, save_weights, train_and_evaluate
+from searches.engine.space.arch import Architecture
+from searches.engine.space.sampling import SpaceConfig
+from searches.engine.strategies.base import EvalFailure, EvalResult, Proposal, SearchStrategy, measure
+from searches.engine.strategies.config import Bounds, Limits, SearchConfig
+from searches.engine.strategies.driver import SearchEvent, run_search
+from searches.engine.strategies.registry import from_state_json, make_strategy
+from searches.engine.training.datasets import Dataset, load_dataset
+from searches.engine.training.model import build_model
+from searches.engine.training.train import Fidelity, train_and_evaluate
 from searches.models import UPLOAD_PREFIX, Candidate, HardwareProfile, SearchRun
+from searches.services.artifacts import save_trained
 from searches.services.datasets import load_uploaded
 
 # μNAS-style soft bounds on (error, MACs) per dataset; SRAM and flash bounds come from the
@@ -163,10 +154,6 @@ def load_strategy(run: SearchRun) -> SearchStrategy:
     if run.state:
         return from_state_json(run.state)
     return make_strategy(search_config(run))
-
-
-def weights_path(run: SearchRun, candidate_index: int) -> Path:
-    return Path(settings.MEDIA_ROOT) / "weights" / f"run-{run.pk}" / f"candidate-{candidate_index}.pt"
 
 
 # ---- rows: how proposals and results are stored (shared by every way of driving a run) ----
@@ -298,23 +285,6 @@ def make_evaluator(
     return evaluate
 
 
-def save_trained(
-    run: SearchRun,
-    index: int,
-    arch: Architecture,
-    state_dict: dict[str, torch.Tensor],
-    dataset: Dataset,
-    fidelity: Fidelity,
-) -> tuple[Path, dict[str, Any]]:
-    """Save a trained candidate's weights and int8 model: (weights path, int8 metrics to store)."""
-    from searches.services.export import int8_metrics  # export builds on this module
-
-    path = weights_path(run, index)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_weights(state_dict, path)
-    return path, int8_metrics(run, index, arch, state_dict, dataset, fidelity)
-
-
 def train_proposal(
     run: SearchRun,
     dataset: Dataset,
@@ -349,7 +319,7 @@ def _train_pruned(
     run: SearchRun, dataset: Dataset, fidelity: Fidelity, proposal: Proposal, stop: Callable[[], bool] | None
 ) -> EvalResult:
     """Train with DPF to the proposal's sparsity; the result describes the pruned model."""
-    from searches.engine.pruning import PruneConfig, prune
+    from searches.engine.training.pruning import PruneConfig, prune
 
     config = PruneConfig(
         target_sparsity=proposal.sparsity,

@@ -15,10 +15,10 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from searches import events
-from searches.engine.arch import ArchitectureError
-from searches.engine.export import ExportError
-from searches.engine.quant import QuantizationError
-from searches.engine.resources import latency_ms
+from searches.engine.deploy.header import ExportError
+from searches.engine.deploy.int8 import QuantizationError
+from searches.engine.resources.latency import latency_ms
+from searches.engine.space.arch import ArchitectureError
 from searches.forms import PruneForm
 from searches.models import Candidate
 from searches.services import export, reports

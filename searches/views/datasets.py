@@ -8,7 +8,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from searches.engine.datasets import DatasetError
+from searches.engine.training.datasets import DatasetError
 from searches.forms import DatasetUploadForm
 from searches.models import Dataset, SearchRun
 from searches.services import datasets as uploads

@@ -10,11 +10,11 @@ import sys
 import pytest
 from playwright.sync_api import Page, expect
 
-from searches.engine import toolchain
+from searches.engine.deploy.toolchain import APT_COMMAND, missing_tools
 from tests.e2e.conftest import PASSWORD, REPO, USERNAME, LiveStack
 
 pytestmark = pytest.mark.skipif(
-    bool(toolchain.missing_tools()), reason=f"needs the Cortex-M toolchain and QEMU: {toolchain.APT_COMMAND}"
+    bool(missing_tools()), reason=f"needs the Cortex-M toolchain and QEMU: {APT_COMMAND}"
 )
 
 VERIFY_TIMEOUT_MS = 120_000

@@ -15,7 +15,7 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 
 from searches import events, tasks
-from searches.engine.training import Fidelity
+from searches.engine.training.train import Fidelity
 from searches.models import Candidate, SearchRun
 from searches.services import runs
 from tests.integration.conftest import send_task, tail

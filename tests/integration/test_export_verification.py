@@ -18,9 +18,10 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 
 from searches import events, tasks
-from searches.engine import toolchain
-from searches.engine.quant import QuantModel
-from searches.engine.training import Fidelity
+from searches import queue as task_queue
+from searches.engine.deploy.int8 import QuantModel
+from searches.engine.deploy.toolchain import APT_COMMAND, missing_tools
+from searches.engine.training.train import Fidelity
 from searches.models import Candidate, SearchRun
 from searches.services import export, runs
 from tests.integration.conftest import send_task, tail
@@ -29,8 +30,8 @@ from tests.web.factories import make_profile
 pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.skipif(
-        bool(toolchain.missing_tools()),
-        reason=f"needs the Cortex-M toolchain and QEMU: {toolchain.APT_COMMAND}",
+        bool(missing_tools()),
+        reason=f"needs the Cortex-M toolchain and QEMU: {APT_COMMAND}",
     ),
 ]
 
@@ -70,7 +71,7 @@ def _verify_on_worker(
 ) -> list[dict[str, Any]]:
     """Ask for a verification as the page does; collect the candidate's events until it finishes."""
     monkeypatch.setattr(
-        export, "_enqueue_verification", lambda pk: send_task(redis_url, tasks.verify_export_task, pk)
+        task_queue, "verify_export", lambda pk: send_task(redis_url, tasks.verify_export_task, pk)
     )
 
     async def watch() -> list[dict[str, Any]]:

@@ -15,8 +15,8 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 
 from searches import events, tasks
-from searches.engine.search import from_state_json
-from searches.engine.training import Fidelity
+from searches.engine.strategies.registry import from_state_json
+from searches.engine.training.train import Fidelity
 from searches.models import Candidate, SearchRun
 from searches.services import runs
 from tests.integration.conftest import send_task, tail

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
+from searches import queue as task_queue
 from searches import tasks
-from searches.engine.arch import from_json
-from searches.engine.training import Fidelity
+from searches.engine.space.arch import from_json
+from searches.engine.training.train import Fidelity
 from searches.models import Candidate, PruningJob
 from searches.services import pruning, runs
 from tests.integration.conftest import send_task, tail
@@ -49,7 +50,7 @@ def test_a_pruning_job_runs_on_the_worker(
     settings.MEDIA_ROOT = log_path.parent / "data" / "media"  # the worker's media folder
     source = _trained_candidate(user)
     # Queue on the worker's private broker rather than the test process's own setting.
-    monkeypatch.setattr(pruning, "_enqueue", lambda job_id: None)
+    monkeypatch.setattr(task_queue, "prune", lambda job_id: None)
     job = pruning.start_pruning(source, target_sparsity=0.5, epochs=2)
 
     send_task(redis_url, tasks.prune_candidate, job.pk)

@@ -8,11 +8,11 @@ from typing import Any
 
 from django.conf import settings
 
-from searches.engine.arch import from_json
-from searches.engine.training import Fidelity, TrainResult, save_weights, train_and_evaluate
-from searches.engine.verify import PASSED, ExportVerification, StepResult
+from searches.engine.deploy.report import PASSED, ExportVerification, StepResult
+from searches.engine.space.arch import from_json
+from searches.engine.training.train import Fidelity, TrainResult, save_weights, train_and_evaluate
 from searches.models import Candidate, SearchRun
-from searches.services import runs
+from searches.services import artifacts, runs
 from tests.web.factories import SMALL_ARCH, make_candidate
 
 # SMALL_ARCH (8x8x1 -> conv 3x3x4 -> logits) trained on digits: ~90% in about a second.
@@ -28,7 +28,7 @@ def trained_small_arch() -> TrainResult:
 def make_trained_candidate(run: SearchRun, index: int = 0, **fields: Any) -> Candidate:
     """A done candidate with real weights and no int8 model, as candidates trained before export were."""
     result = trained_small_arch()
-    path = runs.weights_path(run, index)
+    path = artifacts.weights_path(run, index)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_weights(result.state_dict, path)
     values = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from searches.engine.search import Limits
+from searches.engine.strategies.config import Limits
 from searches.models import Candidate, Core, Dataset, HardwareProfile, Project, SearchRun
 from searches.services.datasets import config_dataset
 from searches.services.runs import make_config

@@ -4,6 +4,7 @@ import pytest
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from searches import queue as task_queue
 from searches.models import Candidate, HardwareProfile, Project, SearchRun
 from tests.web.factories import SMALL_ARCH, make_candidate, make_profile, make_project, make_run
 
@@ -28,10 +29,9 @@ def anonymous() -> APIClient:
 
 @pytest.fixture
 def enqueued(monkeypatch):
-    from searches import tasks
 
     calls: list[int] = []
-    monkeypatch.setattr(tasks.start_run_task, "delay", calls.append)
+    monkeypatch.setattr(task_queue, "start_run", calls.append)
     return calls
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from searches.engine import arch as A
-from searches.engine.memory import brute_force_peak
-from searches.engine.opgraph import OpGraph
+from searches.engine.resources.memory import brute_force_peak
+from searches.engine.resources.opgraph import OpGraph
+from searches.engine.space import arch as A
 from searches.models import Candidate, SearchRun
 from searches.services import runs
 

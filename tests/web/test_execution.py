@@ -16,9 +16,10 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 from searches import events, tasks
-from searches.engine import training
-from searches.engine.search import from_state_json
-from searches.engine.training import Fidelity
+from searches import queue as task_queue
+from searches.engine.strategies.registry import from_state_json
+from searches.engine.training import train
+from searches.engine.training.train import Fidelity
 from searches.models import Candidate, SearchRun
 from searches.services import execution, runs
 
@@ -54,8 +55,8 @@ class Queue:
 @pytest.fixture
 def queue(monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any) -> Queue:
     recorder = Queue(django_capture_on_commit_callbacks)
-    monkeypatch.setattr(tasks.evaluate_candidate, "delay", recorder.evaluations.append)
-    monkeypatch.setattr(tasks.start_run_task, "delay", recorder.starts.append)
+    monkeypatch.setattr(task_queue, "evaluate_candidate", recorder.evaluations.append)
+    monkeypatch.setattr(task_queue, "start_run", recorder.starts.append)
     return recorder
 
 
@@ -265,7 +266,7 @@ def _while_training(monkeypatch: pytest.MonkeyPatch, action: Callable[[int], Non
 
         return wrapped
 
-    monkeypatch.setattr(training, "STOP_POLL_SECONDS", 0.0)
+    monkeypatch.setattr(train, "STOP_POLL_SECONDS", 0.0)
     monkeypatch.setattr(execution, "CANCEL_POLL_SECONDS", 0.0)
     monkeypatch.setattr(execution, "_cancel_poll", poll_with_action)
     return polls

@@ -16,14 +16,16 @@ from django.utils import timezone
 from onnx.reference import ReferenceEvaluator
 
 from searches import events, tasks
-from searches.engine import toolchain
-from searches.engine.arch import from_json
-from searches.engine.export import generate_header
-from searches.engine.quant import QuantizationError, QuantModel, int8_accuracy
-from searches.engine.resources import analyze
-from searches.engine.training import Fidelity, split_indices
+from searches import queue as task_queue
+from searches.engine.deploy.header import generate_header
+from searches.engine.deploy.int8 import QuantizationError, QuantModel
+from searches.engine.deploy.reference import int8_accuracy
+from searches.engine.deploy.toolchain import missing_tools
+from searches.engine.resources.report import analyze
+from searches.engine.space.arch import from_json
+from searches.engine.training.train import Fidelity, split_indices
 from searches.models import Candidate, SearchRun
-from searches.services import execution, export, runs
+from searches.services import artifacts, execution, export, runs
 from searches.services.deletion import delete_run
 from tests.web.exports import (
     PASSED_NUMBERS,
@@ -37,14 +39,14 @@ from tests.web.factories import make_candidate, make_profile, make_run
 pytestmark = pytest.mark.django_db
 
 needs_toolchain = pytest.mark.skipif(
-    bool(toolchain.missing_tools()), reason="needs gcc, arm-none-eabi-gcc and qemu-system-arm"
+    bool(missing_tools()), reason="needs gcc, arm-none-eabi-gcc and qemu-system-arm"
 )
 
 
 @pytest.fixture
 def queued(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
-    monkeypatch.setattr(tasks.verify_export_task, "delay", calls.append)
+    monkeypatch.setattr(task_queue, "verify_export", calls.append)
     return calls
 
 
@@ -70,7 +72,7 @@ def test_an_evaluation_stores_the_int8_model_and_its_accuracy(
     user, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
 ) -> None:
     evaluations: list[int] = []
-    monkeypatch.setattr(tasks.evaluate_candidate, "delay", evaluations.append)
+    monkeypatch.setattr(task_queue, "evaluate_candidate", evaluations.append)
     run = _tiny_run(user)
     with django_capture_on_commit_callbacks(execute=True):
         execution.start_run(run)
@@ -111,7 +113,7 @@ def test_a_model_that_cannot_be_quantised_still_counts_as_trained(
     def refuse(*args: Any) -> Any:
         raise QuantizationError("b0l0: weights are not finite")
 
-    monkeypatch.setattr(export, "quantize", refuse)
+    monkeypatch.setattr(artifacts, "quantize", refuse)
     run = _tiny_run(user)
 
     runs.run_in_process(run)
@@ -126,8 +128,8 @@ def test_calibration_uses_up_to_512_seeded_training_images() -> None:
     fidelity = Fidelity()
     train_idx, _ = split_indices(dataset.y_train, fidelity)
 
-    first = export.calibration_images(dataset, fidelity)
-    again = export.calibration_images(dataset, fidelity)
+    first = artifacts.calibration_images(dataset, fidelity)
+    again = artifacts.calibration_images(dataset, fidelity)
 
     assert len(first) == 512 and np.array_equal(first, again)
     training = {x.tobytes() for x in dataset.x_train[train_idx]}
@@ -147,7 +149,7 @@ def test_an_old_candidate_is_quantised_on_demand_as_an_evaluation_would(user) ->
     result = trained_small_arch()
     dataset = runs.get_dataset("digits")
     fidelity = Fidelity(**runs.search_config(run).fidelity)
-    metrics = export.int8_metrics(
+    metrics = artifacts.int8_metrics(
         run, 7, from_json(candidate.architecture), result.state_dict, dataset, fidelity
     )
     evaluated = QuantModel.load(media(metrics["int8_model"]))
@@ -466,7 +468,7 @@ def test_a_run_deleted_while_its_candidate_trained_leaves_no_files(
     user, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
 ) -> None:
     evaluations: list[int] = []
-    monkeypatch.setattr(tasks.evaluate_candidate, "delay", evaluations.append)
+    monkeypatch.setattr(task_queue, "evaluate_candidate", evaluations.append)
     run = _tiny_run(user)
     real_train = execution.train_proposal
 
@@ -486,7 +488,7 @@ def test_a_run_deleted_while_its_candidate_trained_leaves_no_files(
 
 def test_a_candidate_deleted_while_quantised_on_demand_leaves_no_file(user, monkeypatch: pytest.MonkeyPatch):
     candidate = make_trained_candidate(make_run(user))
-    real_save = export.save_quant_model
+    real_save = artifacts.save_quant_model
 
     def save_then_delete(qm: QuantModel, path: Path) -> None:
         real_save(qm, path)

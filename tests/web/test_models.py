@@ -64,7 +64,7 @@ def test_preset_figures_are_the_vendor_figures():
 
 
 def test_core_choices_are_the_engine_cores():
-    from searches.engine.resources import CORES
+    from searches.engine.resources.latency import CORES
 
     assert set(Core.values) == set(CORES)
     assert set(HardwareProfile.objects.values_list("core", flat=True)) <= set(CORES)

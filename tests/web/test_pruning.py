@@ -11,10 +11,11 @@ from django.conf import settings
 from django.urls import reverse
 
 from searches import events
-from searches.engine.arch import from_json
-from searches.engine.training import TrainResult, save_weights, train_and_evaluate
+from searches import queue as task_queue
+from searches.engine.space.arch import from_json
+from searches.engine.training.train import TrainResult, save_weights, train_and_evaluate
 from searches.models import Candidate, PruningJob
-from searches.services import pruning, runs
+from searches.services import artifacts, pruning, runs
 from tests.web.exports import FIDELITY, media
 from tests.web.factories import architecture, conv, make_candidate, make_profile, make_run
 
@@ -31,7 +32,7 @@ def _trained() -> TrainResult:
 
 def _trained_candidate(run, index: int = 0) -> Candidate:
     result = _trained()
-    path = runs.weights_path(run, index)
+    path = artifacts.weights_path(run, index)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_weights(result.state_dict, path)
     return make_candidate(
@@ -50,7 +51,7 @@ def _trained_candidate(run, index: int = 0) -> Candidate:
 
 def _start(candidate: Candidate, **kwargs) -> PruningJob:
     # The task is queued on commit; these tests run it themselves.
-    with mock.patch.object(pruning, "_enqueue"):
+    with mock.patch.object(task_queue, "prune"):
         return pruning.start_pruning(candidate, epochs=2, **kwargs)
 
 
@@ -115,7 +116,7 @@ def test_it_fails_when_the_profile_cannot_fit(user):
     assert "cannot fit the profile" in job.error
     assert job.result_candidate is None
     assert run.candidates.count() == 1
-    assert not runs.weights_path(run, pruning.pruned_index(job)).exists()
+    assert not artifacts.weights_path(run, pruning.pruned_index(job)).exists()
 
 
 def test_it_skips_a_cancelled_job(user):
@@ -183,7 +184,7 @@ def test_fit_needs_limits(user):
 
 def _post_prune(client, candidate, **data):
     values = {"mode": "sparsity", "target_sparsity": "0.5", "epochs": "2"} | data
-    with mock.patch.object(pruning, "_enqueue") as enqueue:
+    with mock.patch.object(task_queue, "prune") as enqueue:
         response = client.post(reverse("candidate_prune", args=[candidate.pk]), values)
     return response, enqueue
 
@@ -282,7 +283,7 @@ def test_pruning_cancel_works_and_rejects_get(user, client):
 def test_api_starts_and_lists_jobs(user, other_user, client):
     candidate = _trained_candidate(make_run(user))
     client.force_login(user)
-    with mock.patch.object(pruning, "_enqueue"):
+    with mock.patch.object(task_queue, "prune"):
         response = client.post(
             "/api/pruning-jobs/",
             {"candidate": candidate.pk, "target_sparsity": 0.5},

@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from searches.engine.arch import from_json
-from searches.engine.export import generate_header
-from searches.engine.quant import QuantModel
-from searches.engine.resources import analyze
-from searches.engine.training import Fidelity
+from searches.engine.deploy.header import generate_header
+from searches.engine.deploy.int8 import QuantModel
+from searches.engine.resources.report import analyze
+from searches.engine.space.arch import from_json
+from searches.engine.training.train import Fidelity
 from searches.models import Candidate
 from searches.services import runs
 from tests.web.exports import media

@@ -9,6 +9,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
+from searches import queue as task_queue
 from searches.models import Dataset, HardwareProfile, SearchRun
 from searches.services import datasets as uploads
 from searches.services.runs import get_dataset
@@ -121,9 +122,8 @@ def test_runs_load_an_uploaded_dataset(client, user):
 
 
 def test_a_new_run_can_use_an_uploaded_dataset(client, user, monkeypatch, django_capture_on_commit_callbacks):
-    from searches import tasks
 
-    monkeypatch.setattr(tasks.start_run_task, "delay", lambda run_id: None)
+    monkeypatch.setattr(task_queue, "start_run", lambda run_id: None)
     client.force_login(user)
     _upload(client, npz=_npz(**_arrays(side=12)))
     dataset = Dataset.objects.get(owner=user)

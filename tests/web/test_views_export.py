@@ -13,8 +13,8 @@ from django.urls import reverse
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from searches import tasks
-from searches.engine import toolchain
+from searches import queue as task_queue
+from searches.engine.deploy.toolchain import APT_COMMAND, missing_tools
 from searches.models import Candidate
 from searches.services import export
 from tests.web.exports import PASSED_NUMBERS, fake_verification, make_trained_candidate
@@ -37,7 +37,7 @@ def candidate(user) -> Candidate:
 @pytest.fixture
 def queued(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
-    monkeypatch.setattr(tasks.verify_export_task, "delay", calls.append)
+    monkeypatch.setattr(task_queue, "verify_export", calls.append)
     return calls
 
 
@@ -171,7 +171,7 @@ def test_the_page_says_when_tools_are_missing(client, user, candidate: Candidate
 
     assert 'id="export-tools"' in body
     assert "arm-none-eabi-gcc, qemu-system-arm" in body
-    assert toolchain.APT_COMMAND in body
+    assert APT_COMMAND in body
 
 
 def test_the_page_shows_a_verification_in_progress(client, user, candidate: Candidate):
@@ -393,7 +393,7 @@ def test_the_command_says_how_to_install_missing_tools(candidate: Candidate, mon
     with pytest.raises(CommandError, match="verification unavailable") as raised:
         _call(str(candidate.pk))
 
-    assert toolchain.APT_COMMAND in str(raised.value)
+    assert APT_COMMAND in str(raised.value)
     candidate.refresh_from_db()
     assert candidate.export_status == "unavailable"
 
@@ -417,9 +417,7 @@ def test_the_command_rejects_a_non_numeric_id():
         _call("abc")
 
 
-@pytest.mark.skipif(
-    bool(toolchain.missing_tools()), reason="needs gcc, arm-none-eabi-gcc and qemu-system-arm"
-)
+@pytest.mark.skipif(bool(missing_tools()), reason="needs gcc, arm-none-eabi-gcc and qemu-system-arm")
 def test_the_command_verifies_for_real(candidate: Candidate, tmp_path):
     text = _call(str(candidate.pk), "--keep", str(tmp_path))
 

@@ -7,6 +7,7 @@ import json
 import pytest
 from django.urls import reverse
 
+from searches import queue as task_queue
 from searches.models import Candidate, Dataset, HardwareProfile, SearchRun
 from searches.services.runs import default_fidelity
 from tests.web.factories import make_candidate, make_profile, make_project, make_run
@@ -17,10 +18,9 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def enqueued(monkeypatch):
     """The run ids whose start was queued (no broker, no worker in these tests)."""
-    from searches import tasks
 
     calls: list[int] = []
-    monkeypatch.setattr(tasks.start_run_task, "delay", calls.append)
+    monkeypatch.setattr(task_queue, "start_run", calls.append)
     return calls
 
 

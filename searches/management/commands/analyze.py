@@ -8,8 +8,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from searches.engine.arch import Architecture, ArchitectureError, load_many
-from searches.engine.resources import CORES, ResourceReport, analyze, latency_ms
+from searches.engine.resources.latency import CORES, latency_ms
+from searches.engine.resources.report import ResourceReport, analyze
+from searches.engine.space.arch import Architecture, ArchitectureError, load_many
 
 
 class Command(BaseCommand):

@@ -9,7 +9,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from searches.engine.space import SpaceConfig, random_architecture
+from searches.engine.space.sampling import SpaceConfig, random_architecture
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:

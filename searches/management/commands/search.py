@@ -8,9 +8,10 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from searches.engine.datasets import DATASETS, DatasetError
-from searches.engine.search import STRATEGIES, SearchEvent
-from searches.engine.training import Fidelity
+from searches.engine.strategies.config import STRATEGIES
+from searches.engine.strategies.driver import SearchEvent
+from searches.engine.training.datasets import DATASETS, DatasetError
+from searches.engine.training.train import Fidelity
 from searches.models import Candidate, HardwareProfile, SearchRun
 from searches.services import runs
 

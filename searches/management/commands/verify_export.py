@@ -11,7 +11,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from searches.engine.verify import PASSED, RUNNING, StepResult
+from searches.engine.deploy.report import PASSED, RUNNING, StepResult
 from searches.models import Candidate
 from searches.services import export
 

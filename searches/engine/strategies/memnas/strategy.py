@@ -1,0 +1,412 @@
+"""MemNAS's grow-and-trim search (Liu et al., CVPR 2020) on μNAS's search space, ask/tell and resumable.
+
+A search starts from a small *backbone* and proceeds in rounds.  Each round enumerates the
+backbone's *grow* children (one new layer appended to every block, a new block, a new branch
+beside the last block) and *trim* children (one layer, one branch block = one edge, or one
+dense layer removed), drops the invalid ones and those already seen (as the same network),
+reports the over-the-limits ones, lets a learned controller rank the rest and proposes the
+top ``top_k`` for training.  Once they are
+all told, each gets the memory-efficiency score relative to the backbone
+
+    Y = λ·(a - a_b)/a_b + (1 - λ)·[β·(r_b - r)/r_b + (1 - β)·(p_b - p)/p_b]
+
+(a validation accuracy, r peak SRAM, p flash; higher accuracy and lower memory are better)
+and the best child becomes the next backbone.  The controller is then retrained on every
+labelled candidate, ranking them by their scores relative to the *new* backbone, which is
+exactly what the next round asks it to rank.
+
+Decisions worth knowing:
+
+- *Seed*: the minimal backbone is one 3x3 conv (8 filters, batchnorm, ReLU) and global
+  average pooling; ``seed_backbone="random"`` draws a random feasible architecture instead
+  (and the minimal seed falls back to one when it breaks the limits).
+- *Identical growth*: a grow layer is the same op, kernel and stride in every block, with a
+  width rule (same, double or half the block's output channels) rather than one fixed filter
+  count, so that growing deepens every block without forcing all blocks to one width.
+- *No improvement*: when no child of a round scores Y > 0 the backbone stays and the next
+  round proposes the next-ranked unseen children; after ``patience`` such rounds in a row
+  the best-scoring child evaluated from this backbone becomes the backbone anyway, so the
+  search cannot stall on a local optimum.  When a backbone has no new feasible child left,
+  the search restarts from a random feasible architecture.
+- *Limits*: children that break them are handed out by ``ask()`` as rejected proposals
+  (with the reason, not counted in the budget), before the round's trained ones.
+- *Rounds are barriers*: while a round's proposals are being trained ``ask()`` returns None
+  (``is_done()`` stays false); a sequential driver never sees this, a parallel one simply
+  waits for the next ``tell``.  Rounds never exceed the remaining budget.
+- *Controller*: a GRU encodes each candidate's token sequence (one token per conv layer,
+  then pooling, dense layers and a resource summary) and a linear head estimates its
+  accuracy â.  Only the accuracy in Y is unknown before training, so candidates are ranked
+  by Ŷ = Y with â in place of a, the memory terms exact.  It is trained online, warm-started,
+  with a pairwise logistic ranking loss on Ŷ over all pairs of labelled candidates (the most
+  recent ``history_limit``) ordered by their measured Y, plus a squared error keeping â an
+  accuracy.  MemNAS's second GRU over the candidate list is left out, to keep a retrain
+  well under a second on one CPU thread; candidates are scored independently.
+- The state, the controller's weights included (as plain float lists), serialises to JSON;
+  a resumed search proposes exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from searches.engine.space.arch import Architecture, ConvBlock, ConvLayer, Dense, Pooling
+from searches.engine.strategies.base import (
+    EvalFailure,
+    EvalResult,
+    Member,
+    Proposal,
+    SearchStrategy,
+    arch_hash,
+    measure,
+)
+from searches.engine.strategies.config import SearchConfig, StrategyName
+from searches.engine.strategies.memnas.controller import Controller, encode
+from searches.engine.strategies.memnas.edits import children, function_hash, minimal_backbone
+from searches.engine.strategies.options import MemNASConfig
+
+# ---- the memory-efficiency score --------------------------------------------------------------
+
+
+def efficiency_score(
+    accuracy: float,
+    sram: float,
+    flash: float,
+    reference: tuple[float, float, float],
+    lam: float,
+    beta: float,
+) -> float:
+    """MemNAS's Y of (accuracy, peak SRAM, flash) relative to ``reference`` = the backbone's triple."""
+    a_ref, r_ref, p_ref = reference
+    # An accuracy of exactly 0 (a diverged backbone) would divide by zero; any gain is then huge.
+    gain = (accuracy - a_ref) / max(a_ref, 1e-6)
+    memory = beta * (r_ref - sram) / r_ref + (1 - beta) * (p_ref - flash) / p_ref
+    return lam * gain + (1 - lam) * memory
+
+
+def _triple(member: Member) -> tuple[float, float, float]:
+    r = member.proposal.resources
+    return (member.result.val_accuracy, float(r["peak_sram_bytes"]), float(r["flash_bytes"]))
+
+
+# ---- the strategy -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """A trained candidate the controller learns from: its architecture, accuracy and memory."""
+
+    id: int
+    architecture: list[Any]  # packed
+    resources: dict[str, Any]
+    accuracy: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Labelled:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class _Queued:
+    """A round's proposal not yet handed out (its id is taken when ``ask()`` returns it)."""
+
+    architecture: Architecture
+    description: str
+    resources: dict[str, Any]
+    reject_reason: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "architecture": pack(self.architecture),
+            "description": self.description,
+            "resources": dict(self.resources),
+            "reject_reason": self.reject_reason,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> _Queued:
+        return cls(**{**data, "architecture": unpack(data["architecture"])})
+
+
+_LAYER_FIELDS = ("op", "kernel", "filters", "stride", "padding", "pre_pool", "batchnorm", "relu")
+
+
+def pack(arch: Architecture) -> list[Any]:
+    """A compact JSON form of ``arch`` for the saved state (a third of ``to_json``'s size)."""
+    return [
+        list(arch.input_shape),
+        arch.classes,
+        [
+            [block.branch, [[getattr(layer, f) for f in _LAYER_FIELDS] for layer in block.layers]]
+            for block in arch.conv_blocks
+        ],
+        None if arch.pooling is None else [arch.pooling.type, arch.pooling.size],
+        [d.units for d in arch.dense],
+    ]
+
+
+def unpack(data: list[Any]) -> Architecture:
+    """The inverse of :func:`pack` (no validation: the state only holds architectures it checked)."""
+    shape, classes, blocks, pooling, dense = data
+    return Architecture(
+        (shape[0], shape[1], shape[2]),
+        classes,
+        tuple(ConvBlock(tuple(ConvLayer(*layer) for layer in layers), branch) for branch, layers in blocks),
+        None if pooling is None else Pooling(*pooling),
+        tuple(Dense(units) for units in dense),
+    )
+
+
+class MemNAS(SearchStrategy):
+    """Grow-and-trim rounds from a backbone, children ranked by a learned controller, moves by Y."""
+
+    name: StrategyName = "memnas"
+
+    def __init__(self, config: SearchConfig) -> None:
+        super().__init__(config)
+        self.options = MemNASConfig.from_json(config.strategy_options)
+        self.controller = Controller(self.options.hidden, config.seed)
+        self._queue: list[_Queued] = []
+        self._round_active = False
+        self._round: list[Member] = []  # this round's told members
+        self._children: list[Member] = []  # every evaluated child of the current backbone
+        self._history: list[Labelled] = []
+        self._seed_id: int | None = None
+        self._rounds = 0
+        self._stall = 0
+        self._restarts = 0
+        self.trajectory: list[dict[str, Any]] = []
+        self._tokens: dict[int, list[list[float]]] = {}  # cache, rebuilt from history on demand
+
+    # ---- public API ----
+
+    @property
+    def backbone(self) -> Member | None:
+        """The current backbone (also the only member of ``population``), None before the seed is told."""
+        return self._population[0] if self._population else None
+
+    @property
+    def rounds(self) -> int:
+        """Completed rounds."""
+        return self._rounds
+
+    def tell(self, proposal_id: int, result: EvalResult | EvalFailure) -> Member | None:
+        member = super().tell(proposal_id, result)
+        if member is not None:
+            self._label(member)
+        if proposal_id == self._seed_id:
+            self._seed_id = None
+            if member is not None:
+                self._population = [member]
+                self.trajectory.append({"round": self._rounds, "backbone": member.id, "why": "seed"})
+            return member
+        if member is not None:
+            self._round.append(member)
+        self._maybe_finish_round()
+        return member
+
+    # ---- proposing ----
+
+    def _propose(self) -> Proposal | None:
+        while True:
+            if self._queue:
+                return self._hand_out(self._queue.pop(0))
+            if self._outstanding:
+                return None  # the round (or the seed) is being evaluated
+            self._maybe_finish_round()
+            if self.backbone is None:
+                return self._seed()
+            if not self._start_round():
+                # No new feasible child left around this backbone: start over from a random one.
+                self.trajectory.append({"round": self._rounds, "restart": True})
+                self._population, self._children, self._stall = [], [], 0
+                self._restarts += 1
+
+    def _hand_out(self, item: _Queued) -> Proposal:
+        backbone = self.backbone
+        assert backbone is not None
+        return Proposal(
+            self._take_id(),
+            item.architecture,
+            "mutation",
+            item.description,
+            item.resources,
+            parent_id=backbone.id,
+            reject_reason=item.reject_reason,
+        )
+
+    def _seed(self) -> Proposal | None:
+        proposal = None
+        if self.options.seed_backbone == "minimal" and not self._restarts:
+            candidate = minimal_backbone(self.config.space)
+            resources = measure(candidate, self.config.limits)
+            if not self._is_seen(candidate) and not self.config.limits.violations(resources):
+                proposal = Proposal(
+                    self._take_id(), candidate, "random", "seed backbone (minimal)", resources
+                )
+        if proposal is None:
+            what = "random restart" if self._restarts else "seed backbone (random)"
+            proposal = self._random_proposal(what)
+        if proposal is not None:
+            self._mark_seen(proposal.architecture)
+            self._seed_id = proposal.id
+        return proposal
+
+    def _is_seen(self, arch: Architecture) -> bool:
+        return arch_hash(arch) in self._seen or function_hash(arch) in self._seen
+
+    def _mark_seen(self, arch: Architecture) -> None:
+        self._seen.update((arch_hash(arch), function_hash(arch)))
+
+    def _start_round(self) -> bool:
+        """Queue the round's rejected and top-k feasible children; False when there are none."""
+        backbone = self.backbone
+        assert backbone is not None
+        feasible: list[_Queued] = []
+        for mutation in children(
+            backbone.architecture, self.config.space, grow=self.options.grow, trim=self.options.trim
+        ):
+            assert mutation.child is not None
+            if self._is_seen(mutation.child):
+                continue
+            resources = measure(mutation.child, self.config.limits)
+            reasons = self.config.limits.violations(resources)
+            item = _Queued(mutation.child, mutation.description, resources, "; ".join(reasons) or None)
+            if reasons:
+                self._mark_seen(mutation.child)
+                self.counters["rejected"] += 1
+                self._queue.append(item)
+            else:
+                feasible.append(item)
+        k = min(self.options.top_k, self.config.budget - self._asked)
+        weight, offsets = self._score_terms([q.resources for q in feasible])
+        scores = self.controller.score(
+            [encode(q.architecture, q.resources) for q in feasible], weight, offsets
+        )
+        ranked = sorted(range(len(feasible)), key=lambda i: -scores[i])[:k]
+        for i in ranked:
+            self._mark_seen(feasible[i].architecture)
+            self._queue.append(feasible[i])
+        self._round_active = bool(ranked)
+        return bool(self._queue)
+
+    # ---- finishing a round ----
+
+    def _maybe_finish_round(self) -> None:
+        budget_spent = self._asked >= self.config.budget
+        if self._round_active and not self._outstanding and (not self._queue or budget_spent):
+            self._finish_round()
+
+    def _finish_round(self) -> None:
+        backbone = self.backbone
+        assert backbone is not None
+        reference = _triple(backbone)
+        opts = self.options
+        scores = {m.id: efficiency_score(*_triple(m), reference, opts.lam, opts.beta) for m in self._round}
+        self._children.extend(self._round)
+        best = max(self._round, key=lambda m: scores[m.id], default=None)
+        why = None
+        if best is not None and scores[best.id] > 0:
+            why = "best Y > 0"
+        else:
+            self._stall += 1
+            if self._stall >= opts.patience and self._children:
+                ys = {
+                    m.id: efficiency_score(*_triple(m), reference, opts.lam, opts.beta)
+                    for m in self._children
+                }
+                best = max(self._children, key=lambda m: ys[m.id])
+                why = f"no Y > 0 in {self._stall} rounds: best child taken"
+        entry: dict[str, Any] = {"round": self._rounds + 1, "scores": {str(k): v for k, v in scores.items()}}
+        if why is not None and best is not None:
+            self._population = [best]
+            self._children = []
+            self._stall = 0
+            entry.update(backbone=best.id, why=why)
+        self.trajectory.append(entry)
+        self._round = []
+        self._round_active = False
+        self._rounds += 1
+        self._retrain()
+
+    def _label(self, member: Member) -> None:
+        self._history.append(
+            Labelled(
+                member.id,
+                pack(member.architecture),
+                dict(member.proposal.resources),
+                member.result.val_accuracy,
+            )
+        )
+        del self._history[: -self.options.history_limit]
+
+    def _score_terms(self, resources: Sequence[dict[str, Any]]) -> tuple[float, list[float]]:
+        """Y relative to the backbone as weight·accuracy + offset: the exact memory part is the offset."""
+        backbone = self.backbone
+        assert backbone is not None
+        a_ref, r_ref, p_ref = _triple(backbone)
+        lam, beta = self.options.lam, self.options.beta
+        weight = lam / max(a_ref, 1e-6)
+        offsets = [
+            efficiency_score(0.0, r["peak_sram_bytes"], r["flash_bytes"], (a_ref, r_ref, p_ref), lam, beta)
+            for r in resources
+        ]
+        return weight, offsets
+
+    def _retrain(self) -> None:
+        """Fit the controller to rank every labelled candidate by its Y relative to the backbone."""
+        if self.backbone is None or len(self._history) < 2:
+            return
+        weight, offsets = self._score_terms([h.resources for h in self._history])
+        self.controller.fit(
+            [self._sequence(h) for h in self._history],
+            [h.accuracy for h in self._history],
+            self.options.train_steps,
+            self.options.lr,
+            weight=weight,
+            offsets=offsets,
+        )
+
+    def _sequence(self, item: Labelled) -> list[list[float]]:
+        if item.id not in self._tokens:
+            self._tokens[item.id] = encode(unpack(item.architecture), item.resources)
+        return self._tokens[item.id]
+
+    # ---- serialisation ----
+
+    def state_to_json(self) -> dict[str, Any]:
+        data = super().state_to_json()
+        data["memnas"] = {
+            "queue": [q.to_json() for q in self._queue],
+            "round_active": self._round_active,
+            "round": [m.to_json() for m in self._round],
+            "children": [m.to_json() for m in self._children],
+            "history": [h.to_json() for h in self._history],
+            "seed_id": self._seed_id,
+            "rounds": self._rounds,
+            "stall": self._stall,
+            "restarts": self._restarts,
+            "trajectory": list(self.trajectory),
+            "controller": self.controller.to_json(),
+        }
+        return data
+
+    def _load_state(self, data: dict[str, Any]) -> None:
+        super()._load_state(data)
+        own = data["memnas"]
+        self._queue = [_Queued.from_json(q) for q in own["queue"]]
+        self._round_active = own["round_active"]
+        self._round = [Member.from_json(m) for m in own["round"]]
+        self._children = [Member.from_json(m) for m in own["children"]]
+        self._history = [Labelled.from_json(h) for h in own["history"]]
+        self._seed_id = own["seed_id"]
+        self._rounds = own["rounds"]
+        self._stall = own["stall"]
+        self._restarts = own["restarts"]
+        self.trajectory = list(own["trajectory"])
+        self.controller.load_json(own["controller"])
+        self._tokens = {}

@@ -1,0 +1,55 @@
+"""Settings only one strategy reads, validated when a search is configured (MemNAS: λ, β, top-k)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+SeedKind = Literal["minimal", "random"]
+
+
+@dataclass(frozen=True)
+class MemNASConfig:
+    """MemNAS's own settings, stored as ``SearchConfig.strategy_options`` (JSON key ``lambda`` for λ)."""
+
+    lam: float = 0.5
+    beta: float = 0.7
+    top_k: int = 4
+    grow: bool = True
+    trim: bool = True
+    seed_backbone: SeedKind = "minimal"
+    patience: int = 2
+    history_limit: int = 300
+    hidden: int = 24
+    train_steps: int = 30
+    lr: float = 0.02
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.lam <= 1 or not 0 <= self.beta <= 1:
+            raise ValueError("lambda and beta must lie in [0, 1]")
+        for name in ("top_k", "patience", "hidden", "train_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.history_limit < 2:
+            raise ValueError("history_limit must be at least 2")
+        if not (self.grow or self.trim):
+            raise ValueError("MemNAS needs grow or trim candidates (or both)")
+        if self.seed_backbone not in ("minimal", "random"):
+            raise ValueError("seed_backbone must be 'minimal' or 'random'")
+        if not self.lr > 0:
+            raise ValueError("lr must be positive")
+
+    def to_json(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data["lambda"] = data.pop("lam")
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MemNASConfig:
+        data = dict(data)
+        if "lambda" in data:
+            data["lam"] = data.pop("lambda")
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown MemNAS option(s): {', '.join(sorted(unknown))}")
+        return cls(**data)
