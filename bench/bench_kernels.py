@@ -25,13 +25,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from searches.engine.deploy.qemu import qemu_run
-from searches.engine.deploy.toolchain import TARGETS, arm_link, tool_version
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._report import replace_section
+from searches.engine.deploy.qemu import qemu_run
+from searches.engine.deploy.toolchain import TARGETS, arm_link, tool_version
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 TITLE = "Kernel instructions per MAC (Cortex-M4)"
