@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-SeedKind = Literal["minimal", "random"]
+SeedKind = Literal["minimal", "random", "single_blocks"]
+SEED_KINDS: tuple[str, ...] = ("minimal", "random", "single_blocks")
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,8 @@ class MemNASConfig:
     grow: bool = True
     trim: bool = True
     seed_backbone: SeedKind = "minimal"
+    # Networks trained in round 0 when seed_backbone is "single_blocks" (the minimal one included).
+    round0_size: int = 6
     patience: int = 2
     history_limit: int = 300
     hidden: int = 24
@@ -27,15 +30,15 @@ class MemNASConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.lam <= 1 or not 0 <= self.beta <= 1:
             raise ValueError("lambda and beta must lie in [0, 1]")
-        for name in ("top_k", "patience", "hidden", "train_steps"):
+        for name in ("top_k", "patience", "hidden", "train_steps", "round0_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.history_limit < 2:
             raise ValueError("history_limit must be at least 2")
         if not (self.grow or self.trim):
             raise ValueError("MemNAS needs grow or trim candidates (or both)")
-        if self.seed_backbone not in ("minimal", "random"):
-            raise ValueError("seed_backbone must be 'minimal' or 'random'")
+        if self.seed_backbone not in SEED_KINDS:
+            raise ValueError(f"seed_backbone must be one of {', '.join(SEED_KINDS)}")
         if not self.lr > 0:
             raise ValueError("lr must be positive")
 

@@ -15,7 +15,14 @@ from searches.engine.strategies.base import EvalFailure, EvalResult, Member, Pro
 from searches.engine.strategies.config import Bounds, Limits, SearchConfig
 from searches.engine.strategies.driver import SearchEvent, run_search
 from searches.engine.strategies.memnas.controller import Controller, encode, pairwise_accuracy
-from searches.engine.strategies.memnas.edits import GROW_LAYERS, children, function_key, minimal_backbone
+from searches.engine.strategies.memnas.edits import (
+    GROW_LAYERS,
+    children,
+    function_key,
+    minimal_backbone,
+    round0_combinations,
+    single_block_networks,
+)
 from searches.engine.strategies.memnas.strategy import (
     MemNAS,
     MemNASConfig,
@@ -433,3 +440,93 @@ def test_hypervolume_curve_normalises_by_the_bounds() -> None:
     bounds = Bounds(error=0.1, peak_sram_bytes=1000, flash_bytes=2000, macs=10_000)
     points = [None, (0.05, 500, 1000, 5000), (0.2, 10, 10, 10), (0.05, 500, 1000, 2500)]
     assert hypervolume_curve(points, bounds) == pytest.approx([0, 0.0625, 0.0625, 0.09375])
+
+
+# ---- round 0 ------------------------------------------------------------------------------------
+
+
+def test_round0_networks_are_single_blocks_covering_every_op() -> None:
+    order = list(range(round0_combinations()))
+    random.Random(0).shuffle(order)
+    networks = single_block_networks(SPACE, 5, order)
+
+    assert len(networks) == 5
+    assert len({function_key(a) for _, a in networks}) == 5
+    for _, network in networks:
+        assert len(network.conv_blocks) == 1 and len(network.conv_blocks[0].layers) == 2
+        assert network.dense == () and network.pooling == Pooling("avg", "global")
+    ops = {layer.op for _, a in networks for layer in a.conv_blocks[0].layers}
+    assert ops == {"conv2d", "conv1x1", "dwconv2d"}
+
+
+def test_round0_order_must_be_a_permutation() -> None:
+    with pytest.raises(ValueError, match="permutation"):
+        single_block_networks(SPACE, 3, [0, 0, 1])
+
+
+def _round0_config(**overrides: object) -> SearchConfig:
+    options = {"top_k": 2, "seed_backbone": "single_blocks", "round0_size": 4}
+    return config(options=options, **overrides)
+
+
+def test_round0_trains_the_set_then_grows_from_its_best_by_y() -> None:
+    strategy = make_strategy(_round0_config(budget=10))
+    assert isinstance(strategy, MemNAS)
+    first = [strategy.ask() for _ in range(4)]
+    assert all(p is not None and not p.rejected for p in first)
+    assert strategy.ask() is None and not strategy.is_done()  # a round is a barrier
+    assert first[0] is not None and first[0].architecture == minimal_backbone(SPACE)
+    assert all(p is not None and p.description.startswith("round 0: ") for p in first)
+    members = {}
+    for p in first:
+        assert p is not None
+        members[p.id] = strategy.tell(p.id, fake_evaluate(p.architecture, p))
+
+    backbone = strategy.backbone
+    assert backbone is not None
+    told = [m for m in members.values() if m is not None]
+    cheapest = min(told, key=lambda m: 0.7 * _triple(m)[1] + 0.3 * _triple(m)[2])
+    options = strategy.options
+    ys = {m.id: efficiency_score(*_triple(m), _triple(cheapest), options.lam, options.beta) for m in told}
+    assert backbone.id == max(ys, key=ys.__getitem__)
+    assert strategy.trajectory[-1]["round"] == 0 and strategy.trajectory[-1]["backbone"] == backbone.id
+    child = strategy.ask()
+    assert child is not None and child.parent_id == backbone.id  # round 1 grows from it
+
+
+def test_round0_children_over_the_limits_are_rejected_with_the_reason() -> None:
+    strategy = make_strategy(_round0_config(budget=10, limits=Limits(sram_bytes=700)))
+    seen = []
+    while (p := strategy.ask()) is not None:
+        seen.append(p)
+        if not p.rejected:
+            strategy.tell(p.id, fake_evaluate(p.architecture, p))
+    rejected = [p for p in seen if p.rejected]
+    assert rejected and all("SRAM" in (p.reject_reason or "") for p in rejected)
+    assert all(p.resources["peak_sram_bytes"] <= 700 for p in seen if not p.rejected)
+
+
+def test_round0_state_resumes_exactly() -> None:
+    cfg = _round0_config(budget=12)
+    straight, straight_log = make_strategy(cfg), list[dict[str, object]]()
+    for _ in range(7):
+        step(straight, straight_log)
+    resumed, resumed_log = make_strategy(cfg), list[dict[str, object]]()
+    for _ in range(3):
+        step(resumed, resumed_log)
+    resumed = round_trip(resumed)
+    for _ in range(4):
+        step(resumed, resumed_log)
+    assert resumed_log == straight_log
+    assert resumed.state_to_json() == straight.state_to_json()
+
+
+def test_a_round0_that_all_fails_falls_back_to_a_single_seed() -> None:
+    strategy = make_strategy(_round0_config(budget=10))
+    round0 = [strategy.ask() for _ in range(4)]
+    for p in round0:
+        assert p is not None
+        strategy.tell(p.id, EvalFailure("boom"))
+    assert strategy.backbone is None
+    seed = strategy.ask()
+    assert seed is not None and not seed.description.startswith("round 0")

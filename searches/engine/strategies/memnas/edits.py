@@ -156,3 +156,74 @@ def minimal_backbone(config: SpaceConfig) -> Architecture:
         (ConvBlock((layer,)),),
         Pooling("avg", "global"),
     )
+
+
+# ---- round 0 ------------------------------------------------------------------------------------
+
+# The first and second layer of a round-0 network: MemNAS's single-cell networks are one per
+# pair of operations; these are the analogue on μNAS's space.
+ROUND0_LAYERS: tuple[GrowLayer, ...] = (
+    GrowLayer("conv3x3", "conv2d", 3),
+    GrowLayer("conv3x3 stride 2", "conv2d", 3, stride=2),
+    GrowLayer("conv5x5", "conv2d", 5),
+    GrowLayer("conv1x1", "conv1x1", 1),
+    GrowLayer("dwconv3x3", "dwconv2d", 3),
+)
+ROUND0_WIDTHS: tuple[int, ...] = (8, 16)
+
+
+def single_block_network(
+    config: SpaceConfig, first: GrowLayer, second: GrowLayer, width: int
+) -> Architecture:
+    """One conv block of two layers (``first`` at ``width`` channels, then ``second``), global pooling."""
+    channels = config.input_shape[2] if first.op == "dwconv2d" else width
+    a = first.build(channels)
+    b = second.build(channels)
+    return Architecture(
+        tuple(config.input_shape),  # type: ignore[arg-type]
+        config.classes,
+        (ConvBlock((a, b)),),
+        Pooling("avg", "global"),
+    )
+
+
+def single_block_networks(
+    config: SpaceConfig, count: int, order: Sequence[int]
+) -> list[tuple[str, Architecture]]:
+    """``count`` diverse round-0 networks: every op as early as possible, then the other pairs.
+
+    ``order`` is a permutation of the (first, second, width) combinations (the caller draws it
+    from its seeded RNG); a greedy pick takes, in that order, the combination whose two ops have
+    been used least so far, so that a small round still covers every op.
+    """
+    combos = [(f, s, w) for f in ROUND0_LAYERS for s in ROUND0_LAYERS for w in ROUND0_WIDTHS]
+    if sorted(order) != list(range(len(combos))):
+        raise ValueError(f"order must be a permutation of range({len(combos)})")
+    remaining = [combos[i] for i in order]
+    used: dict[str, int] = {layer.name: 0 for layer in ROUND0_LAYERS}
+    picked: list[tuple[str, Architecture]] = []
+    keys: set[str] = set()
+    while remaining and len(picked) < count:
+        best = min(
+            range(len(remaining)), key=lambda i: used[remaining[i][0].name] + used[remaining[i][1].name]
+        )
+        first, second, width = remaining.pop(best)
+        try:
+            arch = single_block_network(config, first, second, width)
+            A.validate(arch)
+        except A.ArchitectureError:
+            continue
+        key = function_key(arch)
+        if key in keys:
+            continue  # e.g. the width of a depthwise-first pair does not change the network
+        keys.add(key)
+        used[first.name] += 1
+        used[second.name] += 1
+        channels = arch.conv_blocks[0].layers[0].out_channels(config.input_shape[2])
+        picked.append((f"{first.name} → {second.name} ({channels} ch)", arch))
+    return picked
+
+
+def round0_combinations() -> int:
+    """How many (first, second, width) combinations :func:`single_block_networks` orders."""
+    return len(ROUND0_LAYERS) ** 2 * len(ROUND0_WIDTHS)

@@ -63,7 +63,13 @@ from searches.engine.strategies.base import (
 )
 from searches.engine.strategies.config import SearchConfig, StrategyName
 from searches.engine.strategies.memnas.controller import Controller, encode
-from searches.engine.strategies.memnas.edits import children, function_hash, minimal_backbone
+from searches.engine.strategies.memnas.edits import (
+    children,
+    function_hash,
+    minimal_backbone,
+    round0_combinations,
+    single_block_networks,
+)
 from searches.engine.strategies.options import MemNASConfig
 
 # ---- the memory-efficiency score --------------------------------------------------------------
@@ -179,6 +185,8 @@ class MemNAS(SearchStrategy):
         self._rounds = 0
         self._stall = 0
         self._restarts = 0
+        self._round0 = False  # the current round is round 0 (no backbone yet)
+        self._round0_done = False
         self.trajectory: list[dict[str, Any]] = []
         self._tokens: dict[int, list[list[float]]] = {}  # cache, rebuilt from history on demand
 
@@ -219,6 +227,9 @@ class MemNAS(SearchStrategy):
                 return None  # the round (or the seed) is being evaluated
             self._maybe_finish_round()
             if self.backbone is None:
+                wants_round0 = self.options.seed_backbone == "single_blocks" and not self._round0_done
+                if wants_round0 and self._start_round0():
+                    continue  # hand out round 0 from the queue
                 return self._seed()
             if not self._start_round():
                 # No new feasible child left around this backbone: start over from a random one.
@@ -228,14 +239,13 @@ class MemNAS(SearchStrategy):
 
     def _hand_out(self, item: _Queued) -> Proposal:
         backbone = self.backbone
-        assert backbone is not None
         return Proposal(
             self._take_id(),
             item.architecture,
-            "mutation",
+            "mutation" if backbone is not None else "random",
             item.description,
             item.resources,
-            parent_id=backbone.id,
+            parent_id=backbone.id if backbone is not None else None,
             reject_reason=item.reject_reason,
         )
 
@@ -255,6 +265,41 @@ class MemNAS(SearchStrategy):
             self._mark_seen(proposal.architecture)
             self._seed_id = proposal.id
         return proposal
+
+    def _start_round0(self) -> bool:
+        """Queue round 0: the minimal network and a diverse set of two-layer single-block networks.
+
+        MemNAS trains every single-cell network first and grows from the best; on μNAS's space
+        the analogue is one block of two layers per pair of ops.  Its members are scored by Y
+        against the cheapest network of the round, and the best becomes the first backbone.
+        False when none is new and within the limits (then a single seed is used).
+        """
+        self._round0_done = True
+        order = list(range(round0_combinations()))
+        self._rng.shuffle(order)
+        minimal = minimal_backbone(self.config.space)
+        networks = [("round 0: minimal (conv3x3, 8 ch)", minimal)]
+        networks += [
+            (f"round 0: {what}", arch)
+            for what, arch in single_block_networks(self.config.space, self.options.round0_size, order)
+            if arch != minimal
+        ]
+        feasible: list[_Queued] = []
+        for description, arch in networks:
+            if self._is_seen(arch):
+                continue
+            self._mark_seen(arch)
+            resources = measure(arch, self.config.limits)
+            reasons = self.config.limits.violations(resources)
+            item = _Queued(arch, description, resources, "; ".join(reasons) or None)
+            if reasons:
+                self.counters["rejected"] += 1
+                self._queue.append(item)
+            elif len(feasible) < min(self.options.round0_size, self.config.budget - self._asked):
+                feasible.append(item)
+        self._queue.extend(feasible)
+        self._round0 = self._round_active = bool(feasible)
+        return self._round0
 
     def _is_seen(self, arch: Architecture) -> bool:
         return arch_hash(arch) in self._seen or function_hash(arch) in self._seen
@@ -302,6 +347,9 @@ class MemNAS(SearchStrategy):
             self._finish_round()
 
     def _finish_round(self) -> None:
+        if self._round0:
+            self._finish_round0()
+            return
         backbone = self.backbone
         assert backbone is not None
         reference = _triple(backbone)
@@ -331,6 +379,31 @@ class MemNAS(SearchStrategy):
         self._round = []
         self._round_active = False
         self._rounds += 1
+        self._retrain()
+
+    def _finish_round0(self) -> None:
+        """The best of round 0 by Y against the round's cheapest network becomes the backbone."""
+        self._round0 = self._round_active = False
+        members, self._round = self._round, []
+        entry: dict[str, Any] = {"round": 0}
+        if members:
+            beta = self.options.beta
+
+            def memory(m: Member) -> float:
+                _, r, p = _triple(m)
+                return beta * r + (1 - beta) * p
+
+            reference = _triple(min(members, key=memory))
+            opts = self.options
+            scores = {m.id: efficiency_score(*_triple(m), reference, opts.lam, opts.beta) for m in members}
+            best = max(members, key=lambda m: scores[m.id])
+            self._population = [best]
+            entry.update(
+                scores={str(k): v for k, v in scores.items()},
+                backbone=best.id,
+                why=f"round 0: best Y of {len(members)} single-block networks",
+            )
+        self.trajectory.append(entry)
         self._retrain()
 
     def _label(self, member: Member) -> None:
@@ -390,6 +463,8 @@ class MemNAS(SearchStrategy):
             "rounds": self._rounds,
             "stall": self._stall,
             "restarts": self._restarts,
+            "round0": self._round0,
+            "round0_done": self._round0_done,
             "trajectory": list(self.trajectory),
             "controller": self.controller.to_json(),
         }
@@ -407,6 +482,9 @@ class MemNAS(SearchStrategy):
         self._rounds = own["rounds"]
         self._stall = own["stall"]
         self._restarts = own["restarts"]
+        # States saved before round 0 existed have neither key: they never run one.
+        self._round0 = own.get("round0", False)
+        self._round0_done = own.get("round0_done", True)
         self.trajectory = list(own["trajectory"])
         self.controller.load_json(own["controller"])
         self._tokens = {}
