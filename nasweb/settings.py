@@ -52,7 +52,27 @@ if SECRET_KEY == _DEV_SECRET_KEY and not DEBUG:
     )
 
 ALLOWED_HOSTS = _env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+# Origins (scheme://host[:port]) allowed to POST forms and open websockets besides the site's own
+# (the one the browser's Host header names): e.g. the public origin when a proxy rewrites Host.
 CSRF_TRUSTED_ORIGINS = _env_list("CSRF_TRUSTED_ORIGINS", [])
+
+# --------------------------------------------------------------------------------------------
+# HTTPS, usually behind a reverse proxy that terminates TLS (README, "Deploying")
+# --------------------------------------------------------------------------------------------
+
+# One switch for a site served over HTTPS; every part of it has its own override.
+NASWEB_HTTPS = _env_bool("NASWEB_HTTPS", False)
+SECURE_SSL_REDIRECT = _env_bool("NASWEB_SSL_REDIRECT", NASWEB_HTTPS)
+SESSION_COOKIE_SECURE = _env_bool("NASWEB_SECURE_COOKIES", NASWEB_HTTPS)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# A year, as the HSTS preload list asks; 0 sends no Strict-Transport-Security header.
+SECURE_HSTS_SECONDS = _env_int("NASWEB_HSTS_SECONDS", 365 * 24 * 3600 if NASWEB_HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _env_bool("NASWEB_HSTS_INCLUDE_SUBDOMAINS", NASWEB_HTTPS)
+SECURE_HSTS_PRELOAD = _env_bool("NASWEB_HSTS_PRELOAD", NASWEB_HTTPS)
+# The proxy tells the scheme the browser used in X-Forwarded-Proto.  Trust that header only
+# behind a proxy that always sets it: a client talking to daphne directly could forge it.
+if _env_bool("NASWEB_TRUST_X_FORWARDED_PROTO", NASWEB_HTTPS):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 INSTALLED_APPS = [
     # daphne first: it replaces runserver with an ASGI server so websockets work in development.
@@ -220,11 +240,27 @@ CELERY_TIMEZONE = TIME_ZONE
 # Evaluations a run keeps queued or training at once (a run's config may set its own "parallel").
 NASWEB_PARALLEL_EVALUATIONS = _env_int("NASWEB_PARALLEL_EVALUATIONS", 2)
 
+# channels_redis waits for a consumer's next message with a blocking read (BZPOPMIN) of 5 s;
+# redis-py 8 gives every connection a 5 s socket timeout by default, so on an idle run the read
+# raced the timeout, the consumer died with "Timeout reading from ..." and daphne closed every
+# open dashboard with 1011.  The socket timeout must outlast the blocking read by a wide margin;
+# keepalive still notices a Redis that vanished without closing the connection.
+CHANNEL_REDIS_SOCKET_TIMEOUT = 30.0
+
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "socket_timeout": CHANNEL_REDIS_SOCKET_TIMEOUT,
+                        "socket_connect_timeout": 5.0,
+                        "socket_keepalive": True,
+                    }
+                ]
+            },
         },
     }
 else:
