@@ -7,7 +7,7 @@ connect time, and permission is checked again on every resync and every ``RECHEC
 A refused or revoked connection is accepted and then closed with code 4403: a browser sees a
 handshake refusal only as code 1006, which a client cannot tell from a network error, so it
 would keep reconnecting.  The Origin header is checked before this consumer runs
-(``AllowedHostsOriginValidator`` in ``nasweb.asgi``).
+(``SameOriginValidator``, wrapped around the routes in ``nasweb.asgi``).
 
 daphne refuses websocket messages over 1 MiB (its ``--websocket_max_message_size``), and a
 snapshot of a few thousand candidates is bigger.  A snapshot therefore goes out in parts of at
@@ -23,12 +23,15 @@ import json
 import logging
 from importlib import import_module
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from channels.auth import get_user
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.security.websocket import WebsocketDenier
 from django.conf import settings
+from django.http.request import split_domain_port, validate_host
+from django.utils.http import is_same_domain
 
 from searches import events
 from searches.models import SearchRun
@@ -39,6 +42,85 @@ logger = logging.getLogger(__name__)
 CLOSE_FORBIDDEN = 4403
 # Half of daphne's default limit, leaving room for the run and the message's other fields.
 MAX_MESSAGE_BYTES = 512 * 1024
+
+
+# ---- the Origin check ------------------------------------------------------------------------
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin_key(parts: SplitResult) -> tuple[str, str, int] | None:
+    """(scheme, host, port) with the scheme's default port filled in; None if malformed."""
+    try:
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:
+        return None
+    if not parts.hostname or port is None:
+        return None
+    return parts.scheme, parts.hostname, port
+
+
+def _served_scheme(scope: dict[str, Any], headers: dict[bytes, bytes]) -> str:
+    """http or https, as Django's ``request.scheme`` decides it (SECURE_PROXY_SSL_HEADER included)."""
+    proxy_header = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
+    if proxy_header:
+        name, secure_value = proxy_header
+        value = headers.get(name.removeprefix("HTTP_").replace("_", "-").lower().encode())
+        if value is not None:
+            return "https" if value.decode("latin-1").split(",")[0].strip() == secure_value else "http"
+    return "https" if scope.get("scheme") in ("wss", "https") else "http"
+
+
+def _allowed_hosts() -> list[str]:
+    hosts = list(settings.ALLOWED_HOSTS)
+    # As Django's request.get_host(): a DEBUG site without ALLOWED_HOSTS serves localhost.
+    return hosts or ([".localhost", "127.0.0.1", "[::1]"] if settings.DEBUG else [])
+
+
+def origin_allowed(scope: dict[str, Any]) -> bool:
+    """Whether the socket's Origin is the page's own (scheme, host and port) or a trusted one.
+
+    The page's own origin is the scheme it was served with and the Host header, which must be in
+    ALLOWED_HOSTS; the trusted ones are CSRF_TRUSTED_ORIGINS (``https://*.example.org`` too),
+    the same rule Django applies to a form's POST.
+    """
+    headers = dict(scope.get("headers") or [])
+    origin = headers.get(b"origin", b"").decode("latin-1")
+    host = headers.get(b"host", b"").decode("latin-1")
+    domain, _ = split_domain_port(host)
+    if not origin or not domain or not validate_host(domain, _allowed_hosts()):
+        return False
+    served = urlsplit(f"//{host}")
+    parsed = urlsplit(origin)
+    key = _origin_key(parsed)
+    if key is None:
+        return False
+    if key == _origin_key(served._replace(scheme=_served_scheme(scope, headers))):
+        return True
+    for trusted in settings.CSRF_TRUSTED_ORIGINS:
+        allowed = urlsplit(trusted)
+        if allowed.netloc.startswith("*"):
+            if allowed.scheme == parsed.scheme and is_same_domain(parsed.netloc, allowed.netloc[1:]):
+                return True
+        elif key == _origin_key(allowed):
+            return True
+    return False
+
+
+class SameOriginValidator:
+    """ASGI middleware: refuses a websocket whose Origin is not the site's own (see ``origin_allowed``).
+
+    channels' ``AllowedHostsOriginValidator`` compares only the host name with ALLOWED_HOSTS, so
+    any port and scheme passed (``http://localhost:9999`` for a site on localhost:8000).
+    """
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        if scope["type"] == "websocket" and not origin_allowed(scope):
+            return await WebsocketDenier()(scope, receive, send)
+        return await self.application(scope, receive, send)
 
 
 def _get_run_for_user(user: Any, run_id: int) -> SearchRun | None:

@@ -43,8 +43,14 @@ def owner_cookie(user) -> bytes:
     return _cookie(user)
 
 
-def _socket(run_id: int, cookie: bytes | None, origin: bytes | None = ORIGIN, query: str = ""):
-    headers = []
+def _socket(
+    run_id: int,
+    cookie: bytes | None,
+    origin: bytes | None = ORIGIN,
+    query: str = "",
+    host: bytes = b"localhost",
+):
+    headers = [(b"host", host)]
     if origin is not None:
         headers.append((b"origin", origin))
     if cookie is not None:
@@ -122,6 +128,19 @@ async def test_it_rejects_foreign_origin(run, owner_cookie):
     socket = _socket(run.pk, owner_cookie, origin=b"http://evil.example")
     connected, _ = await socket.connect()
     assert not connected
+
+
+async def test_it_rejects_the_same_host_on_another_port(run, owner_cookie):
+    socket = _socket(run.pk, owner_cookie, origin=b"http://localhost:9999", host=b"localhost:8000")
+    connected, _ = await socket.connect()
+    assert not connected
+
+
+async def test_it_accepts_the_served_origin_with_its_port(run, owner_cookie):
+    socket = _socket(run.pk, owner_cookie, origin=b"http://localhost:8000", host=b"localhost:8000")
+    connected, _ = await socket.connect()
+    assert connected
+    await socket.disconnect()
 
 
 async def test_it_rejects_missing_origin(run, owner_cookie):
