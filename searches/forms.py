@@ -23,6 +23,10 @@ MAX_CLOCK_MHZ = 2_000.0
 MAX_BUDGET = 5_000
 MAX_POPULATION = 500
 MAX_EPOCHS = 500
+# Train subsets: the form and the API (searches.api.serializers) check the same range.  The
+# maximum is far beyond any data set nasweb can hold in memory (Fashion-MNIST has 60,000).
+MIN_TRAIN_SUBSET = 10
+MAX_TRAIN_SUBSET = 10_000_000
 MAX_PARALLEL = 16
 MAX_EXTEND = 5_000
 MAX_MEMNAS_TOP_K = 16
@@ -133,7 +137,11 @@ class NewRunForm(forms.Form):
     )
     epochs = _count("Epochs per candidate", 1, MAX_EPOCHS, required=False)
     train_subset = _count(
-        "Train subset", 10, 10_000_000, required=False, help_text="Train on at most this many images."
+        "Train subset",
+        MIN_TRAIN_SUBSET,
+        MAX_TRAIN_SUBSET,
+        required=False,
+        help_text="Train on at most this many images.",
     )
     parallel = _count(
         "Parallel evaluations",

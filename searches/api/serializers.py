@@ -141,7 +141,13 @@ class RunCreateSerializer(serializers.Serializer):
     epochs = serializers.IntegerField(
         min_value=1, max_value=limits.MAX_EPOCHS, required=False, allow_null=True, default=None
     )
-    train_subset = serializers.IntegerField(min_value=10, required=False, allow_null=True, default=None)
+    train_subset = serializers.IntegerField(
+        min_value=limits.MIN_TRAIN_SUBSET,
+        max_value=limits.MAX_TRAIN_SUBSET,
+        required=False,
+        allow_null=True,
+        default=None,
+    )
     parallel = serializers.IntegerField(
         min_value=1,
         max_value=limits.MAX_PARALLEL,

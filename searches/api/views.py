@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
+from django.db import models
 from django.db.models import F, QuerySet
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import filters, generics, mixins, renderers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -95,10 +97,10 @@ class SearchRunViewSet(
                 self.request.query_params.get("project"),
                 self.request.query_params.get("status"),
             )
-            if project and project.isdigit():
-                runs = runs.filter(project_id=int(project))
+            if project:
+                runs = runs.filter(project_id=_parse(_id, project, "project"))
             if run_status:
-                runs = runs.filter(status=run_status)
+                runs = runs.filter(status=_parse(_choice(SearchRun.Status), run_status, "status"))
         return runs
 
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -112,9 +114,10 @@ class SearchRunViewSet(
             return Response({"non_field_errors": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
         return Response(s.SearchRunSerializer(run).data, status=status.HTTP_201_CREATED)
 
+    # Every action takes ``format``: DefaultRouter also routes it with a suffix (``cancel.json/``).
     @extend_schema(request=None, responses={200: s.SearchRunSerializer, 409: OpenApiTypes.OBJECT})
     @action(detail=True, methods=["post"])
-    def cancel(self, request: Request, pk: str | None = None) -> Response:
+    def cancel(self, request: Request, pk: str | None = None, format: str | None = None) -> Response:
         run = self.get_object()
         if not run.is_active:
             return Response({"detail": f"The run is already {run.status}."}, status=status.HTTP_409_CONFLICT)
@@ -124,7 +127,7 @@ class SearchRunViewSet(
 
     @extend_schema(request=s.ExtendSerializer, responses={200: s.SearchRunSerializer})
     @action(detail=True, methods=["post"])
-    def extend(self, request: Request, pk: str | None = None) -> Response:
+    def extend(self, request: Request, pk: str | None = None, format: str | None = None) -> Response:
         run = self.get_object()
         form = s.ExtendSerializer(data=request.data)
         form.is_valid(raise_exception=True)
@@ -145,20 +148,42 @@ class CandidatePagination(PageNumberPagination):
     max_page_size = 1000
 
 
+class _BadValue(ValueError):
+    """A query parameter's value that a parser refused, with the message to show."""
+
+
+def _choice(choices: type[models.TextChoices]) -> Callable[[str], str]:
+    """A parser that accepts only the values of ``choices`` (anything else, a NUL byte included)."""
+
+    def parse(value: str) -> str:
+        if value not in choices.values:
+            raise _BadValue(f"Unknown value {value!r}; expected one of: {', '.join(choices.values)}.")
+        return value
+
+    parse.choices = choices.values  # type: ignore[attr-defined]
+    return parse
+
+
+def _id(value: str) -> int:
+    if not (value.isascii() and value.isdigit()):
+        raise _BadValue(f"Invalid value {value!r}; expected an id.")
+    return int(value)
+
+
 # Query parameter -> (lookup, parser) of the candidate list's filters.
 CANDIDATE_FILTERS: dict[str, tuple[str, Any]] = {
-    "status": ("status", str),
+    "status": ("status", _choice(Candidate.Status)),
     "feasible": ("feasible", lambda v: v.lower() in {"1", "true", "yes"}),
     "on_pareto": ("on_pareto", lambda v: v.lower() in {"1", "true", "yes"}),
     "min_val_accuracy": ("val_accuracy__gte", float),
     "min_int8_val_accuracy": ("int8_val_accuracy__gte", float),
-    "export_status": ("export_status", str),
+    "export_status": ("export_status", _choice(Candidate.ExportStatus)),
     "max_peak_sram_bytes": ("peak_sram_bytes__lte", int),
     "max_flash_bytes": ("flash_bytes__lte", int),
     "max_macs": ("macs__lte", int),
 }
 
-_FILTER_TYPES = {str: OpenApiTypes.STR, float: OpenApiTypes.FLOAT, int: OpenApiTypes.INT}
+_FILTER_TYPES = {float: OpenApiTypes.FLOAT, int: OpenApiTypes.INT}
 
 
 class NullsLastOrderingFilter(filters.OrderingFilter):
@@ -181,7 +206,12 @@ class NullsLastOrderingFilter(filters.OrderingFilter):
 
 @extend_schema(
     parameters=[
-        OpenApiParameter(name, _FILTER_TYPES.get(parse, OpenApiTypes.BOOL), description=f"filter: {lookup}")
+        OpenApiParameter(
+            name,
+            OpenApiTypes.STR if hasattr(parse, "choices") else _FILTER_TYPES.get(parse, OpenApiTypes.BOOL),
+            enum=getattr(parse, "choices", None),
+            description=f"filter: {lookup}",
+        )
         for name, (lookup, parse) in CANDIDATE_FILTERS.items()
     ]
 )
@@ -219,10 +249,14 @@ class RunCandidateList(generics.ListAPIView):
 
 
 def _parse(parse: Any, value: str, name: str) -> Any:
+    """``parse(value)``, or a 400 naming the parameter (never a database error: PostgreSQL
+    refuses NUL bytes in text, so an unchecked ``?status=%00`` was a 500)."""
     try:
         return parse(value)
+    except _BadValue as exc:
+        raise ValidationError({name: [str(exc)]}) from None
     except ValueError:
-        raise ValidationError({name: f"Invalid value {value!r}."}) from None
+        raise ValidationError({name: [f"Invalid value {value!r}."]}) from None
 
 
 class DownloadRenderer(renderers.BaseRenderer):
@@ -248,6 +282,12 @@ class DownloadRenderer(renderers.BaseRenderer):
 
 
 _DOWNLOAD_RENDERERS = [renderers.JSONRenderer, DownloadRenderer]
+
+
+def _refuse_suffix(format: str | None) -> None:
+    """A download is its file, never JSON: ``header.json/`` is a 404 that says so, not a C header."""
+    if format is not None:
+        raise NotFound(f"Downloads take no format suffix: drop the '.{format}'.")
 
 
 def _attachment(body: bytes | str, content_type: str, filename: str) -> HttpResponse:
@@ -278,7 +318,11 @@ class CandidateViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
         description="The int8 C99 header, nasweb_r<run>_c<index>.h (needs a trained candidate).",
     )
     @action(detail=True, methods=["get"], renderer_classes=_DOWNLOAD_RENDERERS)
-    def header(self, request: Request, pk: str | None = None) -> HttpResponse | Response:
+    def header(
+        self, request: Request, pk: str | None = None, format: str | None = None
+    ) -> HttpResponse | Response:
+        _refuse_suffix(format)
+
         def make(candidate: Candidate) -> HttpResponse:
             header = export.header_for(candidate)
             return _attachment(header.text, "text/x-c; charset=utf-8", header.filename)
@@ -290,7 +334,11 @@ class CandidateViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
         description="The header with an example main.c, a Makefile and a README, for the run's target.",
     )
     @action(detail=True, methods=["get"], renderer_classes=_DOWNLOAD_RENDERERS)
-    def bundle(self, request: Request, pk: str | None = None) -> HttpResponse | Response:
+    def bundle(
+        self, request: Request, pk: str | None = None, format: str | None = None
+    ) -> HttpResponse | Response:
+        _refuse_suffix(format)
+
         def make(candidate: Candidate) -> HttpResponse:
             filename, data = export.bundle_for(candidate)
             return _attachment(data, "application/zip", filename)
@@ -302,7 +350,11 @@ class CandidateViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
         description="The trained float model in ONNX: input NCHW float32 in [0, 1], output logits.",
     )
     @action(detail=True, methods=["get"], renderer_classes=_DOWNLOAD_RENDERERS)
-    def onnx(self, request: Request, pk: str | None = None) -> HttpResponse | Response:
+    def onnx(
+        self, request: Request, pk: str | None = None, format: str | None = None
+    ) -> HttpResponse | Response:
+        _refuse_suffix(format)
+
         def make(candidate: Candidate) -> HttpResponse:
             filename, data = export.onnx_for(candidate)
             return _attachment(data, "application/octet-stream", filename)
@@ -311,7 +363,7 @@ class CandidateViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
 
     @extend_schema(request=None, responses={202: s.CandidateDetailSerializer, 409: OpenApiTypes.OBJECT})
     @action(detail=True, methods=["post"])
-    def verify(self, request: Request, pk: str | None = None) -> Response:
+    def verify(self, request: Request, pk: str | None = None, format: str | None = None) -> Response:
         """Queue the export verification; follow ``export.status`` until passed, failed or unavailable."""
         candidate = self.get_object()
         try:

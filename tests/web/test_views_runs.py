@@ -202,6 +202,8 @@ def test_new_run_ignores_memnas_settings_for_evolution(
     [
         ({"budget": 0}, "budget", "greater than or equal to 1"),
         ({"budget": 10**6}, "budget", "less than or equal to 5000"),
+        ({"train_subset": 10**12}, "train_subset", "less than or equal to 10000000"),
+        ({"train_subset": 9}, "train_subset", "greater than or equal to 10"),
         ({"population": 1}, "population", "greater than or equal to 2"),
         ({"sample_size": 9}, "sample_size", "cannot exceed the population"),
         ({"sram_kb": -1}, "sram_kb", "Must be a positive number."),
