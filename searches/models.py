@@ -240,6 +240,9 @@ class Candidate(models.Model):
         DONE = "done", "Done"
         FAILED = "failed", "Failed"
         REJECTED = "rejected", "Rejected"
+        # Stopped by a cancelled run before it finished; still owed to the search, so resuming
+        # or extending the run queues it again.
+        CANCELLED = "cancelled", "Cancelled"
 
     class ExportStatus(models.TextChoices):
         """Where the verification of the C export stands (searches.services.export)."""

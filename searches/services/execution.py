@@ -15,13 +15,14 @@ Decisions worth knowing:
 - Tasks are delivered at least once (``acks_late``): ``evaluate`` does nothing unless the run
   is running and the candidate is still pending or running, and a result for a candidate that
   is no longer outstanding is dropped, so nothing is told twice.
-- Cancelling does not spend budget: the run's unfinished candidates are marked failed
-  ("cancelled") but stay outstanding in the strategy's state, and ``resume_run`` or
-  ``extend_run`` queues them again.  Workers notice a cancelled run within
+- Cancelling does not spend budget: the run's unfinished candidates are marked cancelled
+  but stay outstanding in the strategy's state, and ``resume_run`` or ``extend_run`` queues
+  them again.  Workers notice a cancelled run within
   ``CANCEL_POLL_SECONDS`` and stop training.
 - A crashing training is told to the strategy as a failure (it counts against the budget, as
-  in the engine) and the run goes on; an error in this module itself marks the run failed
-  with the error's text, so no run stays "running" without a reason.
+  in the engine) and the run goes on; a run whose every trained candidate failed ends failed
+  with the first reason.  An error in this module itself marks the run failed with the
+  error's text, so no run stays "running" without a reason.
 """
 
 from __future__ import annotations
@@ -84,12 +85,12 @@ def start_run(run: SearchRun) -> None:
 
 
 def cancel_run(run: SearchRun) -> None:
-    """Stop an active run: its unfinished candidates are marked failed ("cancelled"), workers stop."""
+    """Stop an active run: its unfinished candidates are marked cancelled, workers stop."""
     with transaction.atomic():
         run = _lock(run.pk)
         if not run.is_active:
             return
-        _mark_unfinished(run, "cancelled")
+        _mark_unfinished(run, Candidate.Status.CANCELLED, "cancelled")
         run.status = SearchRun.Status.CANCELLED
         run.finished = timezone.now()
         run.save(update_fields=["status", "finished"])
@@ -172,7 +173,7 @@ def evaluate(candidate_id: int) -> None:
             try:
                 result = _train(run, proposal)
             except TrainingStopped:
-                _abandon(candidate_id, "cancelled")
+                _abandon(candidate_id)
                 return
             _tell(run_id, proposal.id, result)
         except ObjectDoesNotExist:
@@ -211,13 +212,23 @@ def _fill_locked(run: SearchRun, strategy: SearchStrategy) -> None:
             queued.append(candidate.pk)
     save_state(run, strategy)
     if strategy.is_done():
-        run.status = SearchRun.Status.DONE
-        run.error = strategy.stop_reason or ""
-        run.finished = timezone.now()
-        run.save(update_fields=["status", "error", "finished"])
+        _finish_locked(run, strategy)
     events.run_changed(run)
     for candidate_id in queued:
         transaction.on_commit(functools.partial(queue.evaluate_candidate, candidate_id))
+
+
+def _finish_locked(run: SearchRun, strategy: SearchStrategy) -> None:
+    """The search is over: done, unless every candidate it trained failed (then failed, saying why)."""
+    run.status, run.error = SearchRun.Status.DONE, strategy.stop_reason or ""
+    candidates = Candidate.objects.filter(run=run)
+    failed = candidates.filter(status=Candidate.Status.FAILED).order_by("index")
+    if failed.exists() and not candidates.filter(status=Candidate.Status.DONE).exists():
+        first = failed.first()
+        reason = first.reject_reason if first is not None else ""
+        run.status, run.error = SearchRun.Status.FAILED, f"all {failed.count()} candidates failed: {reason}"
+    run.finished = timezone.now()
+    run.save(update_fields=["status", "error", "finished"])
 
 
 def _restart_locked(run: SearchRun, strategy: SearchStrategy) -> None:
@@ -313,22 +324,22 @@ def _tell(run_id: int, proposal_id: int, result: EvalResult | EvalFailure) -> No
         _fill_locked(run, strategy)
 
 
-def _abandon(candidate_id: int, reason: str) -> None:
+def _abandon(candidate_id: int) -> None:
     """Training stopped because the run stopped: make sure the row does not stay running."""
     with transaction.atomic():
         candidate = Candidate.objects.get(pk=candidate_id)
         _lock(candidate.run_id)
         changed = Candidate.objects.filter(pk=candidate_id, status__in=_UNFINISHED).update(
-            status=Candidate.Status.FAILED, reject_reason=reason
+            status=Candidate.Status.CANCELLED, reject_reason="cancelled"
         )
         if changed:
             events.candidates_changed(candidate.run_id, [candidate_id])
 
 
-def _mark_unfinished(run: SearchRun, reason: str) -> None:
+def _mark_unfinished(run: SearchRun, status: str, reason: str) -> None:
     rows = Candidate.objects.filter(run=run, status__in=_UNFINISHED)
     ids = list(rows.values_list("pk", flat=True))
-    rows.update(status=Candidate.Status.FAILED, reject_reason=reason)
+    rows.update(status=status, reject_reason=reason)
     events.candidates_changed(run.pk, ids)
 
 
@@ -349,7 +360,7 @@ def _mark_failed(run_id: int, error: str) -> None:
             run = SearchRun.objects.select_for_update().filter(pk=run_id).first()
             if run is None or not run.is_active:
                 return
-            _mark_unfinished(run, "run failed")
+            _mark_unfinished(run, Candidate.Status.FAILED, "run failed")
             run.status = SearchRun.Status.FAILED
             run.error = error
             run.finished = timezone.now()

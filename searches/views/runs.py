@@ -11,7 +11,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 
 from searches import events
 from searches.forms import ExtendRunForm, NewRunForm
@@ -186,11 +186,20 @@ def run_csv(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @login_required
-@require_POST
+@require_http_methods(["GET", "POST"])
 def run_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    """Cancel once confirmed (``confirm=yes``); otherwise show what cancelling does and ask.
+
+    The dashboard asks with ``confirm()`` and sends ``confirm=yes``; without JavaScript its
+    Cancel button posts without it and lands on the confirmation page.
+    """
     run = _get_run_for_user(request, pk)
     if not run.is_active:
         return _action_done(request, run, f"The run is already {run.get_status_display().lower()}.", ok=False)
+    if request.method != "POST" or _posted(request).get("confirm") != "yes":
+        if _wants_json(request):
+            return _action_done(request, run, "Cancelling needs confirm=yes.", ok=False)
+        return render(request, "searches/run_cancel.html", {"run": run})
     execution.cancel_run(run)
     return _action_done(request, run, "The run was cancelled.")
 

@@ -21,7 +21,9 @@ from searches.engine.strategies.registry import from_state_json
 from searches.engine.training import train
 from searches.engine.training.train import Fidelity
 from searches.models import Candidate, SearchRun
+from searches.models import Dataset as DatasetRow
 from searches.services import execution, runs
+from searches.services.datasets import config_dataset
 
 pytestmark = pytest.mark.django_db
 
@@ -241,8 +243,8 @@ def test_cancel_stops_the_run(user, queue: Queue) -> None:
     queue.call(execution.cancel_run, run)
     run.refresh_from_db()
     assert run.status == SearchRun.Status.CANCELLED and run.finished is not None
-    cancelled = _rows(run, Candidate.Status.FAILED)
-    assert len(cancelled) == 2 and {c.reject_reason for c in cancelled} == {"cancelled"}
+    cancelled = _rows(run, Candidate.Status.CANCELLED)
+    assert len(cancelled) == 2 and not _rows(run, Candidate.Status.FAILED)
     queue.drain()  # the queued tasks arrive anyway
     queue.call(execution.fill, run.pk)
     run.refresh_from_db()
@@ -282,7 +284,7 @@ def test_cancel_stops_a_training_in_progress(user, queue: Queue, monkeypatch: py
     candidate = Candidate.objects.get(pk=candidate_id)
     run.refresh_from_db()
     assert len(polls) == 3  # the poll right after the cancel stopped it
-    assert candidate.status == Candidate.Status.FAILED and candidate.reject_reason == "cancelled"
+    assert candidate.status == Candidate.Status.CANCELLED
     assert candidate.val_accuracy is None and not candidate.weights.name
     assert run.status == SearchRun.Status.CANCELLED and run.evaluated == 0 and not queue.evaluations
 
@@ -353,6 +355,34 @@ def test_a_crashing_training_fails_its_candidate_and_the_run_goes_on(
     assert run.status == SearchRun.Status.DONE and run.evaluated == 3 and run.error == ""
     assert len(failed) == 1 and failed[0].reject_reason == "RuntimeError: CUDA out of memory (simulated)"
     assert len(_rows(run, Candidate.Status.DONE)) == 2
+
+
+def test_a_run_whose_every_candidate_failed_ends_failed_saying_why(user, queue: Queue) -> None:
+    # An uploaded data set whose file is gone (a worker that cannot see the web server's disk).
+    upload = DatasetRow.objects.create(
+        owner=user,
+        name="gone",
+        file="datasets/gone.npz",
+        input_shape=[8, 8, 1],
+        classes=10,
+        n_train=40,
+        n_test=10,
+    )
+    config = runs.make_config(
+        config_dataset(upload),
+        runs.limits_for(None, sram_kb=2, flash_kb=4),
+        budget=3,
+        population=2,
+        fidelity=Fidelity(epochs=1),
+    )
+    run = runs.create_run(user, upload.key, config)
+    queue.call(execution.start_run, run)
+    queue.drain()
+    run.refresh_from_db()
+    failed = _rows(run, Candidate.Status.FAILED)
+    assert run.status == SearchRun.Status.FAILED and run.finished is not None and len(failed) == 3
+    assert run.error.startswith("all 3 candidates failed: DatasetError: ")
+    assert run.error.endswith(failed[0].reject_reason.removeprefix("DatasetError: "))
 
 
 def test_an_error_in_the_service_fails_the_run_with_its_reason(user, queue: Queue) -> None:

@@ -7,6 +7,7 @@ import json
 import pytest
 from django.urls import reverse
 
+from searches import events
 from searches import queue as task_queue
 from searches.models import Candidate, Dataset, HardwareProfile, SearchRun
 from searches.services.runs import default_fidelity
@@ -343,21 +344,52 @@ def test_cancel_works(client, user):
     make_candidate(run, 0, status=Candidate.Status.RUNNING, val_accuracy=None)
     client.force_login(user)
 
-    response = client.post(reverse("run_cancel", args=[run.pk]))
+    response = client.post(reverse("run_cancel", args=[run.pk]), {"confirm": "yes"})
 
     assert response.status_code == 302
     assert response.url == reverse("run_detail", args=[run.pk])
     run.refresh_from_db()
     assert run.status == SearchRun.Status.CANCELLED
-    assert run.candidates.get().status == Candidate.Status.FAILED
+    assert run.candidates.get().status == Candidate.Status.CANCELLED
+
+
+def test_cancel_asks_for_confirmation_first(client, user):
+    run = make_run(user, status=SearchRun.Status.RUNNING)
+    make_candidate(run, 0, status=Candidate.Status.RUNNING, val_accuracy=None)
+    client.force_login(user)
+    url = reverse("run_cancel", args=[run.pk])
+
+    # The dashboard's button without JavaScript: a POST without confirm=yes, and a plain GET.
+    for response in (client.post(url), client.get(url)):
+        assert response.status_code == 200
+        assert "searches/run_cancel.html" in [t.name for t in response.templates]
+        page = response.content.decode()
+        assert "Cancel this run?" in page and 'name="confirm" value="yes"' in page
+    run.refresh_from_db()
+    assert run.status == SearchRun.Status.RUNNING
+    assert run.candidates.get().status == Candidate.Status.RUNNING
+
+
+def test_the_dashboard_asks_before_cancelling(client, user):
+    run = make_run(user, status=SearchRun.Status.RUNNING)
+    client.force_login(user)
+
+    page = client.get(reverse("run_detail", args=[run.pk])).content.decode()
+
+    assert 'data-live-action="Cancel"' in page and 'data-confirm="Cancel this run?' in page
+    assert 'id="count-cancelled"' in page
 
 
 def test_cancel_answers_json_to_the_dashboard(client, user):
     run = make_run(user, status=SearchRun.Status.PENDING)
     client.force_login(user)
+    url = reverse("run_cancel", args=[run.pk])
 
-    response = client.post(reverse("run_cancel", args=[run.pk]), HTTP_ACCEPT="application/json")
+    unconfirmed = client.post(url, HTTP_ACCEPT="application/json")
+    response = client.post(url, {"confirm": "yes"}, HTTP_ACCEPT="application/json")
 
+    assert unconfirmed.status_code == 400
+    assert unconfirmed.json()["message"] == "Cancelling needs confirm=yes."
     assert response.status_code == 200
     assert response.json()["run"]["status"] == "cancelled"
     assert response.json()["message"] == "The run was cancelled."
@@ -367,24 +399,40 @@ def test_cancel_of_a_finished_run_says_so(client, user):
     run = make_run(user, status=SearchRun.Status.DONE)
     client.force_login(user)
 
-    response = client.post(reverse("run_cancel", args=[run.pk]), HTTP_ACCEPT="application/json")
+    response = client.post(
+        reverse("run_cancel", args=[run.pk]), {"confirm": "yes"}, HTTP_ACCEPT="application/json"
+    )
 
     assert response.status_code == 400
     assert "already done" in response.json()["message"]
 
 
-def test_cancel_rejects_get(client, user):
+def test_cancelled_candidates_show_as_cancelled_everywhere(client, user):
     run = make_run(user, status=SearchRun.Status.RUNNING)
+    make_candidate(run, 0)
+    make_candidate(run, 1, status=Candidate.Status.RUNNING, val_accuracy=None)
     client.force_login(user)
+    client.post(reverse("run_cancel", args=[run.pk]), {"confirm": "yes"})
 
-    assert client.get(reverse("run_cancel", args=[run.pk])).status_code == 405
+    csv_rows = list(
+        csv.DictReader(io.StringIO(client.get(reverse("run_csv", args=[run.pk])).content.decode()))
+    )
+    api_rows = client.get(f"/api/runs/{run.pk}/candidates/", {"status": "cancelled"}).json()["results"]
+    dashboard_rows = events.snapshot(run, since=None)["candidates"]
+
+    assert [r["status"] for r in csv_rows] == ["done", "cancelled"]
+    assert [(r["index"], r["status"]) for r in api_rows] == [(1, "cancelled")]
+    assert sorted(r["status"] for r in dashboard_rows) == ["cancelled", "done"]
+    page = client.get(reverse("candidate_detail", args=[run.candidates.get(index=1).pk])).content.decode()
+    assert "Cancelled with its run before it finished training" in page
 
 
 def test_cancel_checks_owner(client, user, other_user):
     run = make_run(other_user, status=SearchRun.Status.RUNNING)
     client.force_login(user)
 
-    assert client.post(reverse("run_cancel", args=[run.pk])).status_code == 404
+    assert client.post(reverse("run_cancel", args=[run.pk]), {"confirm": "yes"}).status_code == 404
+    assert client.get(reverse("run_cancel", args=[run.pk])).status_code == 404
     run.refresh_from_db()
     assert run.status == SearchRun.Status.RUNNING
 
@@ -392,7 +440,7 @@ def test_cancel_checks_owner(client, user, other_user):
 def test_cancel_requires_login(client, user):
     run = make_run(user, status=SearchRun.Status.RUNNING)
 
-    assert client.post(reverse("run_cancel", args=[run.pk])).status_code == 302
+    assert client.post(reverse("run_cancel", args=[run.pk]), {"confirm": "yes"}).status_code == 302
     run.refresh_from_db()
     assert run.status == SearchRun.Status.RUNNING
 

@@ -70,6 +70,7 @@
     { key: "running", name: "training", color: "#f59f00", symbol: "circle-open", size: 8 },
     { key: "pending", name: "pending", color: "#868e96", symbol: "circle-open", size: 6 },
     { key: "failed", name: "failed", color: "#b42318", symbol: "x-thin-open", size: 8 },
+    { key: "cancelled", name: "cancelled", color: "#868e96", symbol: "x-thin-open", size: 6 },
     { key: "rejected", name: "rejected: over a limit", color: "#adb5bd", symbol: "x", size: 6 },
   ];
 
@@ -359,11 +360,12 @@
   // ------------------------------------------------------------------ progress
 
   function renderProgress(rows) {
-    const counts = { done: 0, running: 0, pending: 0, failed: 0, rejected: 0 };
+    const counts = { done: 0, running: 0, pending: 0, failed: 0, cancelled: 0, rejected: 0 };
     for (const c of rows) if (c.status in counts) counts[c.status] += 1;
     const run = nasweb.live && nasweb.live.run ? nasweb.live.run : { status: config.status, budget: 0 };
     const active = ACTIVE.has(run.status);
-    // The budget counts trained and failed candidates; rejected ones are never trained.
+    // The budget counts trained and failed candidates; rejected ones are never trained, and
+    // cancelled ones are trained again when the run resumes.
     const used = counts.done + counts.failed + counts.running;
     const waiting = active ? Math.max(counts.pending, run.budget - used) : counts.pending;
     const total = Math.max(run.budget, used + waiting, 1);
@@ -375,7 +377,7 @@
     els.progress.setAttribute("aria-valuemax", String(total));
     const parts = [
       ["done", counts.done], ["running", counts.running], ["pending", waiting],
-      ["failed", counts.failed], ["rejected", counts.rejected],
+      ["failed", counts.failed], ["cancelled", counts.cancelled], ["rejected", counts.rejected],
     ];
     for (const [key, n] of parts) els.count[key].textContent = String(n);
     els.budget.textContent = `${counts.done + counts.failed} of ${run.budget} evaluated`;
@@ -474,7 +476,7 @@
     },
     count: {
       done: byId("count-done"), running: byId("count-running"), pending: byId("count-pending"),
-      failed: byId("count-failed"), rejected: byId("count-rejected"),
+      failed: byId("count-failed"), cancelled: byId("count-cancelled"), rejected: byId("count-rejected"),
     },
     budget: byId("progress-budget"),
     status: byId("run-status"),
@@ -530,17 +532,22 @@
     invalidate({ table: true });
   });
 
-  // Cancel / extend: ordinary forms (they work without JavaScript), sent in the background here so
-  // that the charts stay; the run's new status arrives over the websocket.
+  // Cancel / extend: ordinary forms (they work without JavaScript: Cancel then shows a confirmation
+  // page), sent in the background here so that the charts stay; the run's new status arrives over
+  // the websocket.  A form with data-confirm asks first (here, not in pages/confirm.js).
   for (const form of document.querySelectorAll("form[data-live-action]")) {
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
+      event.stopPropagation();
+      if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) return;
+      const body = new FormData(form);
+      if (form.dataset.confirm) body.set("confirm", "yes");
       const label = form.dataset.liveAction;
       els.actionMessage.textContent = `${label}…`;
       try {
         const response = await fetch(form.action, {
           method: "POST",
-          body: new FormData(form),
+          body,
           credentials: "same-origin",
           headers: {
             Accept: "application/json",

@@ -117,7 +117,7 @@ class Command(BaseCommand):
         counts = {s: run.candidates.filter(status=s).count() for s in Candidate.Status.values}
         self.stdout.write(
             f"run #{run.pk} {run.status}: {counts['done']} trained, {counts['rejected']} rejected before "
-            f"training (over the limits), {counts['failed']} failed"
+            f"training (over the limits), {counts['failed']} failed, {counts['cancelled']} cancelled"
         )
         if run.error:
             self.stdout.write(f"note: {run.error}")
