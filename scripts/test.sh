@@ -11,6 +11,8 @@ source scripts/lib.sh
 # Debian packages the tests use (real data sets, services, toolchains, browsers).
 DEBIAN_PACKAGES=(
     dataset-fashion-mnist
+    # a private Redis for the tests that run daphne against a Redis of their own
+    redis-server
     chromium
     # the exported C header's checks: host gcc, the Cortex-M toolchain and QEMU (installed with
     # --no-install-recommends by ensure_debian_packages: 32 packages instead of 182)
