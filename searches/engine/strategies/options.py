@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 SeedKind = Literal["minimal", "random", "single_blocks"]
 SEED_KINDS: tuple[str, ...] = ("minimal", "random", "single_blocks")
+RankerKind = Literal["candidate", "list"]
+RANKERS: tuple[str, ...] = ("candidate", "list")
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,8 @@ class MemNASConfig:
     round0_size: int = 6
     patience: int = 2
     history_limit: int = 300
+    # "candidate": each child scored alone; "list": MemNAS's ranking GRU across a round's children.
+    ranker: RankerKind = "candidate"
     hidden: int = 24
     train_steps: int = 30
     lr: float = 0.02
@@ -39,6 +43,8 @@ class MemNASConfig:
             raise ValueError("MemNAS needs grow or trim candidates (or both)")
         if self.seed_backbone not in SEED_KINDS:
             raise ValueError(f"seed_backbone must be one of {', '.join(SEED_KINDS)}")
+        if self.ranker not in RANKERS:
+            raise ValueError(f"ranker must be one of {', '.join(RANKERS)}")
         if not self.lr > 0:
             raise ValueError("lr must be positive")
 

@@ -14,7 +14,7 @@ from searches.engine.space.sampling import SpaceConfig, random_architecture
 from searches.engine.strategies.base import EvalFailure, EvalResult, Member, Proposal, SearchStrategy, measure
 from searches.engine.strategies.config import Bounds, Limits, SearchConfig
 from searches.engine.strategies.driver import SearchEvent, run_search
-from searches.engine.strategies.memnas.controller import Controller, encode, pairwise_accuracy
+from searches.engine.strategies.memnas.controller import Controller, ListController, encode, pairwise_accuracy
 from searches.engine.strategies.memnas.edits import (
     GROW_LAYERS,
     children,
@@ -530,3 +530,72 @@ def test_a_round0_that_all_fails_falls_back_to_a_single_seed() -> None:
     assert strategy.backbone is None
     seed = strategy.ask()
     assert seed is not None and not seed.description.startswith("round 0")
+
+
+# ---- the list ranker ----------------------------------------------------------------------------
+
+
+def _within_lists(scores: list[float], labels: list[float], size: int) -> float:
+    parts = [
+        pairwise_accuracy(scores[i : i + size], labels[i : i + size]) for i in range(0, len(scores), size)
+    ]
+    return sum(parts) / len(parts)
+
+
+def test_the_list_ranker_scores_each_candidate_against_the_others() -> None:
+    archs = _random_archs(6, seed=3)
+    sequences = [encode(a, measure(a, Limits())) for a in archs]
+    ranker = ListController(hidden=8, seed=0)
+    alone = ranker.score(sequences[:3])
+    with_others = ranker.score([sequences[0], *sequences[3:]])
+    assert alone[0] != with_others[0]  # the ranking GRU sees the whole list
+    grouped = ranker.predict(sequences, groups=[0, 0, 0, 1, 1, 1])
+    assert grouped[:3] == ranker.predict(sequences[:3])
+
+
+def test_the_list_ranker_learns_a_known_ordering_within_lists() -> None:
+    archs = _random_archs(260, seed=0)
+    sequences = [encode(a, measure(a, Limits())) for a in archs]
+    labels = [1 - math.exp(-total_filters(a) / 100) for a in archs]
+    ranker = ListController(hidden=24, seed=0)
+    groups = [i // 8 for i in range(200)]
+    ranker.fit(sequences[:200], labels[:200], steps=40, lr=0.02, groups=groups)
+    scores = ranker.predict(sequences[200:], groups=[i // 8 for i in range(60)])
+    assert _within_lists(scores, labels[200:], 8) >= 0.75
+
+
+def test_list_ranker_weights_round_trip_exactly_through_json() -> None:
+    ranker = ListController(hidden=8, seed=1)
+    archs = _random_archs(12, seed=1)
+    sequences = [encode(a, measure(a, Limits())) for a in archs]
+    ranker.fit(
+        sequences,
+        [total_filters(a) / 400 for a in archs],
+        steps=5,
+        lr=0.05,
+        groups=[i % 3 for i in range(12)],
+    )
+    copy = ListController(hidden=8, seed=99)
+    copy.load_json(json.loads(json.dumps(ranker.to_json())))
+    assert copy.score(sequences) == ranker.score(sequences)
+
+
+def test_a_search_with_the_list_ranker_resumes_exactly() -> None:
+    cfg = config(budget=12, options={"top_k": 2, "ranker": "list"})
+    straight, straight_log = make_strategy(cfg), list[dict[str, object]]()
+    for _ in range(8):
+        step(straight, straight_log)
+    resumed, resumed_log = make_strategy(cfg), list[dict[str, object]]()
+    for _ in range(5):
+        step(resumed, resumed_log)
+    resumed = round_trip(resumed)
+    for _ in range(3):
+        step(resumed, resumed_log)
+    assert resumed_log == straight_log
+    assert resumed.state_to_json() == straight.state_to_json()
+    assert isinstance(straight, MemNAS) and isinstance(straight.controller, ListController)
+
+
+def test_an_unknown_ranker_is_refused() -> None:
+    with pytest.raises(ValueError, match="ranker must be one of"):
+        MemNASConfig(ranker="tree")  # type: ignore[arg-type]

@@ -1,4 +1,15 @@
-"""MemNAS's ranking controller: a GRU over each candidate's tokens, trained online to rank by Y."""
+"""MemNAS's ranking controllers, trained online to rank a round's children by Y.
+
+Two models share one interface (``score``, ``fit``, JSON weights):
+
+* :class:`Controller` — an encoder GRU over each candidate's tokens and a linear head: every
+  candidate is scored on its own;
+* :class:`ListController` — MemNAS's structure-correlation controller: the same encoder gives
+  each candidate a feature, then a bidirectional *ranking* GRU runs across the list of
+  candidates of one round, so every score depends on the others.  It learns from pairs inside
+  the lists it was trained on (a round's children), since its scores are only comparable
+  within one list.
+"""
 
 from __future__ import annotations
 
@@ -179,17 +190,27 @@ class Controller:
         return loss_value
 
     def to_json(self) -> dict[str, Any]:
-        """The weights as plain lists; each float is float32's shortest repr, which reloads exactly."""
-        return {
-            name: {"shape": list(t.shape), "data": [float(str(v)) for v in t.detach().reshape(-1).numpy()]}
-            for name, t in self.net.state_dict().items()
-        }
+        """The weights as plain lists (see :func:`weights_to_json`)."""
+        return weights_to_json(self.net)
 
     def load_json(self, data: dict[str, Any]) -> None:
-        state = {
-            name: torch.tensor(v["data"], dtype=torch.float32).reshape(v["shape"]) for name, v in data.items()
-        }
-        self.net.load_state_dict(state)
+        weights_from_json(self.net, data)
+
+
+def weights_to_json(net: nn.Module) -> dict[str, Any]:
+    """A module's weights as plain lists; each float is float32's shortest repr, which reloads exactly."""
+    return {
+        name: {"shape": list(t.shape), "data": [float(str(v)) for v in t.detach().reshape(-1).numpy()]}
+        for name, t in net.state_dict().items()
+    }
+
+
+def weights_from_json(net: nn.Module, data: dict[str, Any]) -> None:
+    """Load weights written by :func:`weights_to_json`."""
+    state = {
+        name: torch.tensor(v["data"], dtype=torch.float32).reshape(v["shape"]) for name, v in data.items()
+    }
+    net.load_state_dict(state)
 
 
 @torch.no_grad()
@@ -221,3 +242,116 @@ def pairwise_accuracy(scores: Sequence[float], targets: Sequence[float]) -> floa
             total += 1
             right += (scores[i] - scores[j]) * (targets[i] - targets[j]) > 0
     return right / total if total else 1.0
+
+
+# ---- the list-wise (structure-correlation) controller ----------------------------------------------
+
+
+class _ListNet(nn.Module):
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.encoder = nn.GRU(N_FEATURES, hidden, batch_first=True)
+        self.ranker = nn.GRU(hidden, hidden, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(3 * hidden, 1)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """x: the token sequences of ONE list of candidates; returns an accuracy per candidate."""
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        _, h = self.encoder(packed)
+        features = h[-1]  # (n, hidden)
+        context, _ = self.ranker(features.unsqueeze(0))  # (1, n, 2·hidden): the whole list
+        return torch.sigmoid(self.head(torch.cat([features, context[0]], dim=1)).squeeze(-1))
+
+
+class ListController:
+    """Scores the candidates of one list jointly; same contract as :class:`Controller`.
+
+    ``groups`` (one label per sequence) says which sequences formed one list (a round); without
+    it all sequences are one list.  The loss is the pairwise logistic ranking loss on ŷ over the
+    pairs *within* each list, plus the squared error that keeps â an accuracy.
+    """
+
+    TAU = Controller.TAU
+
+    def __init__(self, hidden: int, seed: int) -> None:
+        with _torch_cpu(seed):
+            self.net = _ListNet(hidden)
+
+    def predict(
+        self, sequences: Sequence[list[list[float]]], groups: Sequence[int] | None = None
+    ) -> list[float]:
+        """The estimated accuracy of each sequence, each list scored as a whole."""
+        out = [0.0] * len(sequences)
+        with _torch_cpu(), torch.no_grad():
+            for members in _lists(len(sequences), groups):
+                values = self.net(*_batch([sequences[i] for i in members]))
+                for i, v in zip(members, values, strict=True):
+                    out[i] = float(v)
+        return out
+
+    def score(
+        self,
+        sequences: Sequence[list[list[float]]],
+        weight: float = 1.0,
+        offsets: Sequence[float] | None = None,
+    ) -> list[float]:
+        """ŷ = weight·â + offset per sequence, the sequences taken as one list."""
+        offsets = offsets if offsets is not None else [0.0] * len(sequences)
+        return [weight * a + o for a, o in zip(self.predict(sequences), offsets, strict=True)]
+
+    def fit(
+        self,
+        sequences: Sequence[list[list[float]]],
+        accuracies: Sequence[float],
+        steps: int,
+        lr: float,
+        *,
+        weight: float = 1.0,
+        offsets: Sequence[float] | None = None,
+        groups: Sequence[int] | None = None,
+    ) -> float:
+        """Full-batch Adam steps from the current weights; returns the last loss."""
+        acc = torch.tensor(list(accuracies), dtype=torch.float32)
+        off = torch.tensor(list(offsets) if offsets is not None else [0.0] * len(acc), dtype=torch.float32)
+        lists = [
+            (torch.tensor(m), *_batch([sequences[i] for i in m])) for m in _lists(len(sequences), groups)
+        ]
+        params = list(self.net.parameters())
+        moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+        loss_value = 0.0
+        with _torch_cpu():
+            for step in range(1, steps + 1):
+                squared, ranking, pairs = torch.zeros(()), torch.zeros(()), 0
+                for idx, x, lengths in lists:
+                    a = self.net(x, lengths)
+                    squared = squared + (((a - acc[idx]) / self.TAU) ** 2).sum()
+                    y = weight * acc[idx].double() + off[idx].double()
+                    better = (y[:, None] - y[None, :]) > 1e-9
+                    if bool(better.any()):
+                        s = (weight * a + off[idx]) / self.TAU
+                        ranking = ranking + F.softplus(-(s[:, None] - s[None, :])[better]).sum()
+                        pairs += int(better.sum())
+                loss = squared / len(acc) + (ranking / pairs if pairs else 0.0)
+                grads = torch.autograd.grad(loss, params)
+                _adam_step(params, grads, moments, step, lr)
+                loss_value = float(loss.detach())
+        return loss_value
+
+    def to_json(self) -> dict[str, Any]:
+        """The weights as plain lists (see :func:`weights_to_json`)."""
+        return weights_to_json(self.net)
+
+    def load_json(self, data: dict[str, Any]) -> None:
+        weights_from_json(self.net, data)
+
+
+def _lists(n: int, groups: Sequence[int] | None) -> list[list[int]]:
+    """Indices of each list, in first-appearance order of the group labels."""
+    if groups is None:
+        return [list(range(n))] if n else []
+    if len(groups) != n:
+        raise ValueError("need one group label per sequence")
+    lists: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        lists.setdefault(g, []).append(i)
+    return list(lists.values())

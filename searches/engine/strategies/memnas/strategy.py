@@ -62,7 +62,7 @@ from searches.engine.strategies.base import (
     measure,
 )
 from searches.engine.strategies.config import SearchConfig, StrategyName
-from searches.engine.strategies.memnas.controller import Controller, encode
+from searches.engine.strategies.memnas.controller import Controller, ListController, encode
 from searches.engine.strategies.memnas.edits import (
     children,
     function_hash,
@@ -107,6 +107,7 @@ class Labelled:
     architecture: list[Any]  # packed
     resources: dict[str, Any]
     accuracy: float
+    group: int = -1  # the parent backbone's id: siblings form one list for the list ranker
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -175,7 +176,8 @@ class MemNAS(SearchStrategy):
     def __init__(self, config: SearchConfig) -> None:
         super().__init__(config)
         self.options = MemNASConfig.from_json(config.strategy_options)
-        self.controller = Controller(self.options.hidden, config.seed)
+        ranker = ListController if self.options.ranker == "list" else Controller
+        self.controller: Controller | ListController = ranker(self.options.hidden, config.seed)
         self._queue: list[_Queued] = []
         self._round_active = False
         self._round: list[Member] = []  # this round's told members
@@ -413,6 +415,7 @@ class MemNAS(SearchStrategy):
                 pack(member.architecture),
                 dict(member.proposal.resources),
                 member.result.val_accuracy,
+                -1 if member.proposal.parent_id is None else member.proposal.parent_id,
             )
         )
         del self._history[: -self.options.history_limit]
@@ -435,14 +438,16 @@ class MemNAS(SearchStrategy):
         if self.backbone is None or len(self._history) < 2:
             return
         weight, offsets = self._score_terms([h.resources for h in self._history])
-        self.controller.fit(
-            [self._sequence(h) for h in self._history],
-            [h.accuracy for h in self._history],
-            self.options.train_steps,
-            self.options.lr,
-            weight=weight,
-            offsets=offsets,
-        )
+        sequences = [self._sequence(h) for h in self._history]
+        accuracies = [h.accuracy for h in self._history]
+        steps, lr = self.options.train_steps, self.options.lr
+        if isinstance(self.controller, ListController):
+            groups = [h.group for h in self._history]
+            self.controller.fit(
+                sequences, accuracies, steps, lr, weight=weight, offsets=offsets, groups=groups
+            )
+        else:
+            self.controller.fit(sequences, accuracies, steps, lr, weight=weight, offsets=offsets)
 
     def _sequence(self, item: Labelled) -> list[list[float]]:
         if item.id not in self._tokens:
