@@ -72,7 +72,7 @@ def _render_form(
 def profile_create(request: HttpRequest) -> HttpResponse:
     initial = {}
     preset_id = request.GET.get("preset", "")
-    if preset_id.isdigit():
+    if preset_id.isascii() and preset_id.isdigit():  # "²".isdigit() is true too
         source = _get_profile_for_user(request, int(preset_id))
         initial = {f: getattr(source, f) for f in COPIED_FIELDS} | {"name": f"My {source.name}"}
     form = HardwareProfileForm(request.POST or None, owner=request.user, initial=initial)

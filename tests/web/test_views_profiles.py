@@ -90,6 +90,16 @@ def test_create_prefills_from_a_preset(client, user):
     assert form.initial["name"] == "My NUCLEO-L476RG"
 
 
+@pytest.mark.parametrize("preset", ["²", "x", "-1", ""])
+def test_create_ignores_a_preset_that_is_not_an_id(client, user, preset):
+    client.force_login(user)
+
+    response = client.get(reverse("profile_create"), {"preset": preset})
+
+    assert response.status_code == 200
+    assert "sram_kb" not in response.context["form"].initial
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
