@@ -127,7 +127,7 @@ def main() -> None:
     lines = [
         f"Command: `python bench/bench_memnas_ranking.py --seeds {' '.join(map(str, args.seeds))} "
         f"--budget {args.budget} --top-k {args.top_k}` (CPython {platform.python_version()}; "
-        f"{time.monotonic() - start:.0f} s with the searches cached).",
+        f"{time.monotonic() - start:.0f} s, the searches taken from the cache when there).",
         "",
         f"Real MemNAS searches on digits (2 KB SRAM / 4 KB flash, every child trained at the strategy "
         f"benchmark's fidelity), {len(args.seeds)} seeds, {pairs} trained candidates in {lists} lists "
