@@ -1,8 +1,10 @@
-"""A trained candidate's files: its weights and int8 model, where they live and how they are written.
+"""A trained candidate's files: its weights and int8 model, what they are named and how they are written.
 
+Both go to the artifact store (:mod:`searches.services.files`: local disk or object storage)
+under ``weights/run-<id>/``, so deleting the run deletes them and any machine reads them back.
 Every trained candidate is quantised right after training (:func:`int8_metrics`) so that its
 int8 accuracies are stored beside the float ones; the export (:mod:`searches.services.export`)
-reads these files back.  Imports no other service.
+reads these files back.
 """
 
 from __future__ import annotations
@@ -10,15 +12,11 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from django.conf import settings
 from threadpoolctl import threadpool_limits
 
 from searches.engine.deploy.int8 import QuantModel
@@ -27,8 +25,15 @@ from searches.engine.deploy.reference import int8_accuracy
 from searches.engine.space.arch import Architecture
 from searches.engine.training.datasets import Dataset
 from searches.engine.training.model import ArchNet, build_model
-from searches.engine.training.train import Fidelity, default_threads, save_weights, split_indices
+from searches.engine.training.train import (
+    Fidelity,
+    default_threads,
+    load_weights,
+    save_weights,
+    split_indices,
+)
 from searches.models import SearchRun
+from searches.services import files
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +42,13 @@ CALIBRATION_SAMPLES = 512
 CALIBRATION_SEED = 0
 
 
-def weights_path(run: SearchRun, candidate_index: int) -> Path:
-    return Path(settings.MEDIA_ROOT) / "weights" / f"run-{run.pk}" / f"candidate-{candidate_index}.pt"
+def run_folder(run_id: int) -> str:
+    """The stored folder of everything a run's candidates saved."""
+    return f"weights/run-{run_id}"
+
+
+def weights_name(run: SearchRun, candidate_index: int) -> str:
+    return f"{run_folder(run.pk)}/candidate-{candidate_index}.pt"
 
 
 def calibration_images(dataset: Dataset, fidelity: Fidelity) -> np.ndarray:
@@ -78,29 +88,32 @@ def evaluation_threads() -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def int8_path(run: SearchRun, candidate_index: int) -> Path:
-    """Where a candidate's int8 model lives: beside its weights, so run deletion removes both."""
-    return weights_path(run, candidate_index).with_suffix(".int8.npz")
+def int8_name(run: SearchRun, candidate_index: int) -> str:
+    """Where a candidate's int8 model is stored: beside its weights, so run deletion removes both."""
+    return f"{run_folder(run.pk)}/candidate-{candidate_index}.int8.npz"
 
 
-def media_name(path: Path) -> str:
-    return str(path.relative_to(settings.MEDIA_ROOT))
-
-
-def save_quant_model(qm: QuantModel, path: Path) -> None:
-    """Write ``qm`` to ``path`` whole or not at all (a temporary file renamed into place)."""
+def save_quant_model(qm: QuantModel, name: str) -> str:
+    """Store ``qm`` under ``name`` (written whole: serialised first, then stored); the stored name."""
     buffer = io.BytesIO()
     qm.save(buffer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    return files.save_bytes(name, buffer.getvalue())
+
+
+def load_quant_model(name: str) -> QuantModel:
+    """A stored int8 model; OSError when it is not stored, ValueError when it is not one."""
+    return QuantModel.load(io.BytesIO(files.read_bytes(name)))
+
+
+def save_weights_file(state_dict: dict[str, torch.Tensor], name: str) -> str:
+    buffer = io.BytesIO()
+    save_weights(state_dict, buffer)
+    return files.save_bytes(name, buffer.getvalue())
+
+
+def load_weights_file(arch: Architecture, name: str) -> ArchNet:
+    """The float model of ``arch`` with the stored weights ``name`` (no pickle)."""
+    return load_weights(arch, io.BytesIO(files.read_bytes(name)))
 
 
 def int8_metrics(
@@ -122,12 +135,11 @@ def int8_metrics(
         with evaluation_threads():
             qm = quantize_trained(arch, model.eval(), dataset, fidelity)
             val, test = int8_accuracies(qm, dataset, fidelity)
-        path = int8_path(run, candidate_index)
-        save_quant_model(qm, path)
+        name = save_quant_model(qm, int8_name(run, candidate_index))
     except Exception:
         logger.warning("could not quantise candidate %s of run %s", candidate_index, run.pk, exc_info=True)
         return {}
-    return {"int8_model": media_name(path), "int8_val_accuracy": val, "int8_test_accuracy": test}
+    return {"int8_model": name, "int8_val_accuracy": val, "int8_test_accuracy": test}
 
 
 def save_trained(
@@ -137,9 +149,7 @@ def save_trained(
     state_dict: dict[str, torch.Tensor],
     dataset: Dataset,
     fidelity: Fidelity,
-) -> tuple[Path, dict[str, Any]]:
-    """Save a trained candidate's weights and int8 model: (weights path, int8 metrics to store)."""
-    path = weights_path(run, index)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_weights(state_dict, path)
-    return path, int8_metrics(run, index, arch, state_dict, dataset, fidelity)
+) -> tuple[str, dict[str, Any]]:
+    """Store a trained candidate's weights and int8 model: (weights name, int8 metrics to store)."""
+    name = save_weights_file(state_dict, weights_name(run, index))
+    return name, int8_metrics(run, index, arch, state_dict, dataset, fidelity)

@@ -1,25 +1,23 @@
-"""Deleting runs together with the files their candidates left under MEDIA_ROOT (weights, int8 models)."""
+"""Deleting runs and projects together with every file their candidates stored (weights, int8 models).
+
+The files live in the artifact store (:mod:`searches.services.files`), under one folder per run,
+so they go wherever they are: on this machine's disk or in the shared object storage.
+"""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
-from django.conf import settings
 from django.db import transaction
 
 from searches.models import Project, SearchRun
+from searches.services import files
+from searches.services.artifacts import run_folder
 
 ACTIVE = (SearchRun.Status.PENDING, SearchRun.Status.RUNNING)
 
 
-def _weights_dir(run_id: int) -> Path:
-    return Path(settings.MEDIA_ROOT) / "weights" / f"run-{run_id}"
-
-
 def remove_run_files(run_id: int) -> None:
-    """Remove every file the run's candidates saved (weights, int8 models)."""
-    shutil.rmtree(_weights_dir(run_id), ignore_errors=True)
+    """Remove every file the run's candidates stored (weights, int8 models)."""
+    files.delete_tree(run_folder(run_id))
 
 
 def _remove_after_commit(run_ids: list[int]) -> None:

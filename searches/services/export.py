@@ -6,8 +6,8 @@ module decides what it runs on and stores what comes out:
 - **int8 model.**  Right after a candidate trains, :func:`int8_metrics` quantises it with
   calibration on up to ``CALIBRATION_SAMPLES`` images drawn (seeded) from its training split,
   measures the int8 accuracy on the same validation and test images as the float accuracy,
-  and saves the model next to the weights (``candidate-N.int8.npz``), so deleting the run
-  deletes it too.  Candidates trained before that existed are quantised on demand
+  and stores the model next to the weights (``candidate-N.int8.npz``) in the artifact store,
+  so deleting the run deletes it too.  Candidates trained before that existed are quantised on demand
   (:func:`quant_model_for`) from their weights, with the same calibration images, so they
   get the very model an evaluation would have stored.
 - **downloads.**  The header, the zip bundle and the float ONNX model are built per request
@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -48,13 +47,15 @@ from searches.engine.deploy.verify import verify_export
 from searches.engine.space.arch import Architecture, ArchitectureError, from_json
 from searches.engine.training.datasets import Dataset, DatasetError
 from searches.engine.training.model import ArchNet
-from searches.engine.training.train import Fidelity, load_weights
+from searches.engine.training.train import Fidelity
 from searches.models import Candidate, SearchRun
+from searches.services import files
 from searches.services.artifacts import (
     evaluation_threads,
     int8_accuracies,
-    int8_path,
-    media_name,
+    int8_name,
+    load_quant_model,
+    load_weights_file,
     quantize_trained,
     save_quant_model,
 )
@@ -84,12 +85,8 @@ def _check_trained(candidate: Candidate) -> None:
         )
     if not candidate.weights:
         raise ExportUnavailable(f"candidate {candidate.index} of run {candidate.run_id} has no saved weights")
-    if not _media_file(candidate.weights.name).is_file():
+    if not files.exists(candidate.weights.name):
         raise ExportUnavailable(f"the weights file {candidate.weights.name} is missing")
-
-
-def _media_file(name: str) -> Path:
-    return Path(settings.MEDIA_ROOT) / name
 
 
 def _architecture(candidate: Candidate) -> Architecture:
@@ -103,9 +100,8 @@ def float_model_for(candidate: Candidate) -> tuple[Architecture, ArchNet]:
     """The trained float model of a candidate, from its weights file."""
     _check_trained(candidate)
     arch = _architecture(candidate)
-    path = _media_file(candidate.weights.name)
     try:
-        return arch, load_weights(arch, path)
+        return arch, load_weights_file(arch, candidate.weights.name)
     except (pickle.UnpicklingError, OSError, RuntimeError, ValueError) as exc:
         raise ExportUnavailable(
             f"the weights file {candidate.weights.name} cannot be read: {_load_error(exc)}"
@@ -132,7 +128,7 @@ def _stored_quant_model(candidate: Candidate) -> QuantModel | None:
     if not candidate.int8_model:
         return None
     try:
-        return QuantModel.load(_media_file(candidate.int8_model.name))
+        return load_quant_model(candidate.int8_model.name)
     except (OSError, ValueError, KeyError):
         logger.warning("int8 model of candidate %s unreadable; quantising again", candidate.pk, exc_info=True)
         return None
@@ -155,15 +151,13 @@ def quant_model_for(candidate: Candidate, *, with_accuracy: bool = False) -> Qua
         arch, model = float_model_for(candidate)
         with evaluation_threads():
             qm = quantize_trained(arch, model, dataset, fidelity)
-        path = int8_path(candidate.run, candidate.index)
-        save_quant_model(qm, path)
-        fields["int8_model"] = media_name(path)
+        fields["int8_model"] = save_quant_model(qm, int8_name(candidate.run, candidate.index))
     if needs_accuracy:
         with evaluation_threads():
             fields["int8_val_accuracy"], fields["int8_test_accuracy"] = int8_accuracies(qm, dataset, fidelity)
     if not _update(candidate, **fields) and "int8_model" in fields:
         # Deleted meanwhile, its run's files with it: leave nothing behind.
-        _media_file(fields["int8_model"]).unlink(missing_ok=True)
+        files.delete(fields["int8_model"])
     return qm
 
 

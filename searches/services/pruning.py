@@ -13,14 +13,11 @@ is extended, and the strategy never learns of these rows (they are not in its st
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -32,7 +29,7 @@ from searches.engine.training.pruning import PruneConfig, PruneProgress, PruneRe
 from searches.engine.training.shrink import ResourceLimits
 from searches.engine.training.train import Fidelity, TrainingStopped
 from searches.models import Candidate, PruningJob, SearchRun
-from searches.services import export
+from searches.services import export, files
 from searches.services.artifacts import save_trained
 from searches.services.execution import throttled_stop
 from searches.services.runs import get_dataset, search_config
@@ -210,11 +207,12 @@ def _store_result(job: PruningJob, result: PruneResult) -> None:
     index = pruned_index(job)
     dataset = get_dataset(run.dataset)
     fidelity = Fidelity(**search_config(run).fidelity)
-    path, int8 = save_trained(run, index, result.architecture, result.model.state_dict(), dataset, fidelity)
-    files = [path, *([Path(settings.MEDIA_ROOT) / int8["int8_model"]] if "int8_model" in int8 else [])]
+    weights, int8 = save_trained(
+        run, index, result.architecture, result.model.state_dict(), dataset, fidelity
+    )
     try:
         with transaction.atomic():
-            candidate = _create_candidate(job, result, index, path, int8)
+            candidate = _create_candidate(job, result, index, weights, int8)
             table = result.to_json() | {
                 "int8_before": [source.int8_val_accuracy, source.int8_test_accuracy],
                 "int8_after": [int8.get("int8_val_accuracy"), int8.get("int8_test_accuracy")],
@@ -224,9 +222,8 @@ def _store_result(job: PruningJob, result: PruneResult) -> None:
             events.candidate_changed(candidate)
             events.run_changed(run)
     except BaseException as exc:
-        for file in files:
-            with contextlib.suppress(OSError):
-                file.unlink()
+        for name in (weights, int8.get("int8_model", "")):
+            files.delete(name)
         if not isinstance(exc, _Cancelled):
             raise
 
@@ -236,7 +233,7 @@ class _Cancelled(Exception):
 
 
 def _create_candidate(
-    job: PruningJob, result: PruneResult, index: int, path: Path, int8: dict[str, Any]
+    job: PruningJob, result: PruneResult, index: int, weights: str, int8: dict[str, Any]
 ) -> Candidate:
     source, run = job.source, job.source.run
     resources = result.after.resources
@@ -256,7 +253,7 @@ def _create_candidate(
         params=resources["params"],
         latency_ms=_latency(run, resources["macs"]),
         train_seconds=result.seconds,
-        weights=str(path.relative_to(settings.MEDIA_ROOT)),
+        weights=weights,
         **int8,
     )
 

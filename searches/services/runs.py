@@ -277,7 +277,7 @@ class RunRecorder:
 def make_evaluator(
     run: SearchRun, dataset: Dataset, fidelity: Fidelity
 ) -> Callable[[Architecture, Proposal], EvalResult]:
-    """Train a proposal at the run's fidelity and save its weights under MEDIA_ROOT."""
+    """Train a proposal at the run's fidelity and store its weights in the artifact store."""
 
     def evaluate(arch: Architecture, proposal: Proposal) -> EvalResult:
         return train_proposal(run, dataset, fidelity, proposal)
@@ -298,13 +298,15 @@ def train_proposal(
     result = train_and_evaluate(proposal.architecture, dataset, fidelity, stop=stop)
     if result.diverged:
         raise RuntimeError("training diverged (loss is not finite)")
-    path, int8 = save_trained(run, proposal.id, proposal.architecture, result.state_dict, dataset, fidelity)
+    weights, int8 = save_trained(
+        run, proposal.id, proposal.architecture, result.state_dict, dataset, fidelity
+    )
     return EvalResult(
         result.val_accuracy,
         result.test_accuracy,
         metrics={
             "train_seconds": result.train_seconds,
-            "weights": str(path.relative_to(settings.MEDIA_ROOT)),
+            "weights": weights,
             **int8,
         },
     )
@@ -335,7 +337,7 @@ def _train_pruned(
     )
     torch.manual_seed(fidelity.seed)
     result = prune(proposal.architecture, build_model(proposal.architecture), dataset, config, stop=stop)
-    path, int8 = save_trained(
+    weights, int8 = save_trained(
         run, proposal.id, result.architecture, result.model.state_dict(), dataset, fidelity
     )
     return EvalResult(
@@ -343,7 +345,7 @@ def _train_pruned(
         result.after.test_accuracy,
         metrics={
             "train_seconds": result.seconds,
-            "weights": str(path.relative_to(settings.MEDIA_ROOT)),
+            "weights": weights,
             "architecture": result.architecture.to_json(),
             "resources": measure(result.architecture, search_config(run).limits),
             "sparsity": result.sparsity,

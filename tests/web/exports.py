@@ -10,7 +10,7 @@ from django.conf import settings
 
 from searches.engine.deploy.report import PASSED, ExportVerification, StepResult
 from searches.engine.space.arch import from_json
-from searches.engine.training.train import Fidelity, TrainResult, save_weights, train_and_evaluate
+from searches.engine.training.train import Fidelity, TrainResult, train_and_evaluate
 from searches.models import Candidate, SearchRun
 from searches.services import artifacts, runs
 from tests.web.factories import SMALL_ARCH, make_candidate
@@ -21,18 +21,15 @@ FIDELITY = Fidelity(epochs=3, train_subset=None, batch_size=32, lr=1e-2)
 
 @functools.cache
 def trained_small_arch() -> TrainResult:
-    """Trained once per test process; every test writes the weights into its own MEDIA_ROOT."""
+    """Trained once per test process; every test stores the weights in its own MEDIA_ROOT."""
     return train_and_evaluate(from_json(SMALL_ARCH), runs.get_dataset("digits"), FIDELITY)
 
 
 def make_trained_candidate(run: SearchRun, index: int = 0, **fields: Any) -> Candidate:
     """A done candidate with real weights and no int8 model, as candidates trained before export were."""
     result = trained_small_arch()
-    path = artifacts.weights_path(run, index)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_weights(result.state_dict, path)
     values = {
-        "weights": str(path.relative_to(settings.MEDIA_ROOT)),
+        "weights": artifacts.save_weights_file(result.state_dict, artifacts.weights_name(run, index)),
         "val_accuracy": result.val_accuracy,
         "test_accuracy": result.test_accuracy,
     } | fields

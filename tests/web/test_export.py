@@ -490,9 +490,10 @@ def test_a_candidate_deleted_while_quantised_on_demand_leaves_no_file(user, monk
     candidate = make_trained_candidate(make_run(user))
     real_save = artifacts.save_quant_model
 
-    def save_then_delete(qm: QuantModel, path: Path) -> None:
-        real_save(qm, path)
+    def save_then_delete(qm: QuantModel, name: str) -> str:
+        stored = real_save(qm, name)
         Candidate.objects.filter(pk=candidate.pk).delete()
+        return stored
 
     monkeypatch.setattr(export, "save_quant_model", save_then_delete)
 

@@ -7,15 +7,14 @@ import re
 from unittest import mock
 
 import pytest
-from django.conf import settings
 from django.urls import reverse
 
 from searches import events
 from searches import queue as task_queue
 from searches.engine.space.arch import from_json
-from searches.engine.training.train import TrainResult, save_weights, train_and_evaluate
+from searches.engine.training.train import TrainResult, train_and_evaluate
 from searches.models import Candidate, PruningJob
-from searches.services import artifacts, pruning, runs
+from searches.services import artifacts, files, pruning, runs
 from tests.web.exports import FIDELITY, media
 from tests.web.factories import architecture, conv, make_candidate, make_profile, make_run
 
@@ -32,14 +31,12 @@ def _trained() -> TrainResult:
 
 def _trained_candidate(run, index: int = 0) -> Candidate:
     result = _trained()
-    path = artifacts.weights_path(run, index)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_weights(result.state_dict, path)
+    weights = artifacts.save_weights_file(result.state_dict, artifacts.weights_name(run, index))
     return make_candidate(
         run,
         index,
         architecture=PRUNABLE_ARCH,
-        weights=str(path.relative_to(settings.MEDIA_ROOT)),
+        weights=weights,
         val_accuracy=result.val_accuracy,
         test_accuracy=result.test_accuracy,
         peak_sram_bytes=None,
@@ -116,7 +113,7 @@ def test_it_fails_when_the_profile_cannot_fit(user):
     assert "cannot fit the profile" in job.error
     assert job.result_candidate is None
     assert run.candidates.count() == 1
-    assert not artifacts.weights_path(run, pruning.pruned_index(job)).exists()
+    assert not files.exists(artifacts.weights_name(run, pruning.pruned_index(job)))
 
 
 def test_it_skips_a_cancelled_job(user):

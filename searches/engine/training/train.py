@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 import torch
@@ -297,14 +297,19 @@ def _fit(
 # ---- weights on disk -------------------------------------------------------------------
 
 
-def save_weights(state_dict: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
-    """Write a state dict of plain tensors with ``torch.save`` (loadable with weights_only=True)."""
-    torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, Path(path))
+def save_weights(state_dict: dict[str, torch.Tensor], path: str | os.PathLike[str] | BinaryIO) -> None:
+    """Write a state dict of plain tensors with ``torch.save`` (loadable with weights_only=True).
+
+    ``path`` is a file name or a binary file object (the web layer stores the bytes where it wants).
+    """
+    target = Path(path) if isinstance(path, str | os.PathLike) else path
+    torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, target)
 
 
-def load_weights(arch: Architecture, path: str | os.PathLike[str]) -> ArchNet:
+def load_weights(arch: Architecture, path: str | os.PathLike[str] | BinaryIO) -> ArchNet:
     """Rebuild ``arch``'s model and load weights saved by :func:`save_weights` (no pickle)."""
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    source = Path(path) if isinstance(path, str | os.PathLike) else path
+    state = torch.load(source, map_location="cpu", weights_only=True)
     model = build_model(arch)
     model.load_state_dict(state)
     return model.eval()

@@ -1,0 +1,93 @@
+"""Artifacts in Django's default storage: the one place services read, write and delete files.
+
+Local disk (``FileSystemStorage`` under MEDIA_ROOT) or S3-compatible object storage, as the
+settings say: a name saved here by a worker is read back by the web server on another machine.
+Names are relative and ``/``-separated (``weights/run-3/candidate-0.pt``); nothing here builds
+a local path, so nothing assumes the web server and the workers share a disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import posixpath
+import shutil
+from typing import IO
+
+from django.core.files.base import ContentFile, File
+from django.core.files.storage import Storage, default_storage
+
+logger = logging.getLogger(__name__)
+
+
+def storage() -> Storage:
+    return default_storage
+
+
+def save_bytes(name: str, data: bytes) -> str:
+    """Store ``data`` under ``name``, replacing what was there; the name it was stored under."""
+    return save_file(name, ContentFile(data))
+
+
+def save_file(name: str, content: File) -> str:
+    """Store a file (streamed in chunks) under ``name``, replacing what was there."""
+    store = storage()
+    if store.exists(name):
+        store.delete(name)
+    return store.save(name, content)
+
+
+def read_bytes(name: str) -> bytes:
+    """The whole stored file ``name``; FileNotFoundError (an OSError) when it is not stored."""
+    if not name or not storage().exists(name):
+        raise FileNotFoundError(f"{name or '(no file)'} is not in the artifact store")
+    with storage().open(name, "rb") as f:
+        return f.read()
+
+
+def open_stored(name: str) -> IO[bytes]:
+    """The stored file ``name`` opened for reading (in chunks); FileNotFoundError when absent."""
+    if not name or not storage().exists(name):
+        raise FileNotFoundError(f"{name or '(no file)'} is not in the artifact store")
+    return storage().open(name, "rb")  # type: ignore[return-value]
+
+
+def exists(name: str) -> bool:
+    return bool(name) and storage().exists(name)
+
+
+def delete(name: str) -> None:
+    """Delete one stored file; a file already gone is not an error."""
+    if name:
+        with contextlib.suppress(FileNotFoundError):
+            storage().delete(name)
+
+
+def names_under(prefix: str) -> list[str]:
+    """Every stored file whose name lies under the folder ``prefix``."""
+    store, found = storage(), []
+    try:
+        folders, files = store.listdir(prefix)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found += [posixpath.join(prefix, f) for f in files]
+    for folder in folders:
+        found += names_under(posixpath.join(prefix, folder))
+    return found
+
+
+def delete_tree(prefix: str) -> int:
+    """Delete every stored file under ``prefix`` (and, on local disk, the emptied folders); how many."""
+    names = names_under(prefix)
+    for name in names:
+        delete(name)
+    _remove_local_folders(prefix)
+    return len(names)
+
+
+def _remove_local_folders(prefix: str) -> None:
+    try:
+        root = storage().path(prefix)
+    except NotImplementedError:  # object storage has no folders to leave behind
+        return
+    shutil.rmtree(root, ignore_errors=True)
