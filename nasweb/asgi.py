@@ -16,10 +16,12 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from searches.consumers import SameOriginValidator  # noqa: E402
 from searches.routing import websocket_urlpatterns  # noqa: E402
+from searches.uploads import BodyLimit  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # Bodies over the upload limit are refused while they stream in, before Django reads them.
+        "http": BodyLimit(django_asgi_app),
         # The Origin check (scheme, host and port) stops other sites from opening a socket with
         # the user's cookie.
         "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),

@@ -145,8 +145,50 @@ STATIC_ROOT = NASWEB_DATA_DIR / "static"
 # whitenoise warns on every request when the folder is missing (before the first collectstatic).
 STATIC_ROOT.mkdir(exist_ok=True)
 
+# Where artifacts live (trained weights, int8 models, uploaded data sets): every read and write
+# goes through Django's storage API (searches.services.files), so a worker on another machine
+# sees what the web server stored and the reverse.  Local disk under MEDIA_ROOT by default;
+# S3-compatible object storage when NASWEB_S3_BUCKET is set (README: "Workers on more machines").
+NASWEB_S3_BUCKET = os.environ.get("NASWEB_S3_BUCKET", "").strip()
+if NASWEB_S3_BUCKET:
+    _DEFAULT_STORAGE = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": NASWEB_S3_BUCKET,
+            # Unset: AWS itself; set for MinIO, Ceph, Garage, moto ... (http://host:port).
+            "endpoint_url": os.environ.get("NASWEB_S3_ENDPOINT_URL", "").strip() or None,
+            "region_name": os.environ.get("NASWEB_S3_REGION", "").strip() or None,
+            # Unset: boto3's own chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, instance roles).
+            "access_key": os.environ.get("NASWEB_S3_ACCESS_KEY_ID", "").strip() or None,
+            "secret_key": os.environ.get("NASWEB_S3_SECRET_ACCESS_KEY", "").strip() or None,
+            # A key prefix, so one bucket can hold several installations.
+            "location": os.environ.get("NASWEB_S3_PREFIX", "").strip().strip("/"),
+            # Names are chosen by nasweb (one per candidate); a re-trained candidate replaces its file.
+            "file_overwrite": True,
+            "default_acl": None,
+            "addressing_style": os.environ.get("NASWEB_S3_ADDRESSING_STYLE", "").strip() or None,
+        },
+    }
+else:
+    _DEFAULT_STORAGE = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+
+# Uploaded data sets are copied from the storage once per machine, into this folder, under their
+# content hash (a worker reads an upload from the store once, however many runs use it).
+NASWEB_CACHE_DIR = Path(os.environ.get("NASWEB_CACHE_DIR", "") or NASWEB_DATA_DIR / "cache").resolve()
+
+# Dataset uploads: the request is refused while it streams in once it passes this size, and the
+# upload is decoded only in a child process bounded in memory and time (searches.services.datasets).
+NASWEB_UPLOAD_MAX_MB = _env_int("NASWEB_UPLOAD_MAX_MB", 200)
+NASWEB_UPLOAD_MAX_DECODED_MB = _env_int("NASWEB_UPLOAD_MAX_DECODED_MB", 512)
+NASWEB_UPLOAD_MEMORY_MB = _env_int("NASWEB_UPLOAD_MEMORY_MB", 3072)
+NASWEB_UPLOAD_TIMEOUT_S = _env_int("NASWEB_UPLOAD_TIMEOUT_S", 120)
+FILE_UPLOAD_HANDLERS = [
+    "searches.uploads.LimitedUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
+
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": _DEFAULT_STORAGE,
     # Hashed, compressed files need `collectstatic` first: only ask for them when DEBUG is off.
     "staticfiles": {
         "BACKEND": (

@@ -346,8 +346,8 @@ def dataset_upload_to(dataset: Dataset, filename: str) -> str:
 class Dataset(models.Model):
     """A training set: a built-in one (digits, Fashion-MNIST) or a user's validated upload.
 
-    Uploads are stored as one ``.npz`` (x_train, y_train, x_test, y_test) whatever their
-    original format, so there is a single loader for them.  A run names its dataset by
+    Uploads are stored as one canonical ``.npz`` (exactly x_train, y_train, x_test, y_test)
+    whatever their original format, so there is a single loader for them.  A run names its dataset by
     ``key``: the built-in name, or ``upload:<id>``.
     """
 
@@ -362,6 +362,8 @@ class Dataset(models.Model):
     name = models.CharField(max_length=200)
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.UPLOADED)
     file = models.FileField(upload_to=dataset_upload_to, max_length=255, blank=True)
+    # SHA-256 of the stored file: workers cache their copy under it (searches.services.datasets).
+    sha256 = models.CharField(max_length=64, blank=True)
     # [H, W, C] of one image.
     input_shape = models.JSONField(default=list)
     classes = models.PositiveIntegerField()

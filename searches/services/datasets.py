@@ -1,57 +1,59 @@
-"""Uploaded datasets: validate an upload completely before anything is stored, then store it.
+"""Uploaded datasets: validated in a bounded child process, stored canonical, cached by workers.
 
 An upload is an ``.npz`` (x_train, y_train, x_test, y_test) or four IDX files (MNIST layout).
-Whatever came in is stored as one ``.npz`` of the raw arrays, so runs load every upload the
-same way (``load_uploaded``).  Files are read with ``allow_pickle=False`` only.
+The web process never decodes it: the files (already on disk, see ``searches.uploads``) are
+checked by ``searches.engine.training.upload_check`` in a child process with a memory and CPU
+limit, which refuses oversized arrays from their headers and writes the validated arrays as a
+fresh ``.npz`` holding exactly the four arrays.  That file, not the upload, goes to the artifact
+store with its SHA-256; a worker copies it from the store once into its cache folder, under that
+hash, and every run on it loads it from there (``load_uploaded``).  Files are read with
+``allow_pickle=False`` only.
 """
 
 from __future__ import annotations
 
-import gzip
-import math
+import contextlib
+import hashlib
+import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import uuid
-import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 from django.core.files import File
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
-from searches.engine.training.datasets import (
-    NPZ_KEYS,
-    Dataset,
-    DatasetError,
-    dataset_from_arrays,
-    load_idx,
-    load_npz,
-)
+from searches.engine.training.datasets import Dataset, DatasetError, load_npz
 from searches.models import UPLOAD_PREFIX
 from searches.models import Dataset as DatasetRow
+from searches.uploads import upload_limit_bytes
 
-MAX_UPLOAD_BYTES = 200 * 1024**2
 MAX_SAMPLES = 1_000_000
-# An .npz is a zip: its arrays may expand far beyond the upload's size, so their declared
-# sizes are checked before numpy allocates anything.
-MAX_ARRAY_BYTES = 2 * 1024**3
 
 IDX_FIELDS: tuple[str, ...] = ("train_images", "train_labels", "test_images", "test_labels")
+CHECKER = "searches.engine.training.upload_check"
 
 
 def check_upload_size(files: Iterable[UploadedFile]) -> None:
     total = sum(f.size or 0 for f in files)
-    if total > MAX_UPLOAD_BYTES:
+    limit = upload_limit_bytes()
+    if total > limit:
         raise DatasetError(
-            f"the upload is {total / 1024**2:.1f} MB; at most {MAX_UPLOAD_BYTES // 1024**2} MB is accepted"
+            f"the upload is {total / 1024**2:.1f} MB; at most {limit // 1024**2} MB is accepted"
         )
 
 
 def _spool(upload: UploadedFile, directory: Path) -> Path:
-    """Copy an upload to ``directory`` under its own base name, so loader messages name it."""
+    """Copy an upload to ``directory`` under its own base name, so checker messages name it."""
     directory.mkdir()
     path = directory / (Path(upload.name or "").name or "upload")
     with path.open("wb") as out:
@@ -60,85 +62,56 @@ def _spool(upload: UploadedFile, directory: Path) -> Path:
     return path
 
 
-# ---- NPZ -------------------------------------------------------------------------------
+# ---- the bounded check -----------------------------------------------------------------------
 
 
-def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
-    """Shape and dtype of every array of an .npz, read from the headers alone."""
-    headers = {}
+def _mb(name: str) -> int:
+    return int(getattr(settings, name)) * 1024**2
+
+
+def check_in_child(kind: str, paths: list[Path], out: Path) -> dict[str, Any]:
+    """Run the checker on ``paths`` in a child process; its summary, or DatasetError saying why not."""
+    timeout = float(settings.NASWEB_UPLOAD_TIMEOUT_S)
+    command = [
+        sys.executable,
+        "-m",
+        CHECKER,
+        f"--memory-bytes={_mb('NASWEB_UPLOAD_MEMORY_MB')}",
+        f"--cpu-seconds={max(1, int(timeout))}",
+        f"--max-samples={MAX_SAMPLES}",
+        f"--max-decoded-bytes={_mb('NASWEB_UPLOAD_MAX_DECODED_MB')}",
+        str(out),
+        kind,
+        *map(str, paths),
+    ]
+    # One BLAS thread: its per-thread buffers would count against the memory limit for nothing.
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     try:
-        with zipfile.ZipFile(path) as archive:
-            for info in archive.infolist():
-                if not info.filename.endswith(".npy"):
-                    continue
-                with archive.open(info) as f:
-                    version = np.lib.format.read_magic(f)
-                    read = {
-                        (1, 0): np.lib.format.read_array_header_1_0,
-                        (2, 0): np.lib.format.read_array_header_2_0,
-                    }.get(version)
-                    if read is None:
-                        raise DatasetError(f"{info.filename}: unsupported .npy version {version}")
-                    shape, _, dtype = read(f)
-                headers[info.filename.removesuffix(".npy")] = (tuple(shape), dtype)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        raise DatasetError(f"{path.name}: not a readable .npz archive ({exc})") from exc
-    return headers
+        done = subprocess.run(
+            command, cwd=settings.BASE_DIR, env=env, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        raise DatasetError(f"checking the upload took longer than {timeout:g} s; it was stopped") from None
+    return _summary(done)
 
 
-def _check_npz_sizes(path: Path) -> None:
-    for key, (shape, dtype) in _npz_headers(path).items():
-        if key not in NPZ_KEYS:
-            continue
-        if dtype.hasobject:
-            raise DatasetError(f"{key}: object arrays are not accepted (store numbers only)")
-        if shape and shape[0] > MAX_SAMPLES:
-            raise DatasetError(f"{key}: {shape[0]:,} samples; at most {MAX_SAMPLES:,} are accepted")
-        if math.prod(shape) * dtype.itemsize > MAX_ARRAY_BYTES:
-            raise DatasetError(f"{key}: {_fmt(shape)} elements expand beyond the 2 GiB limit")
-
-
-def validate_npz(upload: UploadedFile, directory: Path) -> tuple[Path, Dataset]:
-    path = _spool(upload, directory / "npz")
-    _check_npz_sizes(path)
-    return path, load_npz(path, name=path.stem)
-
-
-# ---- IDX -------------------------------------------------------------------------------
-
-
-def _idx_count(path: Path, label: str) -> int:
-    """The first dimension an IDX header declares (plain or gzip), without reading the data."""
-    with path.open("rb") as raw:
-        gzipped = raw.read(2) == b"\x1f\x8b"
-    opener: Any = gzip.open if gzipped else open
+def _summary(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    lines = done.stdout.strip().splitlines()
     try:
-        with opener(path, "rb") as f:
-            head: bytes = f.read(8)
-    except (OSError, EOFError) as exc:
-        raise DatasetError(f"{label}: cannot read the file ({exc})") from exc
-    if len(head) < 8 or head[:2] != b"\0\0":
-        raise DatasetError(f"{label}: not an IDX file (bad magic number {head[:4].hex() or 'empty'})")
-    return int.from_bytes(head[4:8], "big")
-
-
-def validate_idx(uploads: Mapping[str, UploadedFile], directory: Path) -> tuple[Path, Dataset]:
-    paths = {key: _spool(uploads[key], directory / key) for key in IDX_FIELDS}
-    for path in paths.values():
-        count = _idx_count(path, path.name)
-        if count > MAX_SAMPLES:
-            raise DatasetError(f"{path.name}: {count:,} samples; at most {MAX_SAMPLES:,} are accepted")
-    x_train, y_train = load_idx(paths["train_images"], paths["train_labels"])
-    x_test, y_test = load_idx(paths["test_images"], paths["test_labels"])
-    dataset = dataset_from_arrays(x_train, y_train, x_test, y_test)
-    # Keep the raw arrays (uint8 stays uint8): the loader scales them again on every load.
-    path = directory / "dataset.npz"
-    np.savez_compressed(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    return path, dataset
-
-
-def _fmt(shape: tuple[int, ...]) -> str:
-    return "x".join(str(d) for d in shape)
+        result = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        result = None
+    if isinstance(result, dict) and "error" in result:
+        raise DatasetError(str(result["error"]))
+    if done.returncode == 0 and isinstance(result, dict):
+        return result
+    if done.returncode < 0:
+        name = signal.Signals(-done.returncode).name
+        raise DatasetError(f"checking the upload was stopped by {name} (over its memory or time limit)")
+    last = (done.stderr.strip().splitlines() or ["no message"])[-1][:300]
+    if "MemoryError" in last:
+        raise DatasetError("checking the upload needs more memory than allowed")
+    raise DatasetError(f"the upload could not be checked ({last})")
 
 
 # ---- storing -----------------------------------------------------------------------------
@@ -147,31 +120,42 @@ def _fmt(shape: tuple[int, ...]) -> str:
 def create_uploaded(
     owner: Any, name: str, npz: UploadedFile | None, idx: Mapping[str, UploadedFile] | None
 ) -> DatasetRow:
-    """Validate the upload in a scratch folder; store a row and its file only if it is valid.
+    """Check the upload in a bounded child process; store a row and its canonical file only if valid.
 
-    Raises :class:`DatasetError` with the loader's message; nothing is stored then.
+    Raises :class:`DatasetError` with the checker's message; nothing is stored then.
     """
     check_upload_size([npz] if npz is not None else list((idx or {}).values()))
     scratch = Path(tempfile.mkdtemp(prefix="nasweb-upload-"))
     try:
+        out = scratch / "dataset.npz"
         if npz is not None:
-            path, dataset = validate_npz(npz, scratch)
+            summary = check_in_child("npz", [_spool(npz, scratch / "npz")], out)
         else:
-            path, dataset = validate_idx(idx or {}, scratch)
-        return _store(owner, name, path, dataset)
+            paths = [_spool((idx or {})[key], scratch / key) for key in IDX_FIELDS]
+            summary = check_in_child("idx", paths, out)
+        return _store(owner, name, out, summary)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _store(owner: Any, name: str, path: Path, dataset: Dataset) -> DatasetRow:
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1024**2), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _store(owner: Any, name: str, path: Path, summary: dict[str, Any]) -> DatasetRow:
     row = DatasetRow(
         owner=owner,
         name=name,
         kind=DatasetRow.Kind.UPLOADED,
-        input_shape=list(dataset.input_shape),
-        classes=dataset.classes,
-        n_train=len(dataset.y_train),
-        n_test=len(dataset.y_test),
+        input_shape=[int(d) for d in summary["input_shape"]],
+        classes=int(summary["classes"]),
+        n_train=int(summary["n_train"]),
+        n_test=int(summary["n_test"]),
+        sha256=file_sha256(path),
     )
     with path.open("rb") as f:
         row.file.save(f"{uuid.uuid4().hex}.npz", File(f), save=False)
@@ -185,14 +169,14 @@ def _store(owner: Any, name: str, path: Path, dataset: Dataset) -> DatasetRow:
 
 
 def delete_uploaded(row: DatasetRow) -> None:
-    """Delete the row, and its file once the deletion is committed."""
+    """Delete the row, and its stored file once the deletion is committed."""
     storage, file_name = row.file.storage, row.file.name
     row.delete()
     if file_name:
         transaction.on_commit(lambda: storage.delete(file_name))
 
 
-# ---- loading -----------------------------------------------------------------------------
+# ---- loading (on workers) --------------------------------------------------------------------
 
 
 def upload_id(key: str) -> int | None:
@@ -205,12 +189,61 @@ def upload_id(key: str) -> int | None:
         raise DatasetError(f"bad dataset key {key!r}") from None
 
 
+def cache_dir() -> Path:
+    return Path(settings.NASWEB_CACHE_DIR) / "datasets"
+
+
 def load_uploaded(key: str) -> Dataset:
-    """The arrays of the uploaded dataset named ``upload:<id>``."""
+    """The arrays of the uploaded dataset named ``upload:<id>``, from this machine's cache."""
     row = DatasetRow.objects.filter(pk=upload_id(key), kind=DatasetRow.Kind.UPLOADED).first()
     if row is None or not row.file:
         raise DatasetError(f"the uploaded dataset {key!r} no longer exists")
-    return load_npz(row.file.path, name=key)
+    return load_npz(cached_copy(row), name=key)
+
+
+def cached_copy(row: DatasetRow) -> Path:
+    """This machine's copy of an upload's stored file, fetched from the store on first use."""
+    if row.sha256:
+        path = cache_dir() / f"{row.sha256}.npz"
+        if path.is_file():
+            return path
+    return _fetch(row)
+
+
+def _fetch(row: DatasetRow) -> Path:
+    """Copy the stored file into the cache (whole or not at all), checking its SHA-256."""
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".fetch-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                stored = row.file.open("rb")
+            except (FileNotFoundError, OSError) as exc:
+                raise DatasetError(
+                    f"the file of the uploaded dataset {row.key!r} is missing from the store"
+                ) from exc
+            with stored:
+                for chunk in stored.chunks():
+                    digest.update(chunk)
+                    out.write(chunk)
+        sha256 = digest.hexdigest()
+        if row.sha256 and sha256 != row.sha256:
+            raise DatasetError(
+                f"the stored file of the uploaded dataset {row.key!r} does not match its SHA-256 "
+                f"({sha256[:12]}… instead of {row.sha256[:12]}…)"
+            )
+        path = folder / f"{sha256}.npz"
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if not row.sha256:
+        # Uploaded before hashes were kept: remember it, so the next load finds the cache.
+        DatasetRow.objects.filter(pk=row.pk).update(sha256=sha256)
+    return path
 
 
 def config_dataset(row: DatasetRow) -> Dataset:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.forms.utils import ErrorDict
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
@@ -13,6 +14,7 @@ from searches.forms import DatasetUploadForm
 from searches.models import Dataset, SearchRun
 from searches.services import datasets as uploads
 from searches.services.deletion import ACTIVE
+from searches.uploads import upload_limit_bytes
 
 
 def _get_own_dataset_for_user(request: HttpRequest, pk: int) -> Dataset:
@@ -26,13 +28,20 @@ def dataset_list(request: HttpRequest) -> HttpResponse:
 
 
 def _limits() -> dict[str, int]:
-    return {"max_mb": uploads.MAX_UPLOAD_BYTES // 1024**2, "max_samples": uploads.MAX_SAMPLES}
+    return {"max_mb": upload_limit_bytes() // 1024**2, "max_samples": uploads.MAX_SAMPLES}
 
 
 @login_required
 def dataset_upload(request: HttpRequest) -> HttpResponse:
     form = DatasetUploadForm(request.POST or None, request.FILES or None, owner=request.user)
-    if request.method == "POST" and form.is_valid():
+    refused = getattr(request, "upload_refused", None)
+    if refused:
+        # The body was cut off unread: the form's fields and files never arrived.
+        form = DatasetUploadForm({"name": request.POST.get("name", "")}, owner=request.user)
+        form.cleaned_data = {}
+        form._errors = ErrorDict()
+        form.add_error(None, f"The dataset was not stored: {refused}")
+    elif request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
             dataset = uploads.create_uploaded(request.user, data["name"], data.get("npz"), form.idx_files)

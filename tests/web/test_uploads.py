@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
+import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -252,14 +255,82 @@ def test_npz_with_too_many_samples_is_rejected(client, user, settings, monkeypat
     _assert_nothing_stored(settings)
 
 
-def test_too_large_uploads_are_rejected(client, user, settings, monkeypatch):
-    monkeypatch.setattr(uploads, "MAX_UPLOAD_BYTES", 1024**2)
+def test_too_large_uploads_are_refused_while_they_stream_in(client, user, settings):
+    settings.NASWEB_UPLOAD_MAX_MB = 1
     client.force_login(user)
 
     response = _upload(client, npz=_npz(**_arrays(n_train=20_000)))
 
-    assert "the upload is 1.4 MB; at most 1 MB is accepted" in response.context["form"].non_field_errors()[0]
+    error = response.context["form"].non_field_errors()[0]
+    assert "the upload is over 1 MB" in error and "refused before it was read" in error
     _assert_nothing_stored(settings)
+
+
+def _npy_header_only(shape: tuple[int, ...], dtype: str = "|u1") -> bytes:
+    """A .npy file that declares ``shape`` but holds no data: what a decompression bomb looks like."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
+def test_arrays_too_large_to_decode_are_refused_from_their_headers(client, user, settings):
+    arrays = _arrays()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("x_train.npy", _npy_header_only((900_000, 64, 64)))
+        for key in ("y_train", "x_test", "y_test"):
+            member = io.BytesIO()
+            np.save(member, arrays[key])
+            archive.writestr(f"{key}.npy", member.getvalue())
+    client.force_login(user)
+
+    started = time.monotonic()
+    response = _upload(client, npz=SimpleUploadedFile("bomb.npz", buffer.getvalue()))
+
+    error = response.context["form"].non_field_errors()[0]
+    assert "the arrays would decode to 3,515.6 MB (x_train 900000x64x64 uint8" in error
+    assert "at most 512 MB are accepted" in error
+    assert time.monotonic() - started < 10
+    _assert_nothing_stored(settings)
+
+
+def test_the_check_runs_within_its_memory_limit(client, user, settings):
+    settings.NASWEB_UPLOAD_MEMORY_MB = 160
+    # 98 MB of float64 pixels (zeros compress to almost nothing): more than the child may map.
+    big = _arrays(n_train=12_000, side=32) | {"x_train": np.zeros((12_000, 32, 32))}
+    client.force_login(user)
+
+    response = _upload(client, npz=_npz(**big))
+
+    error = response.context["form"].non_field_errors()[0]
+    assert "needs more than the 160 MB allowed" in error or "memory" in error
+    _assert_nothing_stored(settings)
+
+
+def test_the_check_runs_within_its_time_limit(client, user, settings):
+    settings.NASWEB_UPLOAD_TIMEOUT_S = 0.001
+    client.force_login(user)
+
+    response = _upload(client, npz=_npz(**_arrays()))
+
+    assert "took longer than 0.001 s" in response.context["form"].non_field_errors()[0]
+    _assert_nothing_stored(settings)
+
+
+def test_only_the_validated_arrays_are_stored_in_canonical_form(client, user, settings):
+    arrays = _arrays() | {"x_train": _arrays()["x_train"].astype(np.int64)}
+    client.force_login(user)
+
+    _upload(client, npz=_npz(**arrays, secret=np.arange(5), notes=np.array(["hello"])))
+
+    (stored,) = _stored_files(settings)
+    with np.load(stored, allow_pickle=False) as npz:
+        assert sorted(npz.files) == ["x_test", "x_train", "y_test", "y_train"]
+        assert npz["x_train"].dtype == np.uint8 and npz["x_train"].shape == (40, 8, 8, 1)
+        np.testing.assert_array_equal(npz["x_train"][..., 0], arrays["x_train"])
+        assert npz["y_train"].dtype == np.int64
+    dataset = Dataset.objects.get(owner=user)
+    assert dataset.sha256 == hashlib.sha256(stored.read_bytes()).hexdigest()
 
 
 def test_a_failing_save_leaves_no_file(client, user, settings, monkeypatch):

@@ -15,6 +15,7 @@ import gzip
 import math
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -95,7 +96,40 @@ def dataset_from_arrays(
     or float already in ``[0, 1]``.  Labels must be integers in ``0..classes-1``; when
     ``classes`` is None it is one more than the largest label seen.
     """
-    xs = {"x_train": _images(x_train, "x_train"), "x_test": _images(x_test, "x_test")}
+    arrays, classes = _validated(x_train, y_train, x_test, y_test, classes, _scale)
+    shape = arrays["x_train"].shape[1:]
+    return Dataset(
+        name=name,
+        x_train=arrays["x_train"],
+        y_train=arrays["y_train"],
+        x_test=arrays["x_test"],
+        y_test=arrays["y_test"],
+        classes=classes,
+        input_shape=(int(shape[0]), int(shape[1]), int(shape[2])),
+    )
+
+
+def canonical_arrays(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
+) -> tuple[dict[str, np.ndarray], int]:
+    """The checks of :func:`dataset_from_arrays` without scaling: (the arrays to store, classes).
+
+    Images come back ``(N, H, W, C)``, uint8 when they were integers (0..255) and float32 when
+    they were floats; labels int64.  Nothing larger than the input is allocated (no float copy of
+    uint8 images), so an upload can be checked within a tight memory limit.
+    """
+    return _validated(x_train, y_train, x_test, y_test, None, _compact)
+
+
+def _validated(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    classes: int | None,
+    pixels: Callable[[np.ndarray, str], np.ndarray],
+) -> tuple[dict[str, np.ndarray], int]:
+    xs = {"x_train": _images(x_train, "x_train", pixels), "x_test": _images(x_test, "x_test", pixels)}
     ys = {"y_train": _labels(y_train, "y_train"), "y_test": _labels(y_test, "y_test")}
     for split in ("train", "test"):
         n_x, n_y = len(xs[f"x_{split}"]), len(ys[f"y_{split}"])
@@ -107,18 +141,15 @@ def dataset_from_arrays(
             f"train images are {_fmt(shape_train)} but test images are {_fmt(shape_test)} (HxWxC must match)"
         )
     classes = _check_classes(ys["y_train"], ys["y_test"], classes)
-    return Dataset(
-        name=name,
-        x_train=xs["x_train"],
-        y_train=ys["y_train"],
-        x_test=xs["x_test"],
-        y_test=ys["y_test"],
-        classes=classes,
-        input_shape=(int(shape_train[0]), int(shape_train[1]), int(shape_train[2])),
-    )
+    return {
+        "x_train": xs["x_train"],
+        "y_train": ys["y_train"],
+        "x_test": xs["x_test"],
+        "y_test": ys["y_test"],
+    }, (classes)
 
 
-def _images(x: np.ndarray, what: str) -> np.ndarray:
+def _images(x: np.ndarray, what: str, pixels: Callable[[np.ndarray, str], np.ndarray]) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim == 3:
         x = x[..., np.newaxis]
@@ -133,17 +164,17 @@ def _images(x: np.ndarray, what: str) -> np.ndarray:
         raise DatasetError(f"{what}: images are {h}x{w}, larger than the maximum {MAX_SIDE}x{MAX_SIDE}")
     if not 1 <= c <= MAX_CHANNELS:
         raise DatasetError(f"{what}: {c} channels; expected 1..{MAX_CHANNELS}")
-    return _scale(x, what)
+    return pixels(x, what)
 
 
-def _scale(x: np.ndarray, what: str) -> np.ndarray:
+def _check_pixels(x: np.ndarray, what: str) -> None:
     if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
         raise DatasetError(f"{what}: images must be uint8 or float, got dtype {x.dtype}")
     if np.issubdtype(x.dtype, np.integer):
         lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi > 255:
             raise DatasetError(f"{what}: integer pixel values must lie in 0..255, found {lo}..{hi}")
-        return (x.astype(np.float32) / np.float32(255.0)).astype(np.float32, copy=False)
+        return
     if not np.isfinite(x).all():
         raise DatasetError(f"{what}: images contain NaN or infinite values")
     lo_f, hi_f = float(x.min()), float(x.max())
@@ -152,6 +183,19 @@ def _scale(x: np.ndarray, what: str) -> np.ndarray:
             f"{what}: float pixel values must lie in [0, 1], found [{lo_f:g}, {hi_f:g}] "
             "(store uint8 0..255 or divide by 255)"
         )
+
+
+def _scale(x: np.ndarray, what: str) -> np.ndarray:
+    _check_pixels(x, what)
+    if np.issubdtype(x.dtype, np.integer):
+        return (x.astype(np.float32) / np.float32(255.0)).astype(np.float32, copy=False)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _compact(x: np.ndarray, what: str) -> np.ndarray:
+    _check_pixels(x, what)
+    if np.issubdtype(x.dtype, np.integer):
+        return np.ascontiguousarray(x, dtype=np.uint8)
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
