@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests._s3 import s3_bucket, s3_server, s3_storage  # noqa: F401 (fixtures)
+
 TESTS_DIR = Path(__file__).resolve().parent
 
 # Tests are marked by where they live, so `-m engine` / `-m "not e2e"` select whole trees.
@@ -32,7 +34,8 @@ def _web_test_settings(request: pytest.FixtureRequest, tmp_path_factory: pytest.
     """Web tests run without Redis and without writing under var/.
 
     Events go to an in-memory channel layer (integration tests, in their own tree, use the real
-    Redis from REDIS_URL) and saved files (trained weights) to a temporary MEDIA_ROOT.
+    Redis from REDIS_URL), saved files (trained weights) to a temporary MEDIA_ROOT and cached
+    data sets to a temporary NASWEB_CACHE_DIR.
     """
     if request.node.get_closest_marker("web") is None:
         return
@@ -41,6 +44,7 @@ def _web_test_settings(request: pytest.FixtureRequest, tmp_path_factory: pytest.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     settings.MEDIA_ROOT = tmp_path_factory.mktemp("media")
+    settings.NASWEB_CACHE_DIR = tmp_path_factory.mktemp("cache")
 
 
 @pytest.fixture
