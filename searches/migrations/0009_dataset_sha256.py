@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('searches', '0007_pruning_job'),
+        ("searches", "0007_pruning_job"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='dataset',
-            name='sha256',
+            model_name="dataset",
+            name="sha256",
             field=models.CharField(blank=True, max_length=64),
         ),
     ]
