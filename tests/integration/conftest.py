@@ -8,6 +8,7 @@ channel layer use Redis database 9, emptied first, so nothing else's queue is to
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -46,26 +47,25 @@ def database_url() -> str:
     return f"postgres://{credentials}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{quote(db['NAME'])}"
 
 
-@pytest.fixture
-def worker(redis_url: str, database_url: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen, Path]]:
-    """``celery -A nasweb worker`` on the test database and Redis database 9; its log in tmp_path.
-
-    Its files (weights, int8 models) go under ``tmp_path / "data" / "media"``.
-    """
+@contextlib.contextmanager
+def worker_process(
+    redis_url: str, database_url: str, data_dir: Path, log_path: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen]:
+    """``celery -A nasweb worker`` on ``database_url`` and ``redis_url`` with its own data folder."""
     env = {
         **os.environ,
         "REDIS_URL": redis_url,
         "DATABASE_URL": database_url,
-        "NASWEB_DATA_DIR": str(tmp_path / "data"),
+        "NASWEB_DATA_DIR": str(data_dir),
         "DJANGO_SETTINGS_MODULE": "nasweb.settings",
+        **(extra_env or {}),
     }
-    log_path = tmp_path / "worker.log"
     command = [sys.executable, "-m", "celery", "-A", "nasweb", "worker", *WORKER_OPTIONS]
-    command += ["--hostname", f"nasweb-test-{os.getpid()}@%h"]
+    command += ["--hostname", f"nasweb-test-{os.getpid()}-{data_dir.name}@%h"]
     with log_path.open("w") as log:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            yield process, log_path
+            yield process
         finally:
             process.terminate()
             try:
@@ -73,6 +73,17 @@ def worker(redis_url: str, database_url: str, tmp_path: Path) -> Iterator[tuple[
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@pytest.fixture
+def worker(redis_url: str, database_url: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """``celery -A nasweb worker`` on the test database and Redis database 9; its log in tmp_path.
+
+    Its files (weights, int8 models) go under ``tmp_path / "data" / "media"``.
+    """
+    log_path = tmp_path / "worker.log"
+    with worker_process(redis_url, database_url, tmp_path / "data", log_path) as process:
+        yield process, log_path
 
 
 @pytest.fixture
