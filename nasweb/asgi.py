@@ -16,7 +16,10 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from searches.consumers import SameOriginValidator  # noqa: E402
 from searches.routing import websocket_urlpatterns  # noqa: E402
-from searches.uploads import BodyLimit  # noqa: E402
+from searches.uploads import BodyLimit, limit_daphne_bodies  # noqa: E402
+
+# Under daphne: refuse oversized bodies while they arrive, before daphne buffers and queues them.
+limit_daphne_bodies()
 
 application = ProtocolTypeRouter(
     {

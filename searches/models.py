@@ -278,7 +278,7 @@ class Candidate(models.Model):
     reject_reason = models.TextField(blank=True)
     # The run's sequence number when this row last changed: a client that saw up to N asks for seq > N.
     seq = models.PositiveBigIntegerField(default=0, db_index=True)
-    # Empty until trained weights are saved (under MEDIA_ROOT/weights/).
+    # Empty until trained weights are stored (weights/run-<id>/ in the artifact store).
     weights = models.FileField(upload_to=weights_upload_to, max_length=255, blank=True)
     # The post-training int8 model (searches.engine.deploy.int8.QuantModel as .npz, next to the
     # weights) and its accuracies on the same validation and test images as the float ones.

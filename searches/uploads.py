@@ -1,7 +1,11 @@
 """Request-size limits that apply while a body streams in, before anything is decoded.
 
-Two layers, so that neither the ASGI server's process nor Django ever holds more than the limit:
+Three layers, so that neither the ASGI server's process nor Django ever holds more than the limit:
 
+- :func:`limit_daphne_bodies` teaches daphne's request (a Twisted ``Request``, which otherwise
+  receives the whole body and queues all of it for the application before the application sees
+  a byte: 2.6 GB of memory for a 210 MB upload) to answer 413 and close the connection as soon as
+  the declared length, or the bytes received, pass the limit;
 - :class:`BodyLimit` wraps the ASGI application: a request whose ``Content-Length`` is over the
   limit is answered 413 without reading its body, and one without a length (chunked) is cut off
   as soon as the bytes received pass the limit;
@@ -15,6 +19,7 @@ to memory, and are decoded only in a bounded child process (``searches.services.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -22,6 +27,8 @@ from django.conf import settings
 from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 from django.http import HttpRequest, QueryDict
 from django.utils.datastructures import MultiValueDict
+
+logger = logging.getLogger(__name__)
 
 # Room for the form's other fields and the multipart boundaries around the files.
 MULTIPART_SLACK = 64 * 1024
@@ -139,10 +146,7 @@ def _content_length(scope: Scope) -> int | None:
 
 
 async def _too_large(send: Send, size: int, limit: int) -> None:
-    body = (
-        f"Request body too large: {size:,} bytes or more, the limit is {limit:,} bytes "
-        f"(uploads up to {upload_limit_bytes() // 1024**2} MB).\n"
-    ).encode()
+    body = _too_large_text(size, limit)
     await send(
         {
             "type": "http.response.start",
@@ -155,3 +159,67 @@ async def _too_large(send: Send, size: int, limit: int) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def _too_large_text(size: int, limit: int) -> bytes:
+    return (
+        f"Request body too large: {size:,} bytes or more, the limit is {limit:,} bytes "
+        f"(uploads up to {upload_limit_bytes() // 1024**2} MB).\n"
+    ).encode()
+
+
+def limit_daphne_bodies() -> None:
+    """Make daphne refuse a body over the limit while it streams in (a no-op outside daphne).
+
+    daphne (pinned in requirements.txt) builds every HTTP request from
+    ``daphne.http_protocol.WebRequest``; a subclass that checks the declared length and counts
+    the body's chunks takes its place.  Past the limit it writes a 413 and closes the connection,
+    so the rest of the body is never received, stored or queued.
+    """
+    try:
+        from daphne import http_protocol
+    except ImportError:
+        return
+    base: Any = http_protocol.WebRequest
+    if getattr(base, "nasweb_body_limit", False):
+        return
+
+    class LimitedWebRequest(base):  # type: ignore[misc, valid-type]
+        nasweb_body_limit = True
+        _received = 0
+        _refused = False
+
+        def gotLength(self, length: int | None) -> None:
+            limit = body_limit_bytes()
+            if length is not None and length > limit:
+                self._refuse(length, limit)
+                length = 0  # nothing of it is kept
+            super().gotLength(length)
+
+        def handleContentChunk(self, data: bytes) -> None:
+            if self._refused:
+                return
+            self._received += len(data)
+            limit = body_limit_bytes()
+            if self._received > limit:
+                self._refuse(self._received, limit)
+                return
+            super().handleContentChunk(data)
+
+        def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+            if not self._refused:
+                super().requestReceived(command, path, version)
+
+        def _refuse(self, size: int, limit: int) -> None:
+            self._refused = True
+            body = _too_large_text(size, limit)
+            logger.warning("refused a request body of %s bytes or more (limit %s)", size, limit)
+            transport = self.channel.transport
+            transport.write(
+                b"HTTP/1.1 413 Request Entity Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+                + body
+            )
+            transport.loseConnection()
+
+    http_protocol.WebRequest = LimitedWebRequest
