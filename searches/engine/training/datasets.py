@@ -44,7 +44,7 @@ FASHION_MNIST_FILES = {
 DATASETS: tuple[str, ...] = ("digits", "fashion-mnist")
 
 # IDX type code -> big-endian numpy dtype (see the MNIST file-format description).
-_IDX_DTYPES: dict[int, str] = {
+IDX_DTYPES: dict[int, str] = {
     0x08: ">u1",
     0x09: ">i1",
     0x0B: ">i2",
@@ -310,7 +310,7 @@ def _parse_idx(f: BinaryIO, name: str) -> np.ndarray:
             f"{name}: bad IDX magic number {head.hex() or '(empty file)'} (expected 0000 + type + ndim)"
         )
     code, ndim = head[2], head[3]
-    if code not in _IDX_DTYPES:
+    if code not in IDX_DTYPES:
         raise DatasetError(f"{name}: unknown IDX element type 0x{code:02x}")
     if not 1 <= ndim <= 4:
         raise DatasetError(f"{name}: IDX header declares {ndim} dimensions; expected 1..4")
@@ -318,7 +318,7 @@ def _parse_idx(f: BinaryIO, name: str) -> np.ndarray:
     if len(raw_dims) < 4 * ndim:
         raise DatasetError(f"{name}: truncated IDX header")
     dims = tuple(int(d) for d in np.frombuffer(raw_dims, dtype=">u4"))
-    dtype = np.dtype(_IDX_DTYPES[code])
+    dtype = np.dtype(IDX_DTYPES[code])
     expected = math.prod(dims) * dtype.itemsize  # Python ints: no overflow on hostile dims
     if expected > MAX_IDX_BYTES:
         raise DatasetError(

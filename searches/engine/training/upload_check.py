@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from searches.engine.training.datasets import (
-    _IDX_DTYPES,
+    IDX_DTYPES,
     NPZ_KEYS,
     DatasetError,
     canonical_arrays,
@@ -75,7 +75,7 @@ def idx_header(path: Path) -> Header:
             if len(head) < 4 or head[:2] != b"\0\0":
                 raise DatasetError(f"{path.name}: not an IDX file (bad magic number {head.hex() or 'empty'})")
             code, ndim = head[2], head[3]
-            if code not in _IDX_DTYPES:
+            if code not in IDX_DTYPES:
                 raise DatasetError(f"{path.name}: unknown IDX element type 0x{code:02x}")
             raw_dims = f.read(4 * ndim)
     except (OSError, EOFError) as exc:
@@ -83,7 +83,7 @@ def idx_header(path: Path) -> Header:
     if len(raw_dims) < 4 * ndim:
         raise DatasetError(f"{path.name}: truncated IDX header")
     dims = tuple(int.from_bytes(raw_dims[i : i + 4], "big") for i in range(0, 4 * ndim, 4))
-    return dims, np.dtype(_IDX_DTYPES[code])
+    return dims, np.dtype(IDX_DTYPES[code])
 
 
 def check_sizes(headers: dict[str, Header], max_samples: int, max_decoded_bytes: int) -> None:
