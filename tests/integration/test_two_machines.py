@@ -24,10 +24,10 @@ from django.urls import reverse
 
 from nasweb.celery import app as celery_app
 from searches import queue
-from searches.models import Candidate, Dataset, HardwareProfile, PruningJob, SearchRun
+from searches.models import Candidate, Dataset, PruningJob, SearchRun
 from tests._s3 import Bucket, free_port, wait_for_port
 from tests.integration.conftest import tail, worker_process
-from tests.web.factories import make_project
+from tests.web.factories import make_profile, make_project
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -111,7 +111,7 @@ def test_a_worker_on_another_machine_trains_exports_prunes_and_deletes(
         assert s3_storage.keys("datasets/") == [dataset.file.name]
 
         # A search on it runs on the worker, which fetches the upload from the store.
-        profile = HardwareProfile.objects.presets().order_by("-sram_kb").first()
+        profile = make_profile(user, sram_kb=256, flash_kb=1024)
         form = {"dataset": dataset.pk, "profile": profile.pk, "strategy": "random", "budget": 2}
         form |= {"population": 2, "parallel": 1, "seed": 0, "epochs": 2}
         response = client.post(reverse("run_create", args=[make_project(user).pk]), form)
