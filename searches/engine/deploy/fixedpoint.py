@@ -1,4 +1,9 @@
-"""Fixed-point arithmetic of the TFLite int8 kernels, vectorised over int64 arrays."""
+"""Fixed-point arithmetic of the TFLite int8 kernels, vectorised over int64 arrays.
+
+LiteRT 2.3.0 requantises CONV_2D, DEPTHWISE_CONV_2D and ADD with double rounding
+(:func:`requantize`) and FULLY_CONNECTED with single rounding (:func:`requantize_single`);
+nasweb's kernels do the same per op (docs/export.md).
+"""
 
 from __future__ import annotations
 
@@ -55,6 +60,19 @@ def requantize(acc: IntArray, multiplier: Any, shift: Any) -> IntArray:
     high -= negative
     high >>= right
     return high
+
+
+def requantize_single(acc: IntArray, multiplier: Any, shift: Any) -> IntArray:
+    """TFLite's single-rounding MultiplyByQuantizedMultiplier (its FULLY_CONNECTED), in int64.
+
+    One rounding: (acc·M0 + 2^(30-shift)) >> (31-shift), half rounded up; |acc·M0| < 2^62,
+    so nothing overflows int64.  The result saturates to int32 (LiteRT only asserts it fits).
+    """
+    acc = np.asarray(acc, dtype=np.int64)
+    m = np.asarray(multiplier, dtype=np.int64)
+    total = 31 - np.asarray(shift, dtype=np.int64)
+    out = (acc * m + (np.int64(1) << (total - 1))) >> total
+    return np.clip(out, INT32_MIN, INT32_MAX)
 
 
 def rounded_average(total: IntArray, count: int) -> IntArray:

@@ -10,7 +10,8 @@ scalars, and :func:`run_int8` computes, with integers only, the bytes the C code
 * bias: int32 at scale ``s_in·s_w[c]``, stored with the input zero-point term folded in
   (``b - zp_in·Σw``), so a kernel adds ``Σ w·q`` over valid taps and ``zp_in·Σ w`` over padded
   taps — exactly ``b + Σ w·(q - zp_in)``;
-* requantisation: ``M = s_in·s_w/s_out = M0·2^(shift-31)``, TFLite's default double rounding;
+* requantisation: ``M = s_in·s_w/s_out = M0·2^(shift-31)``, rounded as LiteRT 2.3.0 does:
+  twice (double rounding) for convolutions, once for dense layers;
   ReLU is the clamp ``[max(-128, zp_out), 127]``;
 * max/avg pooling keep their input's scale and zero point; Add rescales its inputs to a
   common scale with a 2^20 headroom shift, as TFLite's int8 Add does.

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from searches.engine.deploy.fixedpoint import requantize, rounded_average
+from searches.engine.deploy.fixedpoint import requantize, requantize_single, rounded_average
 from searches.engine.deploy.int8 import (
     ADD_LEFT_SHIFT,
     REFERENCE_BATCH,
@@ -54,9 +54,12 @@ def _conv(op: Op, p: WeightedOp, x: IntArray, zp_in: int, zp_out: int) -> IntArr
     return _finish(acc, p, zp_out)
 
 
-def _finish(acc_f64: npt.NDArray[np.float64], p: WeightedOp, zp_out: int) -> IntArray:
+def _finish(
+    acc_f64: npt.NDArray[np.float64], p: WeightedOp, zp_out: int, *, single: bool = False
+) -> IntArray:
     acc = acc_f64.astype(np.int64) + p.bias.astype(np.int64)
-    out = requantize(acc, p.multiplier, p.shift) + zp_out
+    # LiteRT rounds FULLY_CONNECTED once, convolutions twice.
+    out = (requantize_single if single else requantize)(acc, p.multiplier, p.shift) + zp_out
     return np.clip(out, p.act_min, p.act_max)
 
 
@@ -87,7 +90,7 @@ def _run_batch(qm: QuantModel, x: IntArray) -> IntArray:
         elif op.kind == "dense":
             p = qm.weighted[op.id]
             flat = src.reshape(len(src), -1).astype(np.float64)
-            values[out] = _finish(flat @ p.weights.astype(np.float64).T, p, zp[out])
+            values[out] = _finish(flat @ p.weights.astype(np.float64).T, p, zp[out], single=True)
         elif op.kind in ("maxpool", "avgpool"):
             values[out] = _pool(op, src)
         elif op.kind == "add":

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from searches.engine.deploy.fixedpoint import quantize_multiplier, requantize
+from searches.engine.deploy.fixedpoint import quantize_multiplier, requantize, requantize_single
 from searches.engine.deploy.int8 import QParams, QuantizationError, QuantModel
 from searches.engine.deploy.quantize import activation_qparams, quantize
 from searches.engine.deploy.reference import run_int8
@@ -76,6 +76,34 @@ def test_requantize_matches_the_integer_definition() -> None:
 def test_requantize_rounds_half_away_from_zero_in_the_shift() -> None:
     m0, shift = quantize_multiplier(0.25)  # exact high multiply, rounding in the shift
     assert requantize(np.array([6, -6, 10, -10]), m0, shift).tolist() == [2, -2, 3, -3]
+
+
+def literal_single(acc: int, m0: int, shift: int) -> int:
+    """TFLite's single rounding: round(acc·m0 / 2^(31-shift)), halves up, on Python integers."""
+    total = 31 - shift
+    q, r = divmod(acc * m0, 1 << total)  # floor division
+    return q + (1 if 2 * r >= 1 << total else 0)
+
+
+def test_requantize_single_matches_the_integer_definition() -> None:
+    rng = random.Random(4)
+    accs, mults, shifts, expected = [], [], [], []
+    for _ in range(5000):
+        acc = rng.choice([rng.randint(-(2**31), 2**31 - 1), rng.randint(-5000, 5000), 0, -1, 1])
+        m0, shift = quantize_multiplier(rng.choice([rng.uniform(1e-6, 1.0), rng.uniform(1, 4)]))
+        accs.append(acc)
+        mults.append(m0)
+        shifts.append(shift)
+        expected.append(max(-TWO_31, min(TWO_31 - 1, literal_single(acc, m0, shift))))
+    got = requantize_single(np.array(accs), np.array(mults), np.array(shifts))
+    assert got.tolist() == expected
+
+
+def test_single_and_double_rounding_differ_on_negative_halves() -> None:
+    m0, shift = quantize_multiplier(0.25)
+    # -6/4 = -1.5: single rounding rounds half up (-1), double rounding away from zero (-2).
+    assert requantize_single(np.array([6, -6, 5, -5]), m0, shift).tolist() == [2, -1, 1, -1]
+    assert requantize(np.array([-6]), m0, shift).tolist() == [-2]
 
 
 def test_activation_qparams_represent_zero_exactly() -> None:

@@ -2,7 +2,8 @@
  *
  * The exporter copies the kernels a model needs into its header, with every "nnk_" prefix
  * replaced by the model's name, so two models can live in one program.  Arithmetic follows
- * the TFLite int8 specification with its default double rounding; searches/engine/quant.py
+ * the TFLite int8 specification and LiteRT 2.3.0's kernels: double rounding for convolutions
+ * and Add, single rounding for dense (FULLY_CONNECTED); searches/engine/deploy/reference.py
  * computes the same numbers in Python and the verification compares them byte for byte.
  *
  * Conventions
@@ -296,7 +297,16 @@ static void nnk_dwconv2d(const int8_t *in, int32_t ih, int32_t iw, int32_t c,
 /* @end */
 
 /* @kernel dense */
-/* Fully connected: out[o] = requant(bias[o] + sum(w[o][i] * in[i])). */
+/* acc * M0 * 2^(shift-31) rounded once, half up, as LiteRT's FULLY_CONNECTED does:
+ * (acc * M0 + 2^(30-shift)) >> (31-shift) in 64 bits, saturated to int32. */
+static int32_t nnk_requant_single(int32_t acc, int32_t mult, int32_t shift)
+{
+    int32_t total = 31 - shift;
+    int64_t r = ((int64_t)acc * mult + ((int64_t)1 << (total - 1))) >> total;
+    return r > INT32_MAX ? INT32_MAX : (r < INT32_MIN ? INT32_MIN : (int32_t)r);
+}
+
+/* Fully connected: out[o] = requant_single(bias[o] + sum(w[o][i] * in[i])). */
 static void nnk_dense(const int8_t *in, int32_t n_in,
                       const int8_t *w, const int32_t *bias, const int32_t *mult, const int8_t *shift,
                       int8_t *out, int32_t n_out, int32_t out_zp, int32_t act_min, int32_t act_max)
@@ -304,7 +314,7 @@ static void nnk_dense(const int8_t *in, int32_t n_in,
     int32_t o;
     for (o = 0; o < n_out; ++o, w += n_in) {
         int32_t acc = bias[o] + nnk_dot(in, w, n_in);
-        out[o] = nnk_saturate(nnk_requant(acc, mult[o], shift[o]) + out_zp, act_min, act_max);
+        out[o] = nnk_saturate(nnk_requant_single(acc, mult[o], shift[o]) + out_zp, act_min, act_max);
     }
 }
 /* @end */
