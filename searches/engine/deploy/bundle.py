@@ -70,25 +70,6 @@ static void read_sensor(float *x)
     }
 }
 
-/* q = clamp(round(x / scale) + zero_point, -128, 127), rounding half to even like numpy. */
-static int8_t quantize(float x)
-{
-    float r = x / ${NAME}_INPUT_SCALE;
-    float frac;
-    int32_t q;
-    if (r > 1.0e6f) r = 1.0e6f;
-    if (r < -1.0e6f) r = -1.0e6f;
-    q = (int32_t)r; /* truncates toward zero */
-    frac = r - (float)q;
-    if (frac > 0.5f || (frac == 0.5f && (q & 1) != 0)) {
-        q += 1;
-    } else if (frac < -0.5f || (frac == -0.5f && (q & 1) != 0)) {
-        q -= 1;
-    }
-    q += ${NAME}_INPUT_ZERO_POINT;
-    return (int8_t)(q < -128 ? -128 : (q > 127 ? 127 : q));
-}
-
 /* Appends the decimal form of v to text at *pos (no printf needed on the board). */
 static void append_int(char *text, int32_t *pos, int32_t v)
 {
@@ -113,9 +94,7 @@ int main(void)
     int32_t i, best = 0, pos = 0;
 
     read_sensor(sensor);
-    for (i = 0; i < ${NAME}_INPUT_SIZE; ++i) {
-        input[i] = quantize(sensor[i]);
-    }
+    ${name}_quantize_input(sensor, input); /* exactly as nasweb's Python and TFLite quantise */
     if (${name}_run(input, logits) != 0) {
         print("inference failed\n");
         return 1;
@@ -259,8 +238,9 @@ q = clamp(round(x / ${NAME}_INPUT_SCALE) + ${NAME}_INPUT_ZERO_POINT, -128, 127)
 ```
 
 with `${NAME}_INPUT_SCALE` = $input_scale and `${NAME}_INPUT_ZERO_POINT` = $input_zero_point.
-`quantize()` in `main.c` does exactly this, rounding half to even as nasweb's Python reference
-does.
+`${name}_quantize_input(x, q)` in the header does exactly this, as nasweb's Python reference and
+TFLite's QUANTIZE op do: a float32 division, rounding half away from zero (so the bytes match the
+reference on every input; `main.c` calls it).
 
 ## Reading the output
 

@@ -24,7 +24,8 @@ def quantize_multiplier(m: float) -> tuple[int, int]:
     if m == 0:
         return 0, 0
     f, e = math.frexp(m)
-    m0 = round(f * (1 << 31))
+    # std::round (half away from zero), as TFLite's QuantizeMultiplier; f·2^31 + 0.5 is exact.
+    m0 = math.floor(f * (1 << 31) + 0.5)
     if m0 == 1 << 31:
         m0 //= 2
         e += 1

@@ -200,6 +200,29 @@ class _Writer:
         return "".join(body)
 
 
+def _quantize_function(name: str) -> str:
+    u = name.upper()
+    return f"""void {name}_quantize_input(const float *x, int8_t *q)
+{{
+    int32_t i, v;
+    for (i = 0; i < {u}_INPUT_SIZE; ++i) {{
+        float r = x[i] / {u}_INPUT_SCALE; /* float32 division, as TFLite's QUANTIZE */
+        if (!(r > -512.0f)) r = -512.0f;  /* beyond +-512 the result saturates anyway */
+        if (r > 512.0f) r = 512.0f;
+        v = (int32_t)r;                   /* truncates toward zero; r - v is exact */
+        r -= (float)v;
+        if (r >= 0.5f) {{
+            v += 1;
+        }} else if (r <= -0.5f) {{
+            v -= 1;
+        }}
+        v += {u}_INPUT_ZERO_POINT;
+        q[i] = (int8_t)(v < -128 ? -128 : (v > 127 ? 127 : v));
+    }}
+}}
+"""
+
+
 def _summary(qm: QuantModel, report: ResourceReport) -> str:
     rows = []
     for layer in report.layers:
@@ -229,8 +252,9 @@ def generate_header(qm: QuantModel, name: str) -> CHeader:
  *     #define {u}_IMPLEMENTATION
  *     #include "{name}.h"
  *
- * Input : {h}x{wd}x{c} int8, HWC order.  Quantise a real value x as
- *         q = clamp(round(x / {u}_INPUT_SCALE) + {u}_INPUT_ZERO_POINT, -128, 127).
+ * Input : {h}x{wd}x{c} int8, HWC order.  {name}_quantize_input() quantises real values x as
+ *         q = clamp(round(x / {u}_INPUT_SCALE) + {u}_INPUT_ZERO_POINT, -128, 127)
+ *         with a float32 division and rounding half away from zero (TFLite's QUANTIZE op).
  * Output: {qm.classes} int8 logits; real = {u}_OUTPUT_SCALE * (q - {u}_OUTPUT_ZERO_POINT).
  *         The predicted class is the index of the largest logit.
  * Memory: one static arena of {arena} bytes (RAM); {flash} bytes of constant arrays (flash).
@@ -265,6 +289,11 @@ extern "C" {{
  * {u}_OUTPUT_SIZE int8 logits.  Not re-entrant (one static arena).  Returns 0. */
 int {name}_run(const int8_t *input, int8_t *output);
 
+/* Quantise {u}_INPUT_SIZE real values (the training data's units) into the int8 input,
+ * byte for byte as nasweb's Python reference and TFLite's QUANTIZE do.  Needs IEEE float32
+ * arithmetic (no -ffast-math). */
+void {name}_quantize_input(const float *x, int8_t *q);
+
 #ifdef __cplusplus
 }}
 #endif
@@ -293,6 +322,7 @@ static int8_t {name}_arena[{u}_ARENA_SIZE];
 #endif
 
 {w.run_function()}
+{_quantize_function(name)}
 #endif /* {u}_IMPLEMENTATION */
 """
     return CHeader(text=text, name=name, arena_bytes=arena, flash_bytes=flash, macs=report.macs)

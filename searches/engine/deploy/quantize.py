@@ -39,6 +39,7 @@ from searches.engine.deploy.int8 import (
     QuantizationError,
     QuantModel,
     WeightedOp,
+    float32,
 )
 from searches.engine.resources.graph import build_graph
 from searches.engine.resources.opgraph import Op, OpGraph
@@ -140,7 +141,8 @@ def activation_qparams(lo: float, hi: float) -> QParams:
         return QParams(1.0, -128 if lo == 0 else 0)
     scale = (hi - lo) / 255.0
     zero_point = int(np.clip(round(-128 - lo / scale), -128, 127))
-    return QParams(scale, zero_point)
+    # The zero point comes from the exact range, the scale is kept as float32 (as TFLite does).
+    return QParams(float32(scale), zero_point)
 
 
 # ---- quantisation ------------------------------------------------------------------------
@@ -156,7 +158,8 @@ def _quantize_weighted(op: Op, w: torch.Tensor, b: torch.Tensor, s_in: QParams, 
     else:
         w_np = w_np.transpose(0, 2, 3, 1)  # OIHW → OHWI
         per_channel = np.abs(w_np).reshape(w_np.shape[0], -1).max(axis=1)
-    w_scale = np.where(per_channel > 0, per_channel / 127.0, 1.0)
+    # float32 scales, as a .tflite file stores them; everything below derives from those.
+    w_scale = np.where(per_channel > 0, per_channel / 127.0, 1.0).astype(np.float32).astype(np.float64)
     channel_axis = -1 if op.kind == "dwconv2d" else 0
     shape = [1] * w_np.ndim
     shape[channel_axis] = -1
@@ -173,6 +176,7 @@ def _quantize_weighted(op: Op, w: torch.Tensor, b: torch.Tensor, s_in: QParams, 
     # Every tap adds w·q (valid) or w·zp (padded), each at most 128·|w|.
     if np.any(np.abs(folded) + 128 * abs_sum >= 2**31):
         raise QuantizationError(f"{op.id}: the int32 accumulator could overflow")
+    # LiteRT's kernels: (double)s_in · (double)s_w / (double)s_out, from the float32 scales.
     pairs = [quantize_multiplier(float(s)) for s in bias_scale / s_out.scale]
     relu = bool(op.attrs.get("relu"))
     return WeightedOp(
@@ -182,10 +186,12 @@ def _quantize_weighted(op: Op, w: torch.Tensor, b: torch.Tensor, s_in: QParams, 
         shift=np.array([s for _, s in pairs], dtype=np.int8),
         act_min=max(-128, s_out.zero_point) if relu else -128,
         act_max=127,
+        weight_scale=w_scale.astype(np.float32),
     )
 
 
 def _add_params(inputs: list[QParams], out: QParams) -> AddParams:
+    # LiteRT's int8 ADD, in double from the float32 scales (nasweb's n-input form generalises it).
     twice_max = 2 * max(q.scale for q in inputs)
     pairs = [quantize_multiplier(q.scale / twice_max) for q in inputs]
     out_m, out_s = quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * out.scale))

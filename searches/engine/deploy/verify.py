@@ -3,7 +3,8 @@
 :func:`verify_export` runs four steps on a quantised model and its generated header:
 
 1. **host** — gcc (``-std=c99 -Wall -Wextra -pedantic -Werror``) builds the header with a
-   harness that runs every test input from a binary file; the output bytes of the first
+   harness that quantises every float test input with the header's ``<name>_quantize_input``
+   (its bytes must equal :meth:`QuantModel.quantize_input`'s) and runs it; the output bytes of the first
    ``n_inputs`` must equal :func:`~searches.engine.deploy.reference.run_int8`'s and the C accuracy over
    the whole test split must equal :func:`~searches.engine.deploy.reference.int8_accuracy`.
 2. **arm_build** — arm-none-eabi-gcc builds the smallest application around the model for the
@@ -110,6 +111,7 @@ def _write_sources(directory: Path, header: CHeader) -> None:
         f"#define MODEL_INPUT_SIZE {upper}_INPUT_SIZE\n"
         f"#define MODEL_OUTPUT_SIZE {upper}_OUTPUT_SIZE\n"
         f"#define model_run {header.name}_run\n"
+        f"#define model_quantize_input {header.name}_quantize_input\n"
     )
 
 
@@ -191,11 +193,13 @@ def _step_host(ctx: _Context, step: StepResult) -> None:
         host_compile([C_DIR / "verify_host.c"], exe, include_dirs=[ctx.directory])
     except CompileError as exc:
         raise _StepFailed(FAILED, f"{exc.message}: {_first_line(exc.output)}", exc.output) from exc
-    inputs, outputs = ctx.directory / "test_inputs.bin", ctx.directory / "test_outputs.bin"
-    inputs.write_bytes(ctx.xq.tobytes())
+    # The C quantises the float pixels itself, so a quantiser that disagrees with Python's fails.
+    inputs, outputs = ctx.directory / "test_inputs.f32", ctx.directory / "test_outputs.bin"
+    quantised = ctx.directory / "test_inputs_quantised.bin"
+    inputs.write_bytes(np.ascontiguousarray(ctx.test_x, dtype="<f4").tobytes())
     start = time.perf_counter()
     proc = subprocess.run(
-        [str(exe), str(inputs), str(outputs)],
+        [str(exe), str(inputs), str(outputs), str(quantised)],
         capture_output=True,
         text=True,
         timeout=HOST_RUN_TIMEOUT_S,
@@ -211,17 +215,28 @@ def _step_host(ctx: _Context, step: StepResult) -> None:
             FAILED, f"the host program wrote {got.size} bytes for {n} inputs, expected {n * classes}"
         )
     got = got.reshape(n, classes)
+    c_inputs = np.frombuffer(quantised.read_bytes(), dtype=np.int8)
+    same_size = c_inputs.size == ctx.xq.size
+    input_bytes_differing = int((c_inputs != ctx.xq.reshape(-1)).sum()) if same_size else -1
     c_accuracy = float((got.argmax(axis=1) == np.asarray(ctx.test_y)).mean())
     python_accuracy = int8_accuracy(ctx.qm, ctx.test_x, ctx.test_y)
     mismatch = _first_mismatch(got[: ctx.n_inputs], ctx.reference)
     step.numbers = {
         "test_inputs": n,
+        "input_bytes_differing": input_bytes_differing,
         "compared_inputs": len(ctx.reference),
         "output_bytes_differing": int((got[: ctx.n_inputs] != ctx.reference).sum()),
         "c_accuracy": c_accuracy,
         "python_int8_accuracy": python_accuracy,
         "host_run_seconds": round(run_seconds, 3),
     }
+    if input_bytes_differing:
+        raise _StepFailed(
+            FAILED,
+            f"the C quantiser (<name>_quantize_input) differs from Python's quantize_input on "
+            f"{input_bytes_differing if input_bytes_differing > 0 else 'the size of'} input bytes "
+            f"of {n} test inputs",
+        )
     if mismatch:
         raise _StepFailed(FAILED, f"host C output differs from the Python int8 reference: {mismatch}")
     if c_accuracy != python_accuracy:
@@ -231,6 +246,7 @@ def _step_host(ctx: _Context, step: StepResult) -> None:
             f"over {n} test inputs",
         )
     step.message = (
+        f"C quantiser identical to Python's on {n} float test inputs; "
         f"outputs of {len(ctx.reference)} inputs identical to the Python int8 reference; "
         f"accuracy over {n} test inputs {c_accuracy:.2%} in C and in Python"
     )

@@ -22,17 +22,18 @@ import pytest
 import torch
 
 from searches.engine.deploy.header import c_identifier, generate_header
-from searches.engine.deploy.int8 import QuantModel
+from searches.engine.deploy.int8 import QParams, QuantModel, float32
 from searches.engine.deploy.quantize import quantize
 from searches.engine.deploy.reference import run_int8
 from searches.engine.resources.report import analyze
-from searches.engine.space.arch import Architecture, load_many
+from searches.engine.space.arch import Architecture, ConvBlock, ConvLayer, load_many
 from searches.engine.training.model import build_model
 
 ROOT = Path(__file__).resolve().parents[3]
 COUNT = 200
 INPUTS = 12
 CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", "-O2"]
+TINY = Architecture((8, 8, 1), 3, (ConvBlock((ConvLayer("conv2d", 3, 2),)),), None, ())
 HARNESS = """#include <stdio.h>
 #define {U}_IMPLEMENTATION
 #include "{n}.h"
@@ -165,3 +166,59 @@ def test_names_must_be_c_identifiers() -> None:
         generate_header(qm, "My Model")
     assert c_identifier("Run 12 / cand-34") == "run_12_cand_34"
     assert c_identifier("7up") == "m_7up"
+
+
+QUANTISER_HARNESS = """#include <stdio.h>
+#define {U}_IMPLEMENTATION
+#include "{n}.h"
+int main(void)
+{{
+    float x[{U}_INPUT_SIZE];
+    int8_t q[{U}_INPUT_SIZE];
+    while (fread(x, sizeof x[0], {U}_INPUT_SIZE, stdin) == {U}_INPUT_SIZE) {{
+        {n}_quantize_input(x, q);
+        fwrite(q, 1, sizeof q, stdout);
+    }}
+    return 0;
+}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("scale", "zero_point"),
+    [(1 / 255, -128), (1 / 256, -128), (0.0123, 5), (0.0041, -3), (1.0, -128)],
+)
+def test_the_c_quantiser_equals_quantize_input(workdir: Path, scale: float, zero_point: int) -> None:
+    """Every pixel level v/255 and v/16, ties of the scale and random floats, through gcc."""
+    arch = TINY
+    qm = random_quant_model(arch, seed=0)
+    qm.qparams = {**qm.qparams, "input": QParams(float32(scale), zero_point)}
+    rng = np.random.default_rng(7)
+    ties = (np.arange(-300, 300) + 0.5) * float32(scale)
+    values = np.concatenate(
+        [np.arange(256) / 255, np.arange(17) / 16, ties, rng.uniform(-3, 3, 5000), rng.normal(0, 0.3, 5000)]
+    ).astype(np.float32)
+    size = int(np.prod(arch.input_shape))
+    x = np.resize(values, (len(values) // size + 1) * size).reshape(-1, *arch.input_shape)
+    name = c_identifier(f"quantiser_{zero_point + 200}_{len(str(scale))}")
+    (workdir / f"{name}.h").write_text(generate_header(qm, name).text)
+    (workdir / f"{name}.c").write_text(QUANTISER_HARNESS.format(U=name.upper(), n=name))
+    exe = workdir / name
+    subprocess.run(["gcc", *CFLAGS, "-o", str(exe), str(workdir / f"{name}.c")], check=True)
+    c_bytes = subprocess.run(
+        [str(exe)], input=x.astype("<f4").tobytes(), capture_output=True, check=True
+    ).stdout
+    assert np.array_equal(np.frombuffer(c_bytes, dtype=np.int8), qm.quantize_input(x).reshape(-1))
+
+
+def test_quantize_input_follows_tflite_float32_semantics() -> None:
+    """1/255 is stored as float32 (0.0039215689, above 1/255): 0.5 lands just below the tie."""
+    arch = TINY
+    qm = random_quant_model(arch, seed=0)
+    qm.qparams = {**qm.qparams, "input": QParams(float32(1 / 255), -128)}
+    x = np.full((1, *arch.input_shape), 0.5, dtype=np.float32)
+    assert qm.quantize_input(x).reshape(-1)[0] == -1
+    # A true tie rounds half away from zero (TfLiteRound), not to even.
+    qm.qparams = {**qm.qparams, "input": QParams(0.25, 0)}
+    ties = np.resize(np.array([0.125, -0.125, 0.375], np.float32), (1, *arch.input_shape))
+    assert qm.quantize_input(ties).reshape(-1)[:3].tolist() == [1, -1, 2]

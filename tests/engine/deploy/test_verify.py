@@ -187,6 +187,26 @@ def test_a_difference_from_the_reference_fails_host_and_qemu(
     assert "QEMU output differs" in result.step("qemu").message
 
 
+class HalfToEvenQuantiser(QuantModel):
+    """nasweb's old Python quantiser: float64 division, ties to even (differs from the C's)."""
+
+    def quantize_input(self, x: npt.NDArray[np.generic]) -> npt.NDArray[np.int8]:
+        q = np.round(np.asarray(x, dtype=np.float64) / self.input_scale) + self.input_zero_point
+        return np.clip(q, -128, 127).astype(np.int8)
+
+
+def test_a_quantiser_that_differs_from_the_c_fails_the_host_step(qm: QuantModel, test_split: tuple) -> None:
+    wrong = HalfToEvenQuantiser(qm.arch, qm.qparams, qm.weighted, qm.adds)
+    # Pixels on the scale's ties: the two quantisers disagree on every even one.
+    x = ((np.arange(300 * 64) % 40 + 0.5) * qm.input_scale).astype(np.float32).reshape(300, 8, 8, 1)
+    assert not np.array_equal(wrong.quantize_input(x), qm.quantize_input(x))
+    result = run(wrong, (x, test_split[1]), core="cortex-m0plus", n_inputs=4)
+    assert result.step("host").status == FAILED
+    assert "the C quantiser (<name>_quantize_input) differs from Python's" in result.step("host").message
+    assert result.step("host").numbers["input_bytes_differing"] > 0
+    assert run(qm, (x, test_split[1]), core="cortex-m0plus", n_inputs=4).step("host").status == PASSED
+
+
 def test_progress_sees_each_step_start_and_end(qm: QuantModel, test_split: tuple) -> None:
     seen: list[tuple[str, str]] = []
     run(qm, test_split, core="avr", n_inputs=2, progress=lambda s: seen.append((s.key, s.status)))
