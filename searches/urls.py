@@ -40,6 +40,7 @@ urlpatterns = [
     path("candidates/<int:pk>/header.h", candidates.candidate_header, name="candidate_header"),
     path("candidates/<int:pk>/bundle.zip", candidates.candidate_bundle, name="candidate_bundle"),
     path("candidates/<int:pk>/model.onnx", candidates.candidate_onnx, name="candidate_onnx"),
+    path("candidates/<int:pk>/model.tflite", candidates.candidate_tflite, name="candidate_tflite"),
     path("candidates/<int:pk>/verify/", candidates.candidate_verify, name="candidate_verify"),
     path("candidates/<int:pk>/export/", candidates.candidate_export, name="candidate_export"),
     path("candidates/<int:pk>/prune/", pruning.candidate_prune, name="candidate_prune"),

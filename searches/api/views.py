@@ -21,6 +21,7 @@ from rest_framework.response import Response
 from searches.api import serializers as s
 from searches.engine.deploy.header import ExportError
 from searches.engine.deploy.int8 import QuantizationError
+from searches.engine.deploy.tflite import TFLiteExportError
 from searches.models import Candidate, Dataset, HardwareProfile, Project, SearchRun
 from searches.services import execution, export
 from searches.services.launch import RunRequest, launch_run
@@ -310,7 +311,7 @@ class CandidateViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
             return make(candidate)
         except export.ExportUnavailable as exc:
             return Response({"detail": f"Cannot export: {exc}."}, status=status.HTTP_409_CONFLICT)
-        except (QuantizationError, ExportError) as exc:
+        except (QuantizationError, ExportError, TFLiteExportError) as exc:
             return Response({"detail": f"The export failed: {exc}"}, status=status.HTTP_409_CONFLICT)
 
     @extend_schema(
@@ -342,6 +343,21 @@ class CandidateViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
         def make(candidate: Candidate) -> HttpResponse:
             filename, data = export.bundle_for(candidate)
             return _attachment(data, "application/zip", filename)
+
+        return self._export(make)
+
+    @extend_schema(
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY, 409: OpenApiTypes.OBJECT},
+        description=(
+            "The int8 model as a full-integer .tflite file (int8 NHWC input, int8 logits): the header's "
+            "scales, zero points, weights and biases, for LiteRT and TFLite Micro."
+        ),
+    )
+    @action(detail=True, methods=["get"], renderer_classes=_DOWNLOAD_RENDERERS)
+    def tflite(self, request: Request, pk: str | None = None) -> HttpResponse | Response:
+        def make(candidate: Candidate) -> HttpResponse:
+            filename, data = export.tflite_for(candidate)
+            return _attachment(data, "application/octet-stream", filename)
 
         return self._export(make)
 

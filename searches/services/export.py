@@ -10,8 +10,8 @@ module decides what it runs on and stores what comes out:
   so deleting the run deletes it too.  Candidates trained before that existed are quantised on demand
   (:func:`quant_model_for`) from their weights, with the same calibration images, so they
   get the very model an evaluation would have stored.
-- **downloads.**  The header, the zip bundle and the float ONNX model are built per request
-  from the stored model; their C names are ``nasweb_r<run>_c<index>``.
+- **downloads.**  The header, the zip bundle, the int8 .tflite file and the float ONNX model
+  are built per request from the stored model; their C names are ``nasweb_r<run>_c<index>``.
 - **verification.**  :func:`request_verification` marks the candidate queued and queues a
   Celery task once the transaction commits; :func:`verify` (the task and the
   ``verify_export`` command) runs ``searches.engine.deploy.verify.verify_export`` for the run's
@@ -42,6 +42,7 @@ from searches.engine.deploy.bundle import bundle_zip
 from searches.engine.deploy.header import CHeader, c_identifier, generate_header
 from searches.engine.deploy.int8 import QuantModel
 from searches.engine.deploy.report import FAILED, UNAVAILABLE, ExportVerification, StepResult
+from searches.engine.deploy.tflite import tflite_model
 from searches.engine.deploy.toolchain import APT_COMMAND
 from searches.engine.deploy.verify import verify_export
 from searches.engine.space.arch import Architecture, ArchitectureError, from_json
@@ -223,6 +224,15 @@ def bundle_for(candidate: Candidate) -> tuple[str, bytes]:
         sram_limit_bytes=target.sram_bytes,
     )
     return f"{name}.zip", data
+
+
+def tflite_for(candidate: Candidate) -> tuple[str, bytes]:
+    """(file name, bytes) of the int8 model as a .tflite file: the header's numbers, for LiteRT."""
+    description = (
+        f"nasweb run {candidate.run_id}, candidate {candidate.index} ({candidate.run.dataset}), full-integer "
+        "int8: input (1, H, W, C) int8 NHWC, output (1, classes) int8 logits"
+    )
+    return f"{c_name(candidate)}.tflite", tflite_model(quant_model_for(candidate), description)
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ from django.views.decorators.http import require_GET, require_POST
 from searches import events
 from searches.engine.deploy.header import ExportError
 from searches.engine.deploy.int8 import QuantizationError
+from searches.engine.deploy.tflite import TFLiteExportError
 from searches.engine.resources.latency import latency_ms
 from searches.engine.space.arch import ArchitectureError
 from searches.forms import PruneForm
@@ -120,7 +121,7 @@ def _download(request: HttpRequest, pk: int, make: Callable[[Candidate], HttpRes
         return make(candidate)
     except export.ExportUnavailable as exc:
         messages.error(request, f"Cannot export: {exc}.")
-    except (QuantizationError, ExportError) as exc:
+    except (QuantizationError, ExportError, TFLiteExportError) as exc:
         logger.exception("export of candidate %s failed", candidate.pk)
         messages.error(request, f"The export failed: {exc}")
     return redirect("candidate_detail", pk=candidate.pk)
@@ -134,6 +135,11 @@ def _header_response(candidate: Candidate) -> HttpResponse:
 def _bundle_response(candidate: Candidate) -> HttpResponse:
     filename, data = export.bundle_for(candidate)
     return _attachment(data, "application/zip", filename)
+
+
+def _tflite_response(candidate: Candidate) -> HttpResponse:
+    filename, data = export.tflite_for(candidate)
+    return _attachment(data, "application/octet-stream", filename)
 
 
 def _onnx_response(candidate: Candidate) -> HttpResponse:
@@ -153,6 +159,13 @@ def candidate_header(request: HttpRequest, pk: int) -> HttpResponse:
 def candidate_bundle(request: HttpRequest, pk: int) -> HttpResponse:
     """The header with an example, Makefile and README, for the run's target, as a zip."""
     return _download(request, pk, _bundle_response)
+
+
+@login_required
+@require_GET
+def candidate_tflite(request: HttpRequest, pk: int) -> HttpResponse:
+    """The int8 model as a .tflite file (LiteRT, TFLite Micro): the header's exact numbers."""
+    return _download(request, pk, _tflite_response)
 
 
 @login_required

@@ -26,6 +26,7 @@ DOWNLOADS = [
     ("candidate_header", "text/x-c; charset=utf-8", ".h"),
     ("candidate_bundle", "application/zip", ".zip"),
     ("candidate_onnx", "application/octet-stream", ".onnx"),
+    ("candidate_tflite", "application/octet-stream", ".tflite"),
 ]
 
 
@@ -291,6 +292,7 @@ def test_the_api_orders_and_filters_by_int8_accuracy_and_export_status(api, user
         ("header", "text/x-c; charset=utf-8", ".h"),
         ("bundle", "application/zip", ".zip"),
         ("onnx", None, ".onnx"),
+        ("tflite", None, ".tflite"),
     ],
 )
 def test_the_api_downloads(api, candidate: Candidate, action: str, content_type: str | None, suffix: str):
@@ -329,7 +331,7 @@ def test_the_api_checks_owner(other_user, candidate: Candidate, queued):
     client = APIClient()
     client.force_authenticate(other_user)
 
-    for action in ("", "header/", "bundle/", "onnx/"):
+    for action in ("", "header/", "bundle/", "onnx/", "tflite/"):
         assert client.get(f"/api/candidates/{candidate.pk}/{action}").status_code == 404
     assert client.post(f"/api/candidates/{candidate.pk}/verify/").status_code == 404
     assert queued == []
@@ -345,7 +347,7 @@ def test_the_api_requires_authentication(candidate: Candidate):
 def test_the_api_schema_documents_the_actions(api):
     schema = api.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
 
-    for action in ("header", "bundle", "onnx"):
+    for action in ("header", "bundle", "onnx", "tflite"):
         assert f"/api/candidates/{{id}}/{action}/" in schema["paths"]
     assert "post" in schema["paths"]["/api/candidates/{id}/verify/"]
 
