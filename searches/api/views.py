@@ -354,7 +354,11 @@ class CandidateViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
         ),
     )
     @action(detail=True, methods=["get"], renderer_classes=_DOWNLOAD_RENDERERS)
-    def tflite(self, request: Request, pk: str | None = None) -> HttpResponse | Response:
+    def tflite(
+        self, request: Request, pk: str | None = None, format: str | None = None
+    ) -> HttpResponse | Response:
+        _refuse_suffix(format)
+
         def make(candidate: Candidate) -> HttpResponse:
             filename, data = export.tflite_for(candidate)
             return _attachment(data, "application/octet-stream", filename)

@@ -63,7 +63,7 @@ def test_verify_takes_the_json_suffix(api, user):
     assert response.json()["detail"].startswith("Cannot verify")
 
 
-@pytest.mark.parametrize("download", ["header", "bundle", "onnx"])
+@pytest.mark.parametrize("download", ["header", "bundle", "onnx", "tflite"])
 def test_downloads_refuse_a_suffix_with_a_404(api, user, download):
     candidate = make_candidate(make_run(user), 0)
 
