@@ -143,7 +143,10 @@ def quant_model_for(candidate: Candidate, *, with_accuracy: bool = False) -> Qua
     """
     _check_trained(candidate)
     qm = _stored_quant_model(candidate)
-    needs_accuracy = with_accuracy and candidate.int8_test_accuracy is None
+    # A stored file that could not be used (damaged, or an older format) had its accuracies
+    # measured on a model that is about to be replaced: they go with it.
+    replaced = qm is None and bool(candidate.int8_model)
+    needs_accuracy = with_accuracy and (candidate.int8_test_accuracy is None or replaced)
     if qm is not None and not needs_accuracy:
         return qm
     dataset, fidelity = _dataset_and_fidelity(candidate.run)
@@ -153,6 +156,8 @@ def quant_model_for(candidate: Candidate, *, with_accuracy: bool = False) -> Qua
         with evaluation_threads():
             qm = quantize_trained(arch, model, dataset, fidelity)
         fields["int8_model"] = save_quant_model(qm, int8_name(candidate.run, candidate.index))
+        if replaced and not needs_accuracy:
+            fields["int8_val_accuracy"] = fields["int8_test_accuracy"] = None
     if needs_accuracy:
         with evaluation_threads():
             fields["int8_val_accuracy"], fields["int8_test_accuracy"] = int8_accuracies(qm, dataset, fidelity)

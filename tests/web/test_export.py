@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from datetime import timedelta
 from pathlib import Path
@@ -174,6 +175,32 @@ def test_a_damaged_int8_file_is_made_again(user) -> None:
     export.quant_model_for(candidate)
 
     assert QuantModel.load(path).classes == 10
+
+
+def test_an_older_format_int8_file_is_replaced_with_its_accuracies(user) -> None:
+    candidate = make_trained_candidate(make_run(user))
+    export.quant_model_for(candidate, with_accuracy=True)
+    candidate.refresh_from_db()
+    fresh = (candidate.int8_val_accuracy, candidate.int8_test_accuracy)
+    path = media(candidate.int8_model.name)
+    meta = np.frombuffer(json.dumps({"format": "nasweb.int8", "version": 1}).encode(), dtype=np.uint8)
+    np.savez(path, meta=meta)  # what a v1 file is to this version: unreadable
+    Candidate.objects.filter(pk=candidate.pk).update(int8_val_accuracy=0.5, int8_test_accuracy=0.5)
+    candidate.refresh_from_db()
+
+    export.quant_model_for(candidate)  # a download: the old accuracies are dropped
+
+    candidate.refresh_from_db()
+    assert QuantModel.load(path).classes == 10
+    assert (candidate.int8_val_accuracy, candidate.int8_test_accuracy) == (None, None)
+    np.savez(path, meta=meta)
+    Candidate.objects.filter(pk=candidate.pk).update(int8_val_accuracy=0.5, int8_test_accuracy=0.5)
+    candidate.refresh_from_db()
+
+    export.quant_model_for(candidate, with_accuracy=True)  # a verification: measured again
+
+    candidate.refresh_from_db()
+    assert (candidate.int8_val_accuracy, candidate.int8_test_accuracy) == fresh
 
 
 @pytest.mark.parametrize(
