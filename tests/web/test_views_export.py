@@ -160,6 +160,7 @@ def test_the_page_shows_a_passed_verification(client, user, candidate: Candidate
     assert "3,992 B" in section and "262,144 B" in section  # flash built vs the profile's limit
     assert "2,722 B" in section and "equal" in section  # model arrays vs predicted flash
     assert "mps2-an386" in section
+    assert "Input quantised in C</dt><dd>359 images, 0 bytes differ from Python" in section
     assert "39,075" in section and "estimate" in section and "0.488 ms" in section
     assert "Verify again" in section
 
