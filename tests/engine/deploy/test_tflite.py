@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
+import tflite
 import torch
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
@@ -113,6 +114,19 @@ def test_the_file_declares_int8_operators_in_the_optimal_order(trained: tuple) -
         expected.append(names[kinds[op_id]])
     assert ops == expected
     assert set(ops) <= set(OPERATOR_VERSIONS)
+
+
+def test_constant_buffers_are_16_byte_aligned(trained: tuple) -> None:
+    """int32 biases are read in place by TFLite Micro: unaligned words fault on a Cortex-M0."""
+    data = tflite_model(trained[0])
+    model = tflite.Model.GetRootAsModel(data, 0)
+    starts = []
+    for b in range(model.BuffersLength()):
+        buffer = model.Buffers(b)
+        if buffer.DataLength():
+            starts.append(buffer._tab.Vector(buffer._tab.Offset(4)))
+    assert len(starts) == 2 * len(trained[0].weighted) + 1  # weights and biases, one reshape shape
+    assert all(start % 16 == 0 for start in starts)
 
 
 def test_adds_of_more_than_two_branches_are_refused() -> None:
