@@ -40,10 +40,18 @@ def group_name(run_id: int) -> str:
 
 
 def run_payload(run: SearchRun) -> dict[str, Any]:
-    """What the dashboard shows about a run (status and progress counters)."""
+    """What the dashboard shows about a run (status and progress counters).
+
+    ``evaluated`` is the strategy's count of trained or failed proposals, the run list's too;
+    the status counts are of the strategy's rows, and ``pruned`` counts pruning jobs' rows.
+    """
     counts = dict.fromkeys(Candidate.Status.values, 0)
-    for status in run.candidates.values_list("status", flat=True):
-        counts[status] += 1
+    pruned = 0
+    for status, index in run.candidates.values_list("status", "index"):
+        if index >= Candidate.PRUNED_INDEX_BASE:
+            pruned += 1
+        else:
+            counts[status] += 1
     return {
         "id": run.pk,
         "status": run.status,
@@ -54,6 +62,7 @@ def run_payload(run: SearchRun) -> dict[str, Any]:
         "pending": counts[Candidate.Status.PENDING],
         "failed": counts[Candidate.Status.FAILED],
         "rejected": counts[Candidate.Status.REJECTED],
+        "pruned": pruned,
         "error": run.error,
     }
 
@@ -63,6 +72,8 @@ def candidate_payload(c: Candidate) -> dict[str, Any]:
     return {
         "id": c.pk,
         "index": c.index,
+        "label": c.label,
+        "pruned": c.is_pruned,
         "status": c.status,
         "parent": c.parent.index if c.parent_id and c.parent else None,
         "mutation": c.mutation,

@@ -213,6 +213,32 @@ class SearchRun(models.Model):
     def is_active(self) -> bool:
         return self.status in {self.Status.PENDING, self.Status.RUNNING}
 
+    @property
+    def dataset_name(self) -> str:
+        """The dataset as its owner named it ("digits", "my sensors"), not its key ("upload:3")."""
+        if "_dataset_name" not in self.__dict__:
+            name_datasets([self])
+        return str(self.__dict__["_dataset_name"])
+
+
+def name_datasets(runs: Any) -> list[SearchRun]:
+    """Look up the dataset names of many runs at once (one query); returns the runs as a list."""
+    runs = list(runs)
+    ids = {int(r.dataset.removeprefix(UPLOAD_PREFIX)) for r in runs if _upload_key(r.dataset)}
+    names = dict(Dataset.objects.filter(pk__in=ids).values_list("pk", "name")) if ids else {}
+    for run in runs:
+        key = run.dataset
+        if _upload_key(key):
+            pk = int(key.removeprefix(UPLOAD_PREFIX))
+            run.__dict__["_dataset_name"] = names.get(pk, f"{key} (deleted)")
+        else:
+            run.__dict__["_dataset_name"] = key
+    return runs
+
+
+def _upload_key(key: str) -> bool:
+    return key.startswith(UPLOAD_PREFIX) and key.removeprefix(UPLOAD_PREFIX).isdigit()
+
 
 # --------------------------------------------------------------------------------------------
 # Candidate
@@ -255,6 +281,9 @@ class Candidate(models.Model):
         # Not a failure of the export: tools missing where the check ran, or a core (AVR,
         # Xtensa) the Cortex-M checks cannot build for.
         UNAVAILABLE = "unavailable", "Unavailable"
+
+    # Indexes from here on are pruning jobs' results (searches.services.pruning), never the strategy's.
+    PRUNED_INDEX_BASE = 1_000_000
 
     run = models.ForeignKey(SearchRun, on_delete=models.CASCADE, related_name="candidates")
     # Position in the run's evaluation order (0-based); unique within the run.
@@ -316,8 +345,24 @@ class Candidate(models.Model):
         return self.status == self.Status.DONE and bool(self.weights)
 
     @property
+    def is_pruned(self) -> bool:
+        """Made by a pruning job, not proposed by the run's strategy."""
+        return self.index >= self.PRUNED_INDEX_BASE
+
+    @property
+    def label(self) -> str:
+        """How pages name the candidate: "#7" as the strategy numbered it, "P3" for pruning job 3's."""
+        return candidate_label(self.index)
+
+    @property
     def export_busy(self) -> bool:
         return self.export_status in {self.ExportStatus.QUEUED, self.ExportStatus.RUNNING}
+
+
+def candidate_label(index: int) -> str:
+    if index >= Candidate.PRUNED_INDEX_BASE:
+        return f"P{index - Candidate.PRUNED_INDEX_BASE}"
+    return f"#{index}"
 
 
 # --------------------------------------------------------------------------------------------

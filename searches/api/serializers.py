@@ -90,6 +90,8 @@ class DatasetSerializer(serializers.ModelSerializer):
 
 
 class SearchRunSerializer(serializers.ModelSerializer):
+    dataset_name = serializers.CharField(read_only=True, help_text="The dataset's name (dataset is its key).")
+
     class Meta:
         model = SearchRun
         fields = [
@@ -98,6 +100,7 @@ class SearchRunSerializer(serializers.ModelSerializer):
             "project",
             "profile",
             "dataset",
+            "dataset_name",
             "strategy",
             "status",
             "budget",
@@ -236,6 +239,7 @@ class ExtendSerializer(serializers.Serializer):
 CANDIDATE_FIELDS = [
     "id",
     "index",
+    "label",
     "status",
     "parent",
     "parent_index",
@@ -260,6 +264,9 @@ CANDIDATE_FIELDS = [
 
 class CandidateSerializer(serializers.ModelSerializer):
     parent_index = serializers.IntegerField(source="parent.index", read_only=True, allow_null=True)
+    label = serializers.CharField(
+        read_only=True, help_text='How pages name it: "#7" (the strategy\'s index), "P3" (pruning job 3\'s).'
+    )
 
     class Meta:
         model = Candidate

@@ -171,8 +171,9 @@ def quant_model_for(candidate: Candidate, *, with_accuracy: bool = False) -> Qua
 
 
 def c_name(candidate: Candidate) -> str:
-    """The C identifier of a candidate's export: ``nasweb_r<run id>_c<index>``."""
-    return c_identifier(f"nasweb_r{candidate.run_id}_c{candidate.index}")
+    """The C identifier of a candidate's export: ``nasweb_r<run id>_c<index>``, ``..._p<job>`` if pruned."""
+    number = candidate.label.removeprefix("#").lower()
+    return c_identifier(f"nasweb_r{candidate.run_id}_{'' if candidate.is_pruned else 'c'}{number}")
 
 
 @dataclass(frozen=True)

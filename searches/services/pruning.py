@@ -6,9 +6,14 @@ with ``searches.engine.training.pruning.prune``, storing and announcing every ep
 adds the pruned model to the source's run as a new, trained candidate (weights, int8 model,
 resources), so it shows in the run's table and downloads like any other.
 
+A job is refused before it starts when its result could not be smaller than the source (no
+prunable channel, a sparsity that removes none, a model that already fits the profile), and a
+finished job that removed nothing adds no candidate.
+
 The new candidate's index is ``PRUNED_INDEX_BASE + job id``: the run's strategy numbers its
 proposals from 0 with its own counter, so a high base keeps the two apart even after the run
-is extended, and the strategy never learns of these rows (they are not in its state).
+is extended, and the strategy never learns of these rows (they are not in its state).  Users
+see it as "P<job id>" (``Candidate.label``), the number of the job that made it.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ from django.utils import timezone
 
 from searches import events, queue
 from searches.engine.resources.latency import latency_ms
+from searches.engine.space import arch as arch_format
+from searches.engine.space.arch import Architecture
 from searches.engine.space.sparsity import MAX_SPARSITY
-from searches.engine.training.dpf import PruneError
+from searches.engine.training.dpf import ChannelMap, PruneError, channel_map, channels_to_remove
 from searches.engine.training.pruning import PruneConfig, PruneProgress, PruneResult, prune
-from searches.engine.training.shrink import ResourceLimits
+from searches.engine.training.shrink import ResourceLimits, resource_counts
 from searches.engine.training.train import Fidelity, TrainingStopped
 from searches.models import Candidate, PruningJob, SearchRun
 from searches.services import export, files
@@ -36,7 +43,7 @@ from searches.services.runs import get_dataset, search_config
 
 logger = logging.getLogger(__name__)
 
-PRUNED_INDEX_BASE = 1_000_000
+PRUNED_INDEX_BASE = Candidate.PRUNED_INDEX_BASE
 DEFAULT_EPOCHS = 4
 # How often (at most) a pruning worker asks the database whether its job was cancelled.
 CANCEL_POLL_SECONDS = 2.0
@@ -63,6 +70,7 @@ def start_pruning(
         raise PruningUnavailable("choose either a target sparsity or fitting the run's profile")
     _check_trained(candidate)
     config = prune_config(candidate.run, target_sparsity, fit_profile, epochs)
+    _check_shrinks(candidate, config)
     with transaction.atomic():
         job = PruningJob.objects.create(source=candidate, config=config.to_json())
         transaction.on_commit(functools.partial(queue.prune, job.pk))
@@ -111,6 +119,49 @@ def profile_limits(run: SearchRun) -> ResourceLimits:
     if not sram and not flash:
         raise PruningUnavailable("the run has no hardware profile (nor SRAM or flash limits) to fit")
     return ResourceLimits(peak_sram_bytes=sram or None, flash_bytes=flash or None)
+
+
+def unprunable_reason(candidate: Candidate) -> str | None:
+    """Why no pruning of ``candidate`` could make it smaller, or None when some channel can go."""
+    cmap = channel_map(arch_format.from_json(candidate.architecture))
+    if cmap.removable:
+        return None
+    if not cmap.total:
+        return (
+            "this network has no prunable channels: the layers reading the input, depthwise "
+            "convolutions and the classifier always stay"
+        )
+    return f"every one of its {cmap.total} prunable channels is already at its layer's minimum"
+
+
+def _check_shrinks(candidate: Candidate, config: PruneConfig) -> None:
+    """Refuse a job whose result could not be smaller than ``candidate``: it would add a worse copy."""
+    reason = unprunable_reason(candidate)
+    if reason:
+        raise PruningUnavailable(reason)
+    arch = arch_format.from_json(candidate.architecture)
+    if config.target_sparsity is not None:
+        _check_sparsity_removes(channel_map(arch), config.target_sparsity)
+    if config.fit is not None:
+        _check_does_not_fit(arch, config.fit)
+
+
+def _check_sparsity_removes(cmap: ChannelMap, sparsity: float) -> None:
+    if channels_to_remove(cmap, sparsity) == 0:
+        least = 0.5 / cmap.total
+        raise PruningUnavailable(
+            f"a target sparsity of {sparsity:.2f} removes none of the {cmap.total} prunable channels; "
+            f"choose more than {least:.2f}"
+        )
+
+
+def _check_does_not_fit(arch: Architecture, limits: ResourceLimits) -> None:
+    resources = resource_counts(arch)
+    if not limits.violations(resources):
+        raise PruningUnavailable(
+            f"the model already fits the run's profile (peak SRAM {resources['peak_sram_bytes']:,} B, "
+            f"flash {resources['flash_bytes']:,} B): there is nothing to prune for; choose a target sparsity"
+        )
 
 
 def _check_trained(candidate: Candidate) -> None:
@@ -197,6 +248,16 @@ def _finish(job: PruningJob, status: str, **fields: Any) -> bool:
 # ---- the new candidate ---------------------------------------------------------------------
 
 
+NOT_SMALLER = "pruning removed no channel, so the model is no smaller than its source: no candidate was added"
+
+
+def _smaller(result: PruneResult) -> bool:
+    before, after = result.before.resources, result.after.resources
+    return result.channels_after < result.channels_before and any(
+        after[name] < before[name] for name in ("params", "flash_bytes", "peak_sram_bytes", "macs")
+    )
+
+
 def pruned_index(job: PruningJob) -> int:
     return PRUNED_INDEX_BASE + job.pk
 
@@ -204,6 +265,10 @@ def pruned_index(job: PruningJob) -> int:
 def _store_result(job: PruningJob, result: PruneResult) -> None:
     """Save the pruned model's files, then its candidate row and the job's table, or nothing."""
     source, run = job.source, job.source.run
+    if not _smaller(result):
+        # A copy no smaller than its source, only fine-tuned, is not a pruning result worth a row.
+        _finish(job, Status.FAILED, error=NOT_SMALLER)
+        return
     index = pruned_index(job)
     dataset = get_dataset(run.dataset)
     fidelity = Fidelity(**search_config(run).fidelity)
@@ -242,7 +307,7 @@ def _create_candidate(
         index=index,
         architecture=result.architecture.to_json(),
         parent=source,
-        mutation=f"pruned from #{source.index} (sparsity {result.sparsity:.2f})"[:200],
+        mutation=f"pruned from {source.label} (sparsity {result.sparsity:.2f})"[:200],
         status=Candidate.Status.DONE,
         feasible=_feasible(run, resources),
         val_accuracy=result.after.val_accuracy,

@@ -90,13 +90,20 @@ def resources_json(report: ResourceReport) -> dict[str, Any]:
     }
 
 
-def export_steps(report: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The verification's four steps in order: each as reported, or ``pending`` if not reached."""
+def export_steps(report: dict[str, Any] | None, unreached: str = "pending") -> list[dict[str, Any]]:
+    """The verification's four steps in order: each as reported, else with status ``unreached``."""
     done = {step.get("key"): step for step in (report or {}).get("steps") or []}
     return [
-        done.get(key) or {"key": key, "title": title, "status": "pending", "numbers": {}}
+        done.get(key) or {"key": key, "title": title, "status": unreached, "numbers": {}}
         for key, title in STEPS
     ]
+
+
+def _unreached(candidate: Candidate, ran: bool) -> str:
+    """What a step the report lacks is: waiting its turn, skipped by a finished check, or never asked for."""
+    if candidate.export_busy:
+        return "pending"
+    return "skipped" if ran else "not run"
 
 
 def export_context(candidate: Candidate) -> dict[str, Any]:
@@ -104,6 +111,7 @@ def export_context(candidate: Candidate) -> dict[str, Any]:
     report = candidate.export_report or {}
     trained = candidate.is_trained
     target = export.target_for(candidate.run)
+    ran = bool(report.get("steps")) or bool(report.get("error"))
     return {
         "trained": trained,
         "name": export.c_name(candidate),
@@ -112,8 +120,8 @@ def export_context(candidate: Candidate) -> dict[str, Any]:
         "status": candidate.export_status,
         "status_label": candidate.get_export_status_display(),
         "busy": candidate.export_busy,
-        "ran": bool(report.get("steps")) or bool(report.get("error")),
-        "steps": export_steps(report),
+        "ran": ran,
+        "steps": export_steps(report, _unreached(candidate, ran)),
         "error": report.get("error"),
         "summary": report.get("summary"),
         "seconds": report.get("seconds"),

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from django import template
+from django.utils import timezone
+from django.utils.timesince import timesince
 
 register = template.Library()
 
@@ -77,3 +79,13 @@ def points(value: Any, reference: Any) -> str:
     if abs(delta) < 0.05:
         return "±0.0 pt"
     return f"{delta:+.1f} pt"
+
+
+@register.filter
+def ago(value: Any) -> str:
+    """How long ago ``value`` (a datetime) was: "just now" under a minute, never "0 minutes ago"."""
+    if not value:
+        return DASH
+    if (timezone.now() - value).total_seconds() < 60:
+        return "just now"
+    return f"{timesince(value)} ago"

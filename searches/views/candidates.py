@@ -22,7 +22,7 @@ from searches.engine.resources.latency import latency_ms
 from searches.engine.space.arch import ArchitectureError
 from searches.forms import PruneForm
 from searches.models import Candidate
-from searches.services import export, reports
+from searches.services import export, pruning, reports
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ def candidate_detail(request: HttpRequest, pk: int) -> HttpResponse:
     except ArchitectureError as exc:
         ctx["analysis_error"] = str(exc)
         return render(request, "searches/candidate_detail.html", ctx)
+    ctx["unprunable"] = pruning.unprunable_reason(candidate) if candidate.is_trained else None
     fits = reports.board_fits(report.peak_sram_bytes, report.flash_bytes, report.macs)
     ctx |= {
         "report": report,

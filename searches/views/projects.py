@@ -10,7 +10,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from searches.forms import ProjectForm
-from searches.models import Project, SearchRun
+from searches.models import Project, SearchRun, name_datasets
 from searches.services.deletion import delete_project, has_active_runs
 
 
@@ -47,6 +47,7 @@ def project_edit(request: HttpRequest, pk: int) -> HttpResponse:
 def project_detail(request: HttpRequest, pk: int) -> HttpResponse:
     project = _get_project_for_user(request, pk)
     runs = SearchRun.objects.for_user(request.user).filter(project=project).select_related("profile")
+    runs = name_datasets(runs)
     return render(request, "searches/project_detail.html", {"project": project, "runs": runs})
 
 

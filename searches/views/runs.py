@@ -15,7 +15,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from searches import events
 from searches.forms import ExtendRunForm, NewRunForm
-from searches.models import Candidate, Project, SearchRun
+from searches.models import Candidate, Project, SearchRun, name_datasets
 from searches.services import execution
 from searches.services.deletion import ACTIVE, delete_run
 from searches.services.launch import RunRequest, launch_run
@@ -24,6 +24,7 @@ from searches.services.runs import default_fidelity
 # The CSV's columns, in order: every metric a candidate row has.
 CSV_COLUMNS = (
     "index",
+    "label",
     "status",
     "feasible",
     "on_pareto",
@@ -132,7 +133,7 @@ def run_create(request: HttpRequest, project_pk: int) -> HttpResponse:
 
 @login_required
 def run_list(request: HttpRequest) -> HttpResponse:
-    runs = SearchRun.objects.for_user(request.user).select_related("project", "profile")
+    runs = name_datasets(SearchRun.objects.for_user(request.user).select_related("project", "profile"))
     return render(request, "searches/run_list.html", {"runs": runs})
 
 
@@ -166,7 +167,7 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 def _csv_row(c: Candidate) -> list[Any]:
     parent = c.parent.index if c.parent_id and c.parent else ""
-    values = {**c.__dict__, "latency_ms_estimate": c.latency_ms, "parent_index": parent}
+    values = {**c.__dict__, "label": c.label, "latency_ms_estimate": c.latency_ms, "parent_index": parent}
     return ["" if values[col] is None else values[col] for col in CSV_COLUMNS]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from unittest import mock
@@ -15,7 +16,7 @@ from searches.engine.space.arch import from_json
 from searches.engine.training.train import TrainResult, train_and_evaluate
 from searches.models import Candidate, PruningJob
 from searches.services import artifacts, files, pruning, runs
-from tests.web.exports import FIDELITY, media
+from tests.web.exports import FIDELITY, make_trained_candidate, media
 from tests.web.factories import architecture, conv, make_candidate, make_profile, make_run
 
 pytestmark = pytest.mark.django_db
@@ -66,6 +67,7 @@ def test_it_prunes_into_a_new_candidate(user, client):
     assert [p["epoch"] for p in job.progress] == [0, 1, 2]
     pruned = job.result_candidate
     assert pruned.index == pruning.PRUNED_INDEX_BASE + job.pk
+    assert pruned.label == f"P{job.pk}" and pruned.is_pruned and not source.is_pruned
     assert pruned.run_id == run.pk and pruned.parent_id == source.pk
     assert pruned.mutation == f"pruned from #0 (sparsity {job.result['sparsity']:.2f})"
     assert pruned.is_trained and media(pruned.weights.name).is_file()
@@ -79,10 +81,12 @@ def test_it_prunes_into_a_new_candidate(user, client):
     client.force_login(user)
     response = client.get(reverse("candidate_header", args=[pruned.pk]))
     assert response.status_code == 200
-    assert response["Content-Disposition"].endswith(f'nasweb_r{run.pk}_c{pruned.index}.h"')
+    assert response["Content-Disposition"].endswith(f'nasweb_r{run.pk}_p{job.pk}.h"')
     page = client.get(reverse("pruning_detail", args=[job.pk]))
     assert page.status_code == 200
     assert reverse("candidate_detail", args=[pruned.pk]) in page.content.decode()
+    assert f"candidate P{job.pk}</a>" in page.content.decode()
+    assert "1000" not in client.get(reverse("candidate_detail", args=[pruned.pk])).content.decode()
     # Shown with the run's other candidates, and the strategy's rows are untouched.
     assert client.get(reverse("run_detail", args=[run.pk])).status_code == 200
     assert f"\n{pruned.index}," in client.get(reverse("run_csv", args=[run.pk])).content.decode()
@@ -113,6 +117,63 @@ def test_it_fails_when_the_profile_cannot_fit(user):
     assert "cannot fit the profile" in job.error
     assert job.result_candidate is None
     assert run.candidates.count() == 1
+    assert not files.exists(artifacts.weights_name(run, pruning.pruned_index(job)))
+
+
+# The issue's network: the conv reads the image, a depthwise conv and the classifier always stay.
+UNPRUNABLE_ARCH = architecture(
+    layers=[conv(4), conv(None, op="dwconv2d")], pooling={"type": "avg", "size": 2}, dense=[10]
+)
+
+
+def test_it_finds_no_prunable_channel_in_a_depthwise_network(user):
+    run = make_run(user)
+    reason = pruning.unprunable_reason(make_candidate(run, 1, architecture=UNPRUNABLE_ARCH))
+    assert "already at its layer's minimum" in reason
+    assert "no prunable channels" in pruning.unprunable_reason(make_candidate(run, 2))
+    assert pruning.unprunable_reason(make_candidate(run, 3, architecture=PRUNABLE_ARCH)) is None
+
+
+@pytest.mark.parametrize("kwargs", [{"target_sparsity": 0.5}, {"fit_profile": True}])
+def test_it_refuses_a_network_with_no_prunable_channels(user, kwargs):
+    # SMALL_ARCH: the only conv reads the image, then the logits.
+    run = make_run(user, profile=make_profile(user, sram_kb=1, flash_kb=1))
+    candidate = make_trained_candidate(run)
+    with pytest.raises(pruning.PruningUnavailable, match="no prunable channels"):
+        _start(candidate, **kwargs)
+    assert not PruningJob.objects.exists()
+
+
+def test_it_refuses_a_sparsity_that_removes_nothing(user):
+    # PRUNABLE_ARCH has 8 prunable channels: 0.05 of them rounds to none.
+    candidate = _trained_candidate(make_run(user))
+    with pytest.raises(pruning.PruningUnavailable, match="removes none of the 8 prunable channels"):
+        _start(candidate, target_sparsity=0.05)
+    assert _start(candidate, target_sparsity=0.1).config["target_sparsity"] == 0.1
+
+
+def test_it_refuses_to_fit_a_model_that_already_fits(user):
+    run = make_run(user, profile=make_profile(user, sram_kb=64, flash_kb=256))
+    with pytest.raises(pruning.PruningUnavailable, match="already fits the run's profile"):
+        _start(_trained_candidate(run), fit_profile=True)
+    assert not PruningJob.objects.exists()
+
+
+def test_it_adds_no_candidate_when_nothing_was_removed(user):
+    run = make_run(user)
+    job = _start(_trained_candidate(run), target_sparsity=0.5)
+
+    def prune_nothing(*args, **kwargs):
+        result = original(*args, **kwargs)
+        return dataclasses.replace(result, channels_after=result.channels_before, after=result.before)
+
+    original = pruning.prune
+    with mock.patch.object(pruning, "prune", prune_nothing):
+        pruning.run_pruning(job.pk)
+    job.refresh_from_db()
+    assert job.status == PruningJob.Status.FAILED
+    assert job.error == pruning.NOT_SMALLER
+    assert job.result_candidate is None and run.candidates.count() == 1
     assert not files.exists(artifacts.weights_name(run, pruning.pruned_index(job)))
 
 
@@ -240,6 +301,19 @@ def test_prune_view_reports_invalid_input(user, client, data, message):
     enqueue.assert_not_called()
 
 
+def test_prune_view_says_why_nothing_can_be_pruned(user, client):
+    candidate = make_trained_candidate(make_run(user))
+    client.force_login(user)
+    page = client.get(reverse("candidate_detail", args=[candidate.pk])).content.decode()
+    assert "Pruning cannot make this model smaller: this network has no prunable channels" in page
+    assert 'id="prune-form"' not in page
+    response, enqueue = _post_prune(client, candidate)
+    page = client.get(response["Location"]).content.decode()
+    assert "Cannot prune: this network has no prunable channels" in page
+    assert not PruningJob.objects.exists()
+    enqueue.assert_not_called()
+
+
 def test_prune_view_reports_untrained_candidate(user, client):
     candidate = make_candidate(make_run(user))
     client.force_login(user)
@@ -296,6 +370,16 @@ def test_api_starts_and_lists_jobs(user, other_user, client):
     response = client.post("/api/pruning-jobs/", {"candidate": candidate.pk, "target_sparsity": 0.5})
     assert response.status_code == 400
     assert PruningJob.objects.count() == 1
+
+
+def test_api_refuses_a_prune_that_cannot_shrink(user, client):
+    candidate = make_trained_candidate(make_run(user))
+    client.force_login(user)
+    body = {"candidate": candidate.pk, "target_sparsity": 0.5}
+    response = client.post("/api/pruning-jobs/", body, content_type="application/json")
+    assert response.status_code == 400
+    assert "no prunable channels" in response.json()["detail"]
+    assert not PruningJob.objects.exists()
 
 
 def test_api_rejects_bad_requests(user, client):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import zipfile
+from datetime import timedelta
 from typing import Any
 
 import onnx
 import pytest
 from django.core.management import CommandError, call_command
 from django.urls import reverse
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -163,6 +165,32 @@ def test_the_page_shows_a_passed_verification(client, user, candidate: Candidate
     assert "Input quantised in C</dt><dd>359 images, 0 bytes differ from Python" in section
     assert "39,075" in section and "estimate" in section and "0.488 ms" in section
     assert "Verify again" in section
+
+
+def test_steps_never_requested_are_not_pending(client, user, candidate: Candidate):
+    client.force_login(user)
+    body = client.get(reverse("candidate_detail", args=[candidate.pk])).content.decode()
+    steps = body.split('id="export-steps"')[1].split("</ol>")[0]
+    assert steps.count('data-status="not run"') == 4 and "pending" not in steps
+
+    Candidate.objects.filter(pk=candidate.pk).update(export_status="queued")
+    body = client.get(reverse("candidate_detail", args=[candidate.pk])).content.decode()
+    assert body.split('id="export-steps"')[1].split("</ol>")[0].count('data-status="pending"') == 4
+
+
+def test_a_verification_just_finished_says_just_now(client, user, candidate: Candidate):
+    report = fake_verification(**PASSED_NUMBERS).to_json()
+    finished = timezone.now()
+    Candidate.objects.filter(pk=candidate.pk).update(
+        export_status="passed", export_report=report, export_finished=finished
+    )
+    client.force_login(user)
+    body = client.get(reverse("candidate_detail", args=[candidate.pk])).content.decode()
+    assert "just now" in body and "0\xa0minutes ago" not in body and "0 minutes" not in body
+
+    Candidate.objects.filter(pk=candidate.pk).update(export_finished=finished - timedelta(minutes=5))
+    body = client.get(reverse("candidate_detail", args=[candidate.pk])).content.decode()
+    assert "5\xa0minutes ago" in body
 
 
 def test_the_page_says_when_tools_are_missing(client, user, candidate: Candidate, monkeypatch):

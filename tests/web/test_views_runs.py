@@ -278,6 +278,51 @@ def test_list_works(client, user, other_user):
     assert "bobs run" not in response.content.decode()
 
 
+def test_runs_show_an_uploaded_dataset_by_its_name(client, user):
+    upload = Dataset.objects.create(
+        owner=user, name="my sensors", input_shape=[8, 8, 1], classes=10, n_train=10, n_test=10
+    )
+    project = make_project(user)
+    run = make_run(user, project, dataset=upload.key)
+    gone = make_run(user, project, dataset="upload:999999")
+    client.force_login(user)
+
+    pages = ("run_list", None), ("project_detail", project.pk), ("run_detail", run.pk)
+    for url in (reverse(name, args=[pk] if pk else []) for name, pk in pages):
+        body = client.get(url).content.decode()
+        assert "my sensors" in body and f"{upload.key}<" not in body, url
+    assert "upload:999999 (deleted)" in client.get(reverse("run_detail", args=[gone.pk])).content.decode()
+    api = client.get(f"/api/runs/{run.pk}/").json()
+    assert (api["dataset"], api["dataset_name"]) == (upload.key, "my sensors")
+
+
+def test_list_and_dashboard_count_evaluations_alike(client, user):
+    # The run list's "evaluated / budget" and the dashboard's payload both read run.evaluated;
+    # pruning jobs' rows are counted apart, not as the search's "done".
+    run = make_run(user, budget=3, evaluated=2, status=SearchRun.Status.DONE)
+    make_candidate(run, 0)
+    make_candidate(run, 1, status=Candidate.Status.FAILED)
+    make_candidate(run, Candidate.PRUNED_INDEX_BASE + 7, parent=None)
+    client.force_login(user)
+
+    assert "2 / 3" in client.get(reverse("run_list")).content.decode()
+    payload = events.run_payload(run)
+    assert (payload["evaluated"], payload["budget"], payload["done"], payload["failed"]) == (2, 3, 1, 1)
+    assert (payload["pending"], payload["pruned"]) == (0, 1)
+    labels = [c["label"] for c in events.snapshot(run)["candidates"]]
+    assert labels == ["#0", "#1", "P7"]
+
+
+def test_a_finished_run_shows_no_cancel_and_no_live_badge(client, user):
+    client.force_login(user)
+    done = client.get(reverse("run_detail", args=[make_run(user).pk])).content.decode()
+    assert 'id="cancel-form"' in done and "hidden>" in done.split('id="cancel-form"')[1].split("\n")[0]
+    assert "hidden>" in done.split('id="connection"')[1].split("\n")[0]
+    running = make_run(user, status=SearchRun.Status.RUNNING)
+    body = client.get(reverse("run_detail", args=[running.pk])).content.decode()
+    assert "hidden" not in body.split('id="cancel-form"')[1].split("\n")[0]
+
+
 def test_list_requires_login(client):
     assert client.get(reverse("run_list")).status_code == 302
 
@@ -535,6 +580,7 @@ def test_csv_works(client, user):
     rows = list(csv.DictReader(io.StringIO(response.content.decode())))
     assert list(rows[0]) == [
         "index",
+        "label",
         "status",
         "feasible",
         "on_pareto",
@@ -553,6 +599,7 @@ def test_csv_works(client, user):
         "reject_reason",
     ]
     assert [r["index"] for r in rows] == ["0", "1", "2"]
+    assert [r["label"] for r in rows] == ["#0", "#1", "#2"]
     assert (rows[0]["on_pareto"], rows[0]["val_accuracy"], rows[0]["peak_sram_bytes"]) == (
         "True",
         "0.9",

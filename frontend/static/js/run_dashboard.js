@@ -85,7 +85,7 @@
     let text = hoverCache.get(c);
     if (text === undefined) {
       text =
-        `<b>#${c.index}</b> ${c.status}${c.on_pareto ? " · Pareto front" : ""}<br>` +
+        `<b>${escapeHtml(c.label)}</b> ${c.status}${c.on_pareto ? " · Pareto front" : ""}<br>` +
         `val acc ${fmtPct(c.val_accuracy)} (int8 ${fmtPct(c.int8_val_accuracy)}) · SRAM ${fmtBytes(c.peak_sram_bytes)} · flash ${fmtBytes(c.flash_bytes)}<br>` +
         `MACs ${fmtCount(c.macs)} · latency ${fmtMs(c.latency_ms)}` +
         (c.mutation ? `<br>${escapeHtml(c.mutation.slice(0, 60))}` : "");
@@ -359,48 +359,54 @@
 
   // ------------------------------------------------------------------ progress
 
-  function renderProgress(rows) {
-    const counts = { done: 0, running: 0, pending: 0, failed: 0, cancelled: 0, rejected: 0 };
-    for (const c of rows) if (c.status in counts) counts[c.status] += 1;
-    const run = nasweb.live && nasweb.live.run ? nasweb.live.run : { status: config.status, budget: 0 };
-    const active = ACTIVE.has(run.status);
-    // The budget counts trained and failed candidates; rejected ones are never trained, and
-    // cancelled ones are trained again when the run resumes.
-    const used = counts.done + counts.failed + counts.running;
-    const waiting = active ? Math.max(counts.pending, run.budget - used) : counts.pending;
-    const total = Math.max(run.budget, used + waiting, 1);
-    for (const key of ["done", "failed", "running"]) {
-      els.bar[key].style.width = `${(100 * counts[key]) / total}%`;
+  /** Counts by status of the rows the strategy proposed; pruning jobs' rows are counted apart. */
+  function countRows(rows) {
+    const counts = { done: 0, running: 0, pending: 0, failed: 0, cancelled: 0, rejected: 0, pruned: 0 };
+    for (const c of rows) {
+      if (c.pruned) counts.pruned += 1;
+      else if (c.status in counts) counts[c.status] += 1;
     }
-    els.bar.pending.style.width = `${(100 * waiting) / total}%`;
-    els.progress.setAttribute("aria-valuenow", String(counts.done + counts.failed));
+    return counts;
+  }
+
+  function renderProgress(rows) {
+    const counts = countRows(rows);
+    const run = nasweb.live && nasweb.live.run ? nasweb.live.run : { status: config.status, budget: 0, evaluated: 0 };
+    const active = ACTIVE.has(run.status);
+    // "Evaluated" is the server's count (trained or failed proposals), as on the run list.
+    const evaluated = run.evaluated || 0;
+    const total = Math.max(run.budget, evaluated + counts.running + counts.pending, 1);
+    const widths = { done: counts.done, failed: counts.failed, running: counts.running, pending: counts.pending };
+    for (const [key, n] of Object.entries(widths)) els.bar[key].style.width = `${(100 * n) / total}%`;
+    els.progress.setAttribute("aria-valuenow", String(evaluated));
     els.progress.setAttribute("aria-valuemax", String(total));
-    const parts = [
-      ["done", counts.done], ["running", counts.running], ["pending", waiting],
-      ["failed", counts.failed], ["cancelled", counts.cancelled], ["rejected", counts.rejected],
-    ];
-    for (const [key, n] of parts) els.count[key].textContent = String(n);
-    els.budget.textContent = `${counts.done + counts.failed} of ${run.budget} evaluated`;
+    // Cancelled rows are trained again when the run resumes: counted, not drawn in the bar.
+    for (const key of Object.keys(els.count)) els.count[key].textContent = String(counts[key]);
+    els.prunedItem.hidden = counts.pruned === 0;
+    els.budget.textContent = `${evaluated} of ${run.budget} evaluated`;
     els.status.textContent = run.status;
     els.status.className = `badge ${run.status}`;
-    els.cancel.disabled = !active;
+    // A finished run has nothing to cancel and nothing live to show (an extension brings both back).
+    els.cancelForm.hidden = !active;
+    els.connection.hidden = !active;
     els.runError.textContent = run.error || "";
   }
 
   // ------------------------------------------------------------------ table
 
+  // `first`: the direction of a column's first click, best first (-1: highest first).
   const COLUMNS = [
-    { key: "status", label: "status", get: (c) => c.status },
-    { key: "index", label: "#", get: (c) => c.index },
-    { key: "val_accuracy", label: "val acc", get: (c) => c.val_accuracy, show: fmtPct },
-    { key: "test_accuracy", label: "test acc", get: (c) => c.test_accuracy, show: fmtPct },
-    { key: "int8_val_accuracy", label: "int8 val", get: (c) => c.int8_val_accuracy, show: fmtPct },
-    { key: "int8_test_accuracy", label: "int8 test", get: (c) => c.int8_test_accuracy, show: fmtPct },
+    { key: "status", label: "status", get: (c) => c.status, first: 1 },
+    { key: "index", label: "#", get: (c) => c.index, first: -1 },
+    { key: "val_accuracy", label: "val acc", get: (c) => c.val_accuracy, show: fmtPct, first: -1 },
+    { key: "test_accuracy", label: "test acc", get: (c) => c.test_accuracy, show: fmtPct, first: -1 },
+    { key: "int8_val_accuracy", label: "int8 val", get: (c) => c.int8_val_accuracy, show: fmtPct, first: -1 },
+    { key: "int8_test_accuracy", label: "int8 test", get: (c) => c.int8_test_accuracy, show: fmtPct, first: -1 },
     { key: "peak_sram_bytes", label: "peak SRAM", get: (c) => c.peak_sram_bytes, show: fmtBytes },
     { key: "flash_bytes", label: "flash", get: (c) => c.flash_bytes, show: fmtBytes },
     { key: "macs", label: "MACs", get: (c) => c.macs, show: fmtCount },
     { key: "latency_ms", label: "latency", get: (c) => c.latency_ms, show: fmtMs },
-    { key: "mutation", label: "mutation", get: (c) => c.mutation || c.reject_reason || "" },
+    { key: "mutation", label: "mutation / reason", get: (c) => c.mutation || c.reject_reason || "" },
   ];
 
   function compareBy(column, dir) {
@@ -423,7 +429,13 @@
     }
     if (column.key === "index") {
       const star = c.on_pareto ? ' <span class="front-mark" title="on the Pareto front">◆</span>' : "";
-      return `<a href="${escapeHtml(candidateUrl(c.id))}">#${c.index}</a>${star}`;
+      return `<a href="${escapeHtml(candidateUrl(c.id))}">${escapeHtml(c.label)}</a>${star}`;
+    }
+    if (column.key === "mutation" && c.reject_reason) {
+      // Why a row was rejected (or failed) matters more than how it was made: both are shown.
+      const why = c.status === "rejected" ? "rejected" : c.status;
+      const made = c.mutation ? `${escapeHtml(c.mutation)}<br>` : "";
+      return `${made}<span class="reason">${escapeHtml(why)}: ${escapeHtml(c.reject_reason)}</span>`;
     }
     const value = column.get(c);
     const text = column.show ? column.show(value) : value;
@@ -477,7 +489,10 @@
     count: {
       done: byId("count-done"), running: byId("count-running"), pending: byId("count-pending"),
       failed: byId("count-failed"), cancelled: byId("count-cancelled"), rejected: byId("count-rejected"),
+      pruned: byId("count-pruned"),
     },
+    prunedItem: byId("count-pruned-item"),
+    cancelForm: byId("cancel-form"),
     budget: byId("progress-budget"),
     status: byId("run-status"),
     runError: byId("run-error"),
@@ -517,7 +532,7 @@
     if (!th) return;
     const table = nasweb.table;
     if (table.sortKey === th.dataset.key) table.sortDir = -table.sortDir;
-    else Object.assign(table, { sortKey: th.dataset.key, sortDir: th.dataset.key === "index" ? -1 : 1 });
+    else Object.assign(table, { sortKey: th.dataset.key, sortDir: COLUMNS.find((col) => col.key === th.dataset.key).first || 1 });
     table.page = 0;
     renderHeader();
     invalidate({ table: true });
