@@ -315,10 +315,16 @@ class DatasetUploadForm(forms.Form):
 class PruneForm(forms.Form):
     """A standalone pruning job: a target sparsity, or "fit the run's hardware profile"."""
 
-    MODE_CHOICES = [("sparsity", "Target sparsity"), ("fit", "Fit this run's hardware profile")]
+    MODE_CHOICES = [
+        ("sparsity", "To a target sparsity"),
+        ("fit", "Just enough to fit this run's hardware profile"),
+    ]
 
-    mode = forms.ChoiceField(choices=MODE_CHOICES, initial="sparsity", widget=forms.RadioSelect)
+    mode = forms.ChoiceField(
+        label="Prune", choices=MODE_CHOICES, initial="sparsity", widget=forms.RadioSelect
+    )
     target_sparsity = forms.FloatField(
+        label="Sparsity (fraction of channels removed)",
         required=False,
         initial=0.5,
         min_value=0.01,

@@ -8,6 +8,7 @@ from searches.views import accounts, candidates, datasets, home, profiles, proje
 
 urlpatterns = [
     path("", home.index, name="index"),
+    path("favicon.ico", home.favicon, name="favicon"),
     path("accounts/signup/", accounts.signup, name="signup"),
     path("accounts/token/", accounts.api_token, name="api_token"),
     # Hardware profiles

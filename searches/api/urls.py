@@ -24,6 +24,12 @@ urlpatterns = [
     path("runs/<int:run_pk>/candidates/", views.RunCandidateList.as_view(), name="api-run-candidates"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     # The documentation pages are for people in a browser: send them to the login page first.
-    path("docs/", login_required(SpectacularSwaggerView.as_view(url_name="api-schema")), name="api-docs"),
+    path(
+        "docs/",
+        login_required(
+            SpectacularSwaggerView.as_view(url_name="api-schema", template_name="searches/api_docs.html")
+        ),
+        name="api-docs",
+    ),
     path("redoc/", login_required(SpectacularRedocView.as_view(url_name="api-schema")), name="api-redoc"),
 ]

@@ -32,7 +32,15 @@ from django.core.files import File
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
-from searches.engine.training.datasets import Dataset, DatasetError, load_npz
+from searches.engine.training.datasets import (
+    INPUT_SCALING,
+    UPLOAD_FLOAT_SCALING,
+    UPLOAD_INT_SCALING,
+    Dataset,
+    DatasetError,
+    load_npz,
+)
+from searches.engine.training.upload_check import npz_headers
 from searches.models import UPLOAD_PREFIX
 from searches.models import Dataset as DatasetRow
 from searches.uploads import upload_limit_bytes
@@ -244,6 +252,19 @@ def _fetch(row: DatasetRow) -> Path:
         # Uploaded before hashes were kept: remember it, so the next load finds the cache.
         DatasetRow.objects.filter(pk=row.pk).update(sha256=sha256)
     return path
+
+
+def input_scaling(key: str) -> str:
+    """What a model's real input x is for the dataset ``key``: its raw pixels' scaling."""
+    if upload_id(key) is None:
+        if key not in INPUT_SCALING:
+            raise DatasetError(f"unknown dataset {key!r}")
+        return INPUT_SCALING[key]
+    row = DatasetRow.objects.filter(pk=upload_id(key), kind=DatasetRow.Kind.UPLOADED).first()
+    if row is None or not row.file:
+        raise DatasetError(f"the uploaded dataset {key!r} no longer exists")
+    _, dtype = npz_headers(cached_copy(row))["x_train"]
+    return UPLOAD_INT_SCALING if np.issubdtype(dtype, np.integer) else UPLOAD_FLOAT_SCALING
 
 
 def config_dataset(row: DatasetRow) -> Dataset:

@@ -50,7 +50,7 @@ from searches.engine.training.datasets import Dataset, DatasetError
 from searches.engine.training.model import ArchNet
 from searches.engine.training.train import Fidelity
 from searches.models import Candidate, SearchRun
-from searches.services import files
+from searches.services import datasets, files
 from searches.services.artifacts import (
     evaluation_threads,
     int8_accuracies,
@@ -215,7 +215,7 @@ def target_for(run: SearchRun) -> Target:
 
 def header_for(candidate: Candidate) -> CHeader:
     """The candidate's C header."""
-    return generate_header(quant_model_for(candidate), c_name(candidate))
+    return generate_header(quant_model_for(candidate), c_name(candidate), input_note(candidate.run))
 
 
 def bundle_for(candidate: Candidate) -> tuple[str, bytes]:
@@ -228,6 +228,7 @@ def bundle_for(candidate: Candidate) -> tuple[str, bytes]:
         core=target.core,
         flash_limit_bytes=target.flash_bytes,
         sram_limit_bytes=target.sram_bytes,
+        input_note=input_note(candidate.run),
     )
     return f"{name}.zip", data
 
@@ -239,6 +240,14 @@ def tflite_for(candidate: Candidate) -> tuple[str, bytes]:
         "int8: input (1, H, W, C) int8 NHWC, output (1, classes) int8 logits"
     )
     return f"{c_name(candidate)}.tflite", tflite_model(quant_model_for(candidate), description)
+
+
+def input_note(run: SearchRun) -> str:
+    """What the model's real input x is, from the run's dataset's own scaling ("" if unknown)."""
+    try:
+        return datasets.input_scaling(run.dataset)
+    except DatasetError:
+        return ""
 
 
 @contextlib.contextmanager

@@ -128,6 +128,7 @@ def export_context(candidate: Candidate) -> dict[str, Any]:
         "finished": candidate.export_finished,
         "missing_tools": export.missing_tools() if trained else [],
         "install_command": export.INSTALL_COMMAND,
+        "input_note": export.input_note(candidate.run) if trained else "",
     }
 
 

@@ -28,9 +28,12 @@ def signup(request: HttpRequest) -> HttpResponse:
 def api_token(request: HttpRequest) -> HttpResponse:
     """Show the user's API token; POST creates it, or replaces it (the old one stops working)."""
     if request.method == "POST":
-        Token.objects.filter(user=request.user).delete()
+        replaced, _ = Token.objects.filter(user=request.user).delete()
         Token.objects.create(user=request.user)
-        messages.success(request, "A new API token was created; the previous one no longer works.")
+        if replaced:
+            messages.success(request, "A new API token was created; the previous one no longer works.")
+        else:
+            messages.success(request, "Your API token was created.")
         return redirect("api_token")
     token = Token.objects.filter(user=request.user).first()
     return render(request, "searches/api_token.html", {"token": token})

@@ -43,11 +43,12 @@ def _preset_data() -> list[dict[str, Any]]:
     ]
 
 
-def _unique_name(owner: Any, base: str) -> str:
+def _copy_name(owner: Any, base: str) -> str:
+    """ "<base> (copy)", then "(copy 2)"…: a copy never looks like the preset it came from."""
     taken = set(HardwareProfile.objects.owned_by(owner).values_list("name", flat=True))
-    name, n = base, 2
+    name, n = f"{base} (copy)", 2
     while name in taken:
-        name, n = f"{base} ({n})", n + 1
+        name, n = f"{base} (copy {n})", n + 1
     return name
 
 
@@ -110,7 +111,7 @@ def profile_copy(request: HttpRequest, pk: int) -> HttpResponse:
     source = _get_profile_for_user(request, pk)
     copy = HardwareProfile.objects.create(
         owner=request.user,
-        name=_unique_name(request.user, source.name),
+        name=_copy_name(request.user, source.name),
         **{f: getattr(source, f) for f in COPIED_FIELDS},
     )
     messages.success(request, f"Copied “{source.name}” to your profiles; adjust its budget here.")

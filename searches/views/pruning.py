@@ -56,7 +56,6 @@ def candidate_prune(request: HttpRequest, pk: int) -> HttpResponse:
     except pruning.PruningUnavailable as exc:
         messages.error(request, f"Cannot prune: {exc}.")
         return redirect(reverse("candidate_detail", args=[candidate.pk]) + "#prune")
-    messages.success(request, "Pruning queued: its epochs appear below as they finish.")
     return redirect("pruning_detail", pk=job.pk)
 
 
@@ -69,7 +68,12 @@ def pruning_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "candidate": job.source,
         "run": job.source.run,
         "table": _table(job),
-        "live_config": {"job_id": job.pk, "ws_path": f"/ws/runs/{job.source.run_id}/"},
+        "state_text": state_text(job.status, len(job.progress), job.config.get("epochs")),
+        "live_config": {
+            "job_id": job.pk,
+            "ws_path": f"/ws/runs/{job.source.run_id}/",
+            "epochs": job.config.get("epochs"),
+        },
     }
     return render(request, "searches/pruning_detail.html", ctx)
 
@@ -83,6 +87,23 @@ def pruning_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     else:
         messages.error(request, f"The pruning job is already {job.get_status_display().lower()}.")
     return redirect("pruning_detail", pk=job.pk)
+
+
+STATE_TEXT = {
+    PruningJob.Status.QUEUED: "Queued: waiting for a worker. Its epochs appear below as they finish.",
+    PruningJob.Status.DONE: "Done.",
+    PruningJob.Status.FAILED: "Failed: nothing was added to the run.",
+    PruningJob.Status.CANCELLED: "Cancelled: nothing was added to the run.",
+}
+
+
+def state_text(status: str, progress_rows: int, epochs: int | None) -> str:
+    """The line under the title: what the job is doing now (pruning.js writes the same live)."""
+    if status == PruningJob.Status.RUNNING:
+        # Row 0 is the unpruned model, measured before the first epoch starts.
+        finished = max(progress_rows - 1, 0)
+        return f"Running: {finished} of {epochs} fine-tuning epochs finished."
+    return STATE_TEXT.get(status, status)
 
 
 def _table(job: PruningJob) -> list[dict[str, Any]]:

@@ -27,8 +27,17 @@ def test_the_run_form_shows_memnas_settings_for_memnas_only(page: Page, live_sta
     )
     expect(population).to_be_visible()
     expect(memnas_lambda).to_be_hidden()
+    # Pruning has its own box; its range shows only once pruning is on.
+    pruning, sparsity = page.locator("#pruning-options"), page.locator("input[name=sparsity_low]")
+    expect(pruning.locator("legend")).to_contain_text("Structured pruning")
+    expect(sparsity).to_be_hidden()
+    page.check("input[name=pruning]")
+    expect(sparsity).to_be_visible()
+    label = page.locator("label[for=id_pruning]").bounding_box()
+    assert label and label["height"] < 30, f"the pruning label wraps: {label}"
 
     page.select_option("select[name=strategy]", "memnas")
+    expect(pruning).to_be_hidden()
     expect(population).to_be_hidden()
     expect(memnas_lambda).to_be_visible()
     expect(memnas_lambda).to_have_value("0.5")

@@ -480,6 +480,16 @@ def test_docs_are_served_without_a_cdn(client, user):
     assert "/static/drf_spectacular_sidecar/swagger-ui-dist/" in swagger
     assert "/static/drf_spectacular_sidecar/redoc/" in redoc
     assert "cdn" not in swagger.lower() and "cdn" not in redoc.lower()
+    # A way back to the app, and nasweb's icon.
+    assert 'id="app-bar"' in swagger and 'href="/projects/"' in swagger
+    assert "img/favicon.svg" in swagger
+
+
+def test_every_page_has_an_icon(client, user):
+    client.force_login(user)
+    assert "img/favicon.svg" in client.get("/projects/").content.decode()
+    response = client.get("/favicon.ico")
+    assert response.status_code == 301 and response.url.endswith("img/favicon.svg")
 
 
 def test_docs_require_login(client):

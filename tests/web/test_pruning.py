@@ -261,6 +261,24 @@ def test_prune_view_works(user, client, django_capture_on_commit_callbacks):
     assert client.get(reverse("pruning_detail", args=[job.pk])).status_code == 200
 
 
+def test_pruning_page_says_what_the_job_is_doing(user, client):
+    candidate = _trained_candidate(make_run(user))
+    job = _start(candidate, target_sparsity=0.5)
+    client.force_login(user)
+    page = client.get(reverse("pruning_detail", args=[job.pk])).content.decode()
+    assert "Queued: waiting for a worker" in page and "Pruning queued" not in page
+    assert '<section class="card table-wrap">' in page and 'class="data" id="pruning-progress"' in page
+
+    PruningJob.objects.filter(pk=job.pk).update(status="running", progress=[{"epoch": 0}, {"epoch": 1}])
+    page = client.get(reverse("pruning_detail", args=[job.pk])).content.decode()
+    assert "Running: 1 of 2 fine-tuning epochs finished." in page and "Queued" not in page
+
+    form = client.get(reverse("candidate_detail", args=[candidate.pk])).content.decode()
+    form = form.split('id="prune-form"')[1].split("</form>")[0]
+    assert form.count("Target sparsity") == 0
+    assert "To a target sparsity" in form and "Sparsity (fraction of channels removed)" in form
+
+
 def test_prune_view_checks_owner(user, other_user, client):
     candidate = _trained_candidate(make_run(user))
     client.force_login(other_user)

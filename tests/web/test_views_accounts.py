@@ -106,13 +106,17 @@ def test_token_page_works(client, user):
     client.force_login(user)
 
     empty = client.get(reverse("api_token"))
-    created = client.post(reverse("api_token"))
+    created = client.post(reverse("api_token"), follow=True)
     first = Token.objects.get(user=user).key
-    replaced = client.post(reverse("api_token"))
+    replaced = client.post(reverse("api_token"), follow=True)
     shown = client.get(reverse("api_token"))
+    # Only a replaced token has a predecessor that stops working.
+    assert "Your API token was created." in created.content.decode()
+    assert "no longer works" not in created.content.decode()
+    assert "the previous one no longer works" in replaced.content.decode()
 
     assert empty.context["token"] is None
-    assert created.status_code == replaced.status_code == 302
+    assert created.redirect_chain[0][1] == replaced.redirect_chain[0][1] == 302
     assert Token.objects.get(user=user).key != first
     assert Token.objects.get(user=user).key in shown.content.decode()
 

@@ -7,6 +7,7 @@ import zipfile
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 import onnx
 import pytest
 from django.core.management import CommandError, call_command
@@ -17,8 +18,9 @@ from rest_framework.test import APIClient
 
 from searches import queue as task_queue
 from searches.engine.deploy.toolchain import APT_COMMAND, missing_tools
-from searches.models import Candidate
-from searches.services import export
+from searches.engine.training.datasets import DatasetError
+from searches.models import Candidate, Dataset
+from searches.services import datasets, export
 from tests.web.exports import PASSED_NUMBERS, fake_verification, make_trained_candidate
 from tests.web.factories import make_candidate, make_profile, make_run
 
@@ -77,6 +79,37 @@ def test_the_header_is_the_c_model(client, user, candidate: Candidate):
     name = _name(candidate)
     assert f"#define {name.upper()}_ARENA_SIZE 320" in text
     assert f"int {name}_run(const int8_t *input, int8_t *output)" in text
+    # What x is, from digits' own scaling, right under the quantisation formula.
+    formula = text.split("quantises real values x as")[1].split("* Output")[0]
+    assert "x is a pixel's 0..16 grey level divided by 16" in formula
+    page = client.get(reverse("candidate_detail", args=[candidate.pk])).content.decode()
+    assert "Input x (what the header quantises) is a pixel&#x27;s 0..16 grey level divided by 16" in page
+
+
+def test_the_input_scaling_follows_an_uploads_dtype(user, tmp_path, settings):
+    settings.MEDIA_ROOT = tmp_path
+    rng = np.random.default_rng(0)
+    arrays = {"y_train": np.arange(20) % 2, "y_test": np.arange(10) % 2}
+    for dtype, expected in ((np.uint8, "0..255 integer value"), (np.float32, "exactly as uploaded")):
+        path = tmp_path / f"{np.dtype(dtype).name}.npz"
+        images = {
+            k: (rng.random((n, 8, 8)) * (255 if dtype == np.uint8 else 1)).astype(dtype)
+            for k, n in (("x_train", 20), ("x_test", 10))
+        }
+        np.savez(path, **arrays, **images)
+        row = Dataset.objects.create(
+            owner=user,
+            name=path.stem,
+            file=path.name,
+            input_shape=[8, 8, 1],
+            classes=2,
+            n_train=20,
+            n_test=10,
+        )
+        assert expected in datasets.input_scaling(row.key)
+    with pytest.raises(DatasetError, match="unknown dataset"):
+        datasets.input_scaling("nope")
+    assert export.input_note(make_run(user, dataset="upload:999999")) == ""
 
 
 def test_the_bundle_and_onnx_are_what_they_say(client, user, candidate: Candidate):

@@ -253,7 +253,7 @@ def test_copy_of_a_preset_works(client, user):
     copy = HardwareProfile.objects.get(owner=user)
     assert response.status_code == 302
     assert response.url == reverse("profile_edit", args=[copy.pk])
-    assert copy.name == "NUCLEO-L476RG"
+    assert copy.name == "NUCLEO-L476RG (copy)"
     assert not copy.is_preset
     fields = ("mcu", "core", "clock_mhz", "sram_kb", "flash_kb")
     assert [getattr(copy, f) for f in fields] == [getattr(preset, f) for f in fields]
@@ -266,7 +266,7 @@ def test_copy_makes_the_name_unique(client, user):
         client.post(reverse("profile_copy", args=[_preset().pk]))
 
     names = sorted(HardwareProfile.objects.owned_by(user).values_list("name", flat=True))
-    assert names == ["NUCLEO-L476RG", "NUCLEO-L476RG (2)", "NUCLEO-L476RG (3)"]
+    assert names == ["NUCLEO-L476RG (copy 2)", "NUCLEO-L476RG (copy 3)", "NUCLEO-L476RG (copy)"]
 
 
 def test_copy_checks_owner(client, user, other_user):

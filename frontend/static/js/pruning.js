@@ -39,7 +39,16 @@
       );
     }
     const badge = document.getElementById("pruning-status");
-    if (badge) badge.textContent = job.status;
+    if (badge) {
+      badge.textContent = job.status;
+      badge.className = `badge ${job.status}`;
+    }
+    const state = document.getElementById("pruning-state");
+    if (state && job.status === "running") {
+      // The first row is the unpruned model, measured before epoch 1 starts (as the server says it).
+      const finished = Math.max(job.progress.length - 1, 0);
+      state.textContent = `Running: ${finished} of ${config.epochs} fine-tuning epochs finished.`;
+    }
     if (ENDED.has(job.status)) location.reload();
   }
 

@@ -364,10 +364,16 @@ def _files(
 
 
 def bundle_zip(
-    qm: QuantModel, name: str, *, core: str, flash_limit_bytes: int, sram_limit_bytes: int
+    qm: QuantModel,
+    name: str,
+    *,
+    core: str,
+    flash_limit_bytes: int,
+    sram_limit_bytes: int,
+    input_note: str = "",
 ) -> bytes:
     """The zip bundle (header, example, startup, linker script, Makefile, README) as bytes."""
-    header = generate_header(qm, name)
+    header = generate_header(qm, name, input_note)
     files = _files(qm, header, core, flash_limit_bytes, sram_limit_bytes)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:

@@ -396,6 +396,15 @@ def load_npz(path: str | os.PathLike[str], name: str | None = None) -> Dataset:
 
 # ---- named datasets --------------------------------------------------------------------
 
+# What a model's real input x is for each named dataset: how its loader scales the raw pixels.
+INPUT_SCALING = {
+    "digits": "a pixel's 0..16 grey level divided by 16 (scikit-learn's digits), so in [0, 1]",
+    "fashion-mnist": "a pixel's 0..255 grey level divided by 255, so in [0, 1]",
+}
+# The same for uploads, by the dtype of the uploaded images (see ``dataset_from_arrays``).
+UPLOAD_INT_SCALING = "a pixel's 0..255 integer value as uploaded, divided by 255, so in [0, 1]"
+UPLOAD_FLOAT_SCALING = "a pixel's value exactly as uploaded (floats in [0, 1])"
+
 
 def load_digits() -> Dataset:
     """scikit-learn's bundled 8x8 digits; a stratified 80/20 split with seed ``DIGITS_SPLIT_SEED``."""

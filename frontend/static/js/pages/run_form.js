@@ -13,15 +13,19 @@
     form.elements.train_subset.placeholder = `default: ${hint.train_subset}`;
   }
 
-  // MemNAS grows and trims one backbone: population and sample size do not apply to it.
+  // MemNAS grows and trims one backbone: population, sample size and the sparsity gene do not
+  // apply to it; the sparsity range only matters with pruning on.
   function showStrategyOptions() {
     const memnas = form.elements.strategy.value === "memnas";
     document.getElementById("evolution-options").hidden = memnas;
     document.getElementById("memnas-options").hidden = !memnas;
+    document.getElementById("pruning-options").hidden = memnas;
+    document.getElementById("sparsity-range").hidden = !form.elements.pruning.checked;
   }
 
   form.elements.dataset.addEventListener("change", showDefaults);
   form.elements.strategy.addEventListener("change", showStrategyOptions);
+  form.elements.pruning.addEventListener("change", showStrategyOptions);
   showDefaults();
   showStrategyOptions();
 })();
