@@ -204,7 +204,7 @@ class SearchRun(models.Model):
         ]
 
     def __str__(self) -> str:
-        return self.name or f"{self.get_strategy_display()} on {self.dataset} #{self.pk}"
+        return self.name or f"{self.get_strategy_display()} on {self.dataset_name} #{self.pk}"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         _save_keeping_seq(self, args, kwargs)
