@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import include, path
 
-from searches.views import accounts, candidates, datasets, home, profiles, projects, pruning, runs
+from searches.views import accounts, candidates, compare, datasets, home, profiles, projects, pruning, runs
 
 urlpatterns = [
     path("", home.index, name="index"),
@@ -26,6 +26,7 @@ urlpatterns = [
     path("projects/<int:project_pk>/runs/new/", runs.run_create, name="run_create"),
     # Runs
     path("runs/", runs.run_list, name="run_list"),
+    path("runs/compare/", compare.run_compare, name="run_compare"),
     path("runs/<int:pk>/", runs.run_detail, name="run_detail"),
     path("runs/<int:pk>/cancel/", runs.run_cancel, name="run_cancel"),
     path("runs/<int:pk>/extend/", runs.run_extend, name="run_extend"),

@@ -7,7 +7,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
-from searches.api import pruning, views
+from searches.api import compare, pruning, views
 
 router = DefaultRouter()
 router.register("profiles", views.HardwareProfileViewSet, basename="api-profile")
@@ -20,6 +20,8 @@ router.register("candidates", views.CandidateViewSet, basename="api-candidate")
 router.register("pruning-jobs", pruning.PruningJobViewSet, basename="api-pruning-job")
 
 urlpatterns = [
+    # Before the router: "compare" is not a run id.
+    path("runs/compare/", compare.run_compare, name="api-run-compare"),
     path("", include(router.urls)),
     path("runs/<int:run_pk>/candidates/", views.RunCandidateList.as_view(), name="api-run-candidates"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -107,6 +107,7 @@ def seed(username: str) -> dict[str, str]:
         "datasets": reverse("dataset_list"),
         "dataset_form": reverse("dataset_upload"),
         "token": reverse("api_token"),
+        "compare": f"{reverse('run_compare')}?runs={run.pk}&runs={running.pk}",
         "job_id": str(job.pk),
     }
 
