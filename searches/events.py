@@ -92,6 +92,7 @@ def candidate_payload(c: Candidate) -> dict[str, Any]:
         "params": c.params,
         "train_seconds": c.train_seconds,
         "reject_reason": c.reject_reason,
+        "notes": c.notes,
         "seq": c.seq,
     }
 

@@ -347,3 +347,11 @@ class PruneForm(forms.Form):
         ):
             self.add_error("target_sparsity", "Give a target sparsity, or choose to fit the profile.")
         return data
+
+
+class NotesForm(forms.Form):
+    """The user's free-text notes on a run or a candidate."""
+
+    notes = forms.CharField(
+        required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}), label="Notes"
+    )

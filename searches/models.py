@@ -190,6 +190,8 @@ class SearchRun(models.Model):
     seq = models.PositiveBigIntegerField(default=0)
     # Id of the Celery task driving the run, to revoke it on cancel.
     task_id = models.CharField(max_length=255, blank=True)
+    # The user's own free text about the run (shown in lists and the comparison).
+    notes = models.TextField(blank=True, max_length=2000)
     created = models.DateTimeField(auto_now_add=True)
     started = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True)
@@ -320,6 +322,8 @@ class Candidate(models.Model):
     export_report = models.JSONField(null=True, blank=True)
     export_requested = models.DateTimeField(null=True, blank=True)
     export_finished = models.DateTimeField(null=True, blank=True)
+    # The user's own free text about the candidate (shown in the run's table and CSV).
+    notes = models.TextField(blank=True, max_length=2000)
     created = models.DateTimeField(auto_now_add=True)
 
     objects = CandidateQuerySet.as_manager()

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from django.urls import include, path
 
-from searches.views import accounts, candidates, compare, datasets, home, profiles, projects, pruning, runs
+from searches.views import (
+    accounts,
+    candidates,
+    compare,
+    datasets,
+    home,
+    notes,
+    profiles,
+    projects,
+    pruning,
+    runs,
+)
 
 urlpatterns = [
     path("", home.index, name="index"),
@@ -32,8 +43,10 @@ urlpatterns = [
     path("runs/<int:pk>/extend/", runs.run_extend, name="run_extend"),
     path("runs/<int:pk>/candidates.csv", runs.run_csv, name="run_csv"),
     path("runs/<int:pk>/delete/", runs.run_delete, name="run_delete"),
+    path("runs/<int:pk>/notes/", notes.run_notes, name="run_notes"),
     # Candidates
     path("candidates/<int:pk>/", candidates.candidate_detail, name="candidate_detail"),
+    path("candidates/<int:pk>/notes/", notes.candidate_notes, name="candidate_notes"),
     path(
         "candidates/<int:pk>/architecture.json",
         candidates.candidate_architecture,

@@ -106,6 +106,7 @@ class SearchRunSerializer(serializers.ModelSerializer):
             "budget",
             "evaluated",
             "error",
+            "notes",
             "config",
             "created",
             "started",
@@ -257,6 +258,7 @@ CANDIDATE_FIELDS = [
     "params",
     "train_seconds",
     "reject_reason",
+    "notes",
     "export_status",
     "created",
 ]

@@ -41,6 +41,7 @@ CSV_COLUMNS = (
     "parent_index",
     "mutation",
     "reject_reason",
+    "notes",
 )
 
 
@@ -161,6 +162,7 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "candidate_count": run.candidates.count(),
         "dashboard_config": dashboard_config(run),
         "extend_form": ExtendRunForm(),
+        "notes_url": reverse("run_notes", args=[run.pk]),
     }
     return render(request, "searches/run_detail.html", ctx)
 

@@ -597,6 +597,7 @@ def test_csv_works(client, user):
         "parent_index",
         "mutation",
         "reject_reason",
+        "notes",
     ]
     assert [r["index"] for r in rows] == ["0", "1", "2"]
     assert [r["label"] for r in rows] == ["#0", "#1", "#2"]

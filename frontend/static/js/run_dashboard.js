@@ -431,11 +431,14 @@
       const star = c.on_pareto ? ' <span class="front-mark" title="on the Pareto front">◆</span>' : "";
       return `<a href="${escapeHtml(candidateUrl(c.id))}">${escapeHtml(c.label)}</a>${star}`;
     }
-    if (column.key === "mutation" && c.reject_reason) {
-      // Why a row was rejected (or failed) matters more than how it was made: both are shown.
+    if (column.key === "mutation" && (c.reject_reason || c.notes)) {
+      // Why a row was rejected (or failed) matters more than how it was made: both are shown,
+      // and the user's own note under them.
       const why = c.status === "rejected" ? "rejected" : c.status;
-      const made = c.mutation ? `${escapeHtml(c.mutation)}<br>` : "";
-      return `${made}<span class="reason">${escapeHtml(why)}: ${escapeHtml(c.reject_reason)}</span>`;
+      const parts = c.mutation ? [escapeHtml(c.mutation)] : [];
+      if (c.reject_reason) parts.push(`<span class="reason">${escapeHtml(why)}: ${escapeHtml(c.reject_reason)}</span>`);
+      if (c.notes) parts.push(`<span class="note">note: ${escapeHtml(c.notes.slice(0, 120))}</span>`);
+      return parts.join("<br>");
     }
     const value = column.get(c);
     const text = column.show ? column.show(value) : value;
