@@ -63,7 +63,7 @@ def test_pages_fit_a_laptop_and_a_phone(page: Page, live_stack: LiveStack, e2e_r
                 page.wait_for_function("window.nasweb.renders > 0")
             assert not _overflow(page), f"{name} at {width} px: {_overflow(page)}"
     page.goto(base + urls["compare"])
-    expect(page.locator("#compare-fronts .js-plotly-plot")).to_be_visible()
+    expect(page.locator("#compare-fronts .main-svg").first).to_be_visible()
     expect(page.locator("#compare-best")).to_contain_text("#0")
     page.goto(base + "/api/docs/")
     expect(page.locator("#app-bar a", has_text="nasweb")).to_have_attribute("href", "/projects/")
