@@ -9,7 +9,7 @@ pytestmark = pytest.mark.django_db
 
 # The only pages an anonymous visitor may see; everything else sends them to log in (the API
 # answers 401 instead, see test_api.py).
-PUBLIC = {"login", "signup", "logout"}
+PUBLIC = {"login", "signup", "logout", "favicon"}  # the icon is for every page, signed in or not
 
 
 def _named_patterns(resolver: URLResolver, prefix: str = "") -> list[tuple[str, str]]:

@@ -314,13 +314,17 @@ def test_list_and_dashboard_count_evaluations_alike(client, user):
 
 
 def test_a_finished_run_shows_no_cancel_and_no_live_badge(client, user):
+    def opening_tag(body: str, element_id: str) -> str:
+        return body.split(f'id="{element_id}"')[1].split(">")[0]
+
     client.force_login(user)
     done = client.get(reverse("run_detail", args=[make_run(user).pk])).content.decode()
-    assert 'id="cancel-form"' in done and "hidden>" in done.split('id="cancel-form"')[1].split("\n")[0]
-    assert "hidden>" in done.split('id="connection"')[1].split("\n")[0]
+    assert " hidden" in opening_tag(done, "cancel-form") and " hidden" in opening_tag(done, "connection")
     running = make_run(user, status=SearchRun.Status.RUNNING)
     body = client.get(reverse("run_detail", args=[running.pk])).content.decode()
-    assert "hidden" not in body.split('id="cancel-form"')[1].split("\n")[0]
+    assert "hidden" not in opening_tag(body, "cancel-form") and "hidden" not in opening_tag(
+        body, "connection"
+    )
 
 
 def test_list_requires_login(client):
