@@ -48,5 +48,7 @@ def test_cancel_asks_before_it_cancels(page: Page, live_stack: LiveStack) -> Non
     expect(page.locator("#action-message")).to_have_text("The run was cancelled.")
     expect(page.locator("#run-status")).to_have_text("cancelled")
     expect(page.locator("#cancel-button")).to_be_disabled()
+    # A run that ended has nothing left to cancel: the button goes (it comes back on Extend).
+    expect(page.locator("#cancel-button")).to_be_hidden()
     # The page stayed (the form went in the background) and asked exactly twice.
     assert len(asked) == 2 and page.url.endswith("/") and "/cancel/" not in page.url

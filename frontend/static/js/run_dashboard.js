@@ -388,6 +388,7 @@
     els.status.className = `badge ${run.status}`;
     // A finished run has nothing to cancel and nothing live to show (an extension brings both back).
     els.cancelForm.hidden = !active;
+    els.cancel.disabled = !active;
     els.connection.hidden = !active;
     els.runError.textContent = run.error || "";
   }
