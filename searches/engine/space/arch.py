@@ -122,8 +122,13 @@ class Architecture:
         return json.dumps(self.to_json(), sort_keys=False)
 
     def key(self) -> str:
-        """A canonical string identifying the architecture (for de-duplication)."""
-        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        """A canonical string shared by architectures that compute the same function at the same cost.
+
+        Two architectures get one key when they differ only in fields that change neither the
+        network's function nor its resources (see :func:`canonical_json`), so de-duplication
+        never trains the same network twice.
+        """
+        return json.dumps(canonical_json(self), sort_keys=True, separators=(",", ":"))
 
 
 def _layer_json(layer: ConvLayer) -> dict[str, Any]:
@@ -137,6 +142,65 @@ def _layer_json(layer: ConvLayer) -> dict[str, Any]:
         "batchnorm": layer.batchnorm,
         "relu": layer.relu,
     }
+
+
+# ---- canonical form ---------------------------------------------------------------------
+
+
+def canonical_json(arch: Architecture) -> dict[str, Any]:
+    """The architecture with every no-op field normalised, as JSON (not a valid architecture).
+
+    Normalised, because they change neither the computed function nor any resource number:
+
+    * the padding of a 1x1 stride-1 conv ('same' pads nothing there, so it equals 'valid');
+    * where blocks split a sequential chain: consecutive non-parallel blocks form one chain
+      of layers (the op graph, the model and its parameter order are the same);
+    * a k x k pool over a feature map of exactly k x k is the global pool (same window);
+    * avg vs max of a pool over a 1x1 feature map (both are the identity).
+
+    Deliberately *not* normalised: a kernel larger than its input under 'same' padding (the
+    outer taps only ever see padding, but they cost flash: the clipped kernel is a cheaper,
+    different candidate); no pooling vs a pool over a 1x1 map (the pool costs a tensor and
+    MACs); the order of parallel blocks (Add commutes, but the execution order, memory plan
+    and initialisation order follow it).
+    """
+    chain: list[Any] = []
+    for group in arch.groups():
+        if len(group) == 1:
+            chain.extend(_canonical_layer(layer) for layer in arch.conv_blocks[group[0]].layers)
+        else:
+            chain.append(
+                {"parallel": [[_canonical_layer(x) for x in arch.conv_blocks[b].layers] for b in group]}
+            )
+    return {
+        "input_shape": list(arch.input_shape),
+        "classes": arch.classes,
+        "chain": chain,
+        "pooling": _canonical_pooling(arch),
+        "dense": [d.units for d in arch.dense],
+    }
+
+
+def _canonical_layer(layer: ConvLayer) -> dict[str, Any]:
+    data = _layer_json(layer)
+    if layer.kernel == 1 and layer.stride == 1:
+        data["padding"] = "same"  # both paddings add nothing around a 1x1 stride-1 window
+    return data
+
+
+def _canonical_pooling(arch: Architecture) -> dict[str, Any] | None:
+    pool = arch.pooling
+    if pool is None:
+        return None
+    try:
+        h, w, _ = validate(arch)[arch.groups()[-1][0]]
+    except ArchitectureError:
+        return {"type": pool.type, "size": pool.size}  # invalid: keep it as written
+    size = pool.size
+    if size == "global" or (h == size and w == size):
+        size = "global"
+    kind = "avg" if (size == "global" and h == 1 and w == 1) else pool.type
+    return {"type": kind, "size": size}
 
 
 # ---- shape arithmetic ------------------------------------------------------------------

@@ -43,6 +43,10 @@ from searches.engine.strategies.objectives import dominates
 
 STATE_FORMAT = "nasweb.search-state"
 STATE_VERSION = 1
+# Which ``Architecture.key`` the hashes in a saved state's ``seen`` come from.  States written
+# before the canonical key get the canonical hashes of every architecture they still hold
+# added on load (rejected ones are lost: at worst one of them is proposed again).
+KEY_VERSION = 2
 
 
 Origin = Literal["random", "mutation"]
@@ -332,6 +336,7 @@ class SearchStrategy:
             "archive": [m.to_json() for m in self._archive],
             # Sorted: set order follows string hashing, which changes between processes.
             "seen": sorted(self._seen),
+            "key_version": KEY_VERSION,
         }
 
     def _load_state(self, data: dict[str, Any]) -> None:
@@ -346,3 +351,10 @@ class SearchStrategy:
         self._population = [Member.from_json(m) for m in data["population"]]
         self._archive = [Member.from_json(m) for m in data["archive"]]
         self._seen = set(data["seen"])
+        if data.get("key_version") != KEY_VERSION:
+            self._seen.update(arch_hash(a) for a in self._held_architectures())
+
+    def _held_architectures(self) -> list[Architecture]:
+        """Every architecture the state still holds (outstanding, population, archive)."""
+        held = [p.architecture for p in self._outstanding.values()]
+        return held + [m.architecture for m in (*self._population, *self._archive)]

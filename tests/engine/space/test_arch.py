@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -131,3 +132,98 @@ def test_schema_file_is_the_documented_one() -> None:
     schema = A.load_schema()
     assert schema["properties"]["version"]["const"] == A.VERSION
     assert schema["properties"]["conv_blocks"]["maxItems"] == A.MAX_BLOCKS
+
+
+# ---- canonical key ------------------------------------------------------------------------------
+
+
+def _net(*blocks: A.ConvBlock, pooling: A.Pooling | None = None) -> A.Architecture:
+    arch = A.Architecture((8, 8, 1), 4, tuple(blocks), pooling, (A.Dense(16),))
+    A.validate(arch)
+    return arch
+
+
+def _same_function(a: A.Architecture, b: A.Architecture) -> None:
+    """Equal resources and, with the same seed, equal float outputs: a true duplicate."""
+    import torch
+
+    from searches.engine.resources.report import analyze
+    from searches.engine.training.model import build_model
+
+    ra, rb = analyze(a), analyze(b)
+    assert (ra.peak_sram_bytes, ra.flash_bytes, ra.macs) == (rb.peak_sram_bytes, rb.flash_bytes, rb.macs)
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    outputs = []
+    for arch in (a, b):
+        torch.manual_seed(0)
+        outputs.append(build_model(arch).eval()(x))
+    torch.testing.assert_close(outputs[0], outputs[1])
+
+
+CONV = A.ConvLayer("conv2d", 3, 4, 1, "same", False, True, True)
+ONE = A.ConvLayer("conv1x1", 1, 6, 1, "same", False, False, True)
+
+
+def test_padding_of_a_1x1_conv_does_not_change_the_key() -> None:
+    a = _net(A.ConvBlock((CONV, ONE)))
+    b = _net(A.ConvBlock((CONV, replace(ONE, padding="valid"))))
+    assert a.key() == b.key()
+    _same_function(a, b)
+    # Padding of a 3x3 conv changes the shapes: a different network.
+    c = _net(A.ConvBlock((replace(CONV, padding="valid"), ONE)))
+    assert c.key() != a.key()
+
+
+def test_a_chain_split_into_blocks_has_the_key_of_one_block() -> None:
+    a = _net(A.ConvBlock((CONV, ONE)))
+    b = _net(A.ConvBlock((CONV,)), A.ConvBlock((ONE,)))
+    assert a.key() == b.key()
+    _same_function(a, b)
+    # A branch is a different network.
+    c = _net(A.ConvBlock((CONV,)), A.ConvBlock((replace(CONV, filters=4),), branch=True))
+    assert c.key() != b.key()
+
+
+def test_a_pool_as_large_as_the_feature_map_is_the_global_pool() -> None:
+    stride2 = replace(CONV, stride=2)  # 8x8 -> 4x4 -> 2x2
+    a = _net(A.ConvBlock((stride2, stride2)), pooling=A.Pooling("max", 2))
+    b = _net(A.ConvBlock((stride2, stride2)), pooling=A.Pooling("max", "global"))
+    assert a.key() == b.key()
+    _same_function(a, b)
+    assert a.key() != _net(A.ConvBlock((stride2, stride2)), pooling=A.Pooling("avg", 2)).key()
+    # On a 4x4 map a 2x2 pool keeps four positions: not the global pool.
+    c = _net(A.ConvBlock((stride2,)), pooling=A.Pooling("max", 2))
+    assert c.key() != _net(A.ConvBlock((stride2,)), pooling=A.Pooling("max", "global")).key()
+
+
+def test_avg_and_max_pool_over_a_1x1_map_are_one_network() -> None:
+    stride2 = replace(CONV, stride=2)  # 8 -> 4 -> 2 -> 1
+    a = _net(A.ConvBlock((stride2, stride2, stride2)), pooling=A.Pooling("max", "global"))
+    b = _net(A.ConvBlock((stride2, stride2, stride2)), pooling=A.Pooling("avg", "global"))
+    assert a.key() == b.key()
+    _same_function(a, b)
+    # No pool at all costs less (no pooled tensor): kept apart.
+    assert _net(A.ConvBlock((stride2, stride2, stride2))).key() != a.key()
+
+
+def test_a_kernel_larger_than_its_input_is_not_canonicalised() -> None:
+    # Its outer taps only see padding, but they cost flash: a different, dominated candidate.
+    stride2 = replace(CONV, stride=2)
+    small = _net(A.ConvBlock((stride2, stride2, stride2)), A.ConvBlock((replace(CONV, kernel=3),)))
+    big = _net(A.ConvBlock((stride2, stride2, stride2)), A.ConvBlock((replace(CONV, kernel=5),)))
+    assert small.key() != big.key()
+
+
+def test_every_other_field_changes_the_key() -> None:
+    base = A.ConvBlock((CONV, ONE))
+    variants = [
+        replace(CONV, kernel=5),
+        replace(CONV, filters=5),
+        replace(CONV, stride=2),
+        replace(CONV, pre_pool=True),
+        replace(CONV, batchnorm=False),
+        replace(CONV, relu=False),
+        replace(CONV, op="dwconv2d", filters=None),
+    ]
+    keys = {_net(base).key()} | {_net(A.ConvBlock((v, ONE))).key() for v in variants}
+    assert len(keys) == len(variants) + 1

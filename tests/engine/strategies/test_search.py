@@ -14,7 +14,14 @@ from searches.engine.resources.report import analyze
 from searches.engine.space.arch import Architecture
 from searches.engine.space.sampling import SpaceConfig
 from searches.engine.strategies.aging import AgingEvolution
-from searches.engine.strategies.base import EvalFailure, EvalResult, Member, Proposal, SearchStrategy
+from searches.engine.strategies.base import (
+    EvalFailure,
+    EvalResult,
+    Member,
+    Proposal,
+    SearchStrategy,
+    arch_hash,
+)
 from searches.engine.strategies.config import Bounds, Limits, SearchConfig
 from searches.engine.strategies.driver import SearchEvent, run_search
 from searches.engine.strategies.objectives import dominates, draw_lambdas, fitness, pareto_front
@@ -281,6 +288,20 @@ def test_save_and_load_with_outstanding_proposals() -> None:
         return ids, strategy.state_to_json()
 
     assert run(save_midway=True) == run(save_midway=False)
+
+
+def test_a_state_saved_before_canonical_keys_learns_them_on_load() -> None:
+    strategy = AgingEvolution(config(population=3, budget=12))
+    log: list[dict[str, object]] = []
+    for _ in range(5):
+        step(strategy, log)
+    old = strategy.state_to_json()
+    del old["key_version"]
+    old["seen"] = ["0" * 32]  # hashes of the old, non-canonical keys: none match any more
+    resumed = from_state_json(json.loads(json.dumps(old)))
+    for member in resumed.population:
+        assert arch_hash(member.architecture) in resumed.state_to_json()["seen"]
+    assert resumed.state_to_json()["key_version"] == strategy.state_to_json()["key_version"]
 
 
 def test_the_same_seed_gives_the_same_search() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Literal
 
 from searches.engine.space import arch as A
 from searches.engine.space.arch import Architecture, ConvBlock, ConvLayer, Dense, Pooling
@@ -131,14 +131,12 @@ def children(
 
 
 def function_key(arch: Architecture) -> str:
-    """A key shared by architectures that differ only in where sequential blocks split a chain."""
-    chain: list[Any] = []
-    for group in arch.groups():
-        if len(group) == 1:
-            chain.extend(arch.conv_blocks[group[0]].layers)
-        else:
-            chain.append(tuple(arch.conv_blocks[b].layers for b in group))
-    return repr((arch.input_shape, arch.classes, chain, arch.pooling, arch.dense))
+    """A key shared by architectures that compute the same function at the same cost.
+
+    The canonical key of :meth:`Architecture.key` (which also joins blocks that only split a
+    sequential chain, the case MemNAS's grow steps produce most).
+    """
+    return arch.key()
 
 
 def function_hash(arch: Architecture) -> str:
