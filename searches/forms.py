@@ -19,6 +19,7 @@ from searches.services.launch import default_parallel
 MAX_SRAM_KB = 64 * 1024
 MAX_FLASH_KB = 256 * 1024
 MAX_LATENCY_MS = 60_000.0
+MAX_MACS = 10**12
 MAX_CLOCK_MHZ = 2_000.0
 MAX_BUDGET = 5_000
 MAX_POPULATION = 500
@@ -66,11 +67,18 @@ class HardwareProfileForm(forms.ModelForm):
         validators=_positive(MAX_LATENCY_MS, "ms"),
         help_text="Optional. Checked against an estimate from MACs, core and clock.",
     )
+    max_macs = forms.IntegerField(
+        label="MACs limit",
+        required=False,
+        min_value=1,
+        max_value=MAX_MACS,
+        help_text="Optional. Multiply-accumulates per inference (μNAS bounds Fashion-MNIST at 30,000,000).",
+    )
     clock_mhz = forms.FloatField(label="Clock (MHz)", validators=_positive(MAX_CLOCK_MHZ, "MHz"))
 
     class Meta:
         model = HardwareProfile
-        fields = ["name", "sram_kb", "flash_kb", "latency_ms", "core", "clock_mhz", "notes"]
+        fields = ["name", "sram_kb", "flash_kb", "latency_ms", "max_macs", "core", "clock_mhz", "notes"]
         labels = {"core": "Core"}
 
     def __init__(self, *args: Any, owner: Any, **kwargs: Any) -> None:
@@ -158,6 +166,9 @@ class NewRunForm(forms.Form):
     )
     latency_ms = forms.FloatField(
         label="Latency override (ms)", required=False, validators=_positive(MAX_LATENCY_MS, "ms")
+    )
+    max_macs = forms.IntegerField(
+        label="MACs limit override", required=False, min_value=1, max_value=MAX_MACS
     )
     memnas_lambda = forms.FloatField(
         label="MemNAS λ",

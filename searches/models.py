@@ -117,6 +117,9 @@ class HardwareProfile(models.Model):
     sram_kb = models.PositiveIntegerField("SRAM (KB)", validators=[MinValueValidator(1)])
     flash_kb = models.PositiveIntegerField("flash (KB)", validators=[MinValueValidator(1)])
     latency_ms = models.FloatField("latency budget (ms)", null=True, blank=True)
+    max_macs = models.PositiveBigIntegerField(
+        "MACs limit", null=True, blank=True, validators=[MinValueValidator(1)]
+    )
     is_preset = models.BooleanField(default=False, editable=False)
     notes = models.CharField(max_length=200, blank=True)
     created = models.DateTimeField(auto_now_add=True)

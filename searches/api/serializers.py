@@ -36,6 +36,7 @@ class HardwareProfileSerializer(serializers.ModelSerializer):
             "sram_kb",
             "flash_kb",
             "latency_ms",
+            "max_macs",
             "notes",
             "is_preset",
             "created",
@@ -164,6 +165,13 @@ class RunCreateSerializer(serializers.Serializer):
     sram_kb = serializers.FloatField(required=False, allow_null=True, default=None)
     flash_kb = serializers.FloatField(required=False, allow_null=True, default=None)
     latency_ms = serializers.FloatField(required=False, allow_null=True, default=None)
+    max_macs = serializers.IntegerField(
+        min_value=1,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Multiply-accumulates per inference; over-limit candidates are rejected before training.",
+    )
     memnas_lambda = serializers.FloatField(
         min_value=0,
         max_value=1,

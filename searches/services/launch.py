@@ -31,6 +31,7 @@ class RunRequest:
     sram_kb: float | None = None
     flash_kb: float | None = None
     latency_ms: float | None = None
+    max_macs: int | None = None
     name: str = ""
     # MemNAS only: λ (accuracy against memory), β (SRAM against flash) and the children trained
     # per round; None takes the engine's default.
@@ -64,7 +65,9 @@ def launch_run(owner: Any, project: Project | None, request: RunRequest) -> Sear
 
     Raises ValueError when the engine refuses the configuration.
     """
-    limits = runs.limits_for(request.profile, request.sram_kb, request.flash_kb, request.latency_ms)
+    limits = runs.limits_for(
+        request.profile, request.sram_kb, request.flash_kb, request.latency_ms, request.max_macs
+    )
     config = runs.make_config(
         config_dataset(request.dataset),
         limits,

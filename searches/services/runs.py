@@ -67,6 +67,7 @@ def limits_for(
     sram_kb: float | None = None,
     flash_kb: float | None = None,
     latency_ms: float | None = None,
+    max_macs: int | None = None,
 ) -> Limits:
     """Hard limits: the profile's, with explicit values taking precedence."""
     sram = sram_kb if sram_kb is not None else (profile.sram_kb if profile else None)
@@ -78,6 +79,7 @@ def limits_for(
         latency_ms=latency,
         core=profile.core if profile else None,
         clock_mhz=profile.clock_mhz if profile else None,
+        macs=max_macs if max_macs is not None else (profile.max_macs if profile else None),
     )
 
 
@@ -109,7 +111,7 @@ def make_config(
             error=error_bound,
             peak_sram_bytes=limits.sram_bytes,
             flash_bytes=limits.flash_bytes,
-            macs=macs_bound,
+            macs=limits.macs or macs_bound,
         ),
         limits=limits,
         strategy=strategy,  # type: ignore[arg-type]

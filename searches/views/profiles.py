@@ -14,7 +14,17 @@ from searches.forms import HardwareProfileForm
 from searches.models import HardwareProfile
 
 # Fields a copy of a profile takes over; the name gets made unique separately.
-COPIED_FIELDS = ("board", "mcu", "core", "clock_mhz", "sram_kb", "flash_kb", "latency_ms", "notes")
+COPIED_FIELDS = (
+    "board",
+    "mcu",
+    "core",
+    "clock_mhz",
+    "sram_kb",
+    "flash_kb",
+    "latency_ms",
+    "max_macs",
+    "notes",
+)
 
 
 def _get_profile_for_user(request: HttpRequest, pk: int) -> HardwareProfile:

@@ -97,6 +97,7 @@ def _request_from(form: NewRunForm) -> RunRequest:
         sram_kb=data["sram_kb"],
         flash_kb=data["flash_kb"],
         latency_ms=data["latency_ms"],
+        max_macs=data["max_macs"],
         name=data["name"].strip(),
         memnas_lambda=data["memnas_lambda"],
         memnas_beta=data["memnas_beta"],
@@ -144,7 +145,7 @@ def dashboard_config(run: SearchRun) -> dict[str, Any]:
     return {
         "run_id": run.pk,
         "ws_path": f"/ws/runs/{run.pk}/",
-        "limits": {key: limits.get(key) for key in ("sram_bytes", "flash_bytes", "latency_ms")},
+        "limits": {key: limits.get(key) for key in ("sram_bytes", "flash_bytes", "latency_ms", "macs")},
         "candidate_url": reverse("candidate_detail", args=[0]),
         "csv_url": reverse("run_csv", args=[run.pk]),
         "cancel_url": reverse("run_cancel", args=[run.pk]),

@@ -244,6 +244,28 @@ def test_run_create_works(api, user, enqueued, django_capture_on_commit_callback
     assert enqueued == [run.pk]
 
 
+def test_run_create_takes_a_macs_limit(api, user, enqueued, django_capture_on_commit_callbacks):
+    body = {"profile": _preset().pk, "dataset": "digits", "budget": 6, "max_macs": 30_000_000}
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.post("/api/runs/", body, format="json")
+    bad = api.post("/api/runs/", {**body, "max_macs": 0}, format="json")
+
+    assert response.status_code == 201
+    run = SearchRun.objects.get(owner=user)
+    assert run.config["limits"]["macs"] == 30_000_000
+    assert run.config["bounds"]["macs"] == 30_000_000
+    assert bad.status_code == 400 and "max_macs" in bad.json()
+
+
+def test_profile_api_keeps_a_macs_limit(api, user):
+    response = api.post("/api/profiles/", {**PROFILE, "max_macs": 1_000_000}, format="json")
+
+    assert response.status_code == 201
+    assert response.json()["max_macs"] == 1_000_000
+    assert HardwareProfile.objects.get(owner=user).max_macs == 1_000_000
+
+
 def test_run_create_validates(api, user, other_user, enqueued):
     bobs_project = make_project(other_user)
     bobs_profile = make_profile(other_user)

@@ -128,6 +128,18 @@ def test_search_stores_the_run_and_prints_the_front() -> None:
 
 
 @pytest.mark.django_db
+def test_search_rejects_every_candidate_over_the_macs_limit() -> None:
+    text = _call("search", "--max-macs", "10", "--budget", "2", "--verbosity", "0")
+
+    run = SearchRun.objects.get()
+    assert run.config["limits"]["macs"] == 10
+    assert not run.candidates.filter(status=Candidate.Status.DONE).exists()
+    assert "MACs exceed the limit 10" in text
+    with pytest.raises(CommandError, match="--max-macs must be at least 1"):
+        _call("search", "--max-macs", "0")
+
+
+@pytest.mark.django_db
 def test_search_names_an_unknown_profile() -> None:
     with pytest.raises(
         CommandError, match=r"no hardware profile named 'Nope'; choose one of: .*Arduino Uno R3"

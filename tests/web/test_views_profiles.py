@@ -6,6 +6,7 @@ import pytest
 from django.urls import reverse
 
 from searches.models import HardwareProfile
+from searches.services.runs import limits_for
 from tests.web.factories import make_profile
 
 pytestmark = pytest.mark.django_db
@@ -63,6 +64,20 @@ def test_create_works(client, user):
     profile = HardwareProfile.objects.get(owner=user, name="Sensor node")
     assert (profile.sram_kb, profile.flash_kb, profile.latency_ms) == (48, 200, 50.0)
     assert (profile.core, profile.clock_mhz, profile.is_preset) == ("cortex-m4f", 80.0, False)
+    assert profile.max_macs is None
+
+
+def test_create_takes_a_macs_limit_and_a_run_inherits_it(client, user):
+    client.force_login(user)
+
+    client.post(reverse("profile_create"), {**VALID, "max_macs": "30000000"})
+    bad = client.post(reverse("profile_create"), {**VALID, "name": "x", "max_macs": "0"})
+
+    profile = HardwareProfile.objects.get(owner=user, name="Sensor node")
+    assert profile.max_macs == 30_000_000
+    assert "max_macs" in bad.context["form"].errors
+    assert limits_for(profile).macs == 30_000_000
+    assert limits_for(profile, max_macs=5).macs == 5
 
 
 def test_create_form_offers_the_preset_picker(client, user):

@@ -350,7 +350,7 @@ def test_detail_works(client, user):
     assert response.context["dashboard_config"] == {
         "run_id": run.pk,
         "ws_path": f"/ws/runs/{run.pk}/",
-        "limits": {"sram_bytes": 2048, "flash_bytes": 4096, "latency_ms": None},
+        "limits": {"sram_bytes": 2048, "flash_bytes": 4096, "latency_ms": None, "macs": None},
         "candidate_url": "/candidates/0/",
         "csv_url": f"/runs/{run.pk}/candidates.csv",
         "cancel_url": f"/runs/{run.pk}/cancel/",

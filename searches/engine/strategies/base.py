@@ -8,7 +8,7 @@ Decisions worth knowing:
 - *Budget* counts evaluations, i.e. feasible proposals handed out by ``ask()`` (a failed
   training still counts).  Once ``budget`` have been asked, ``ask()`` returns None;
   ``is_done()`` becomes true when every one of them has been told.
-- *Hard limits* (SRAM, flash, estimated latency) are checked analytically before any
+- *Hard limits* (SRAM, flash, MACs, estimated latency) are checked analytically before any
   training.  An infeasible mutated child is returned by ``ask()`` as a *rejected* proposal
   (``reject_reason`` set, no ``tell`` expected, not counted in the budget) so the user sees
   why.  After ``max_retries`` consecutive unsuccessful mutations the strategy falls back to a

@@ -44,15 +44,18 @@ class Bounds:
 
 @dataclass(frozen=True)
 class Limits:
-    """Hard feasibility limits of the target board; None means unconstrained."""
+    """Hard feasibility limits of the target board; None means unconstrained (``macs``: per inference)."""
 
     sram_bytes: int | None = None
     flash_bytes: int | None = None
     latency_ms: float | None = None
     core: str | None = None
     clock_mhz: float | None = None
+    macs: int | None = None
 
     def __post_init__(self) -> None:
+        if self.macs is not None and self.macs < 1:
+            raise ValueError(f"the MACs limit must be at least 1, got {self.macs}")
         if self.latency_ms is not None and (self.core is None or self.clock_mhz is None):
             raise ValueError("a latency limit needs core and clock_mhz")
         if self.core is not None and self.core not in CORES:
@@ -73,6 +76,8 @@ class Limits:
             )
         if self.flash_bytes is not None and resources["flash_bytes"] > self.flash_bytes:
             reasons.append(f"flash {resources['flash_bytes']:,} B exceeds the limit {self.flash_bytes:,} B")
+        if self.macs is not None and resources["macs"] > self.macs:
+            reasons.append(f"{resources['macs']:,} MACs exceed the limit {self.macs:,}")
         latency = resources.get("latency_ms")
         if self.latency_ms is not None and latency is not None and latency > self.latency_ms:
             reasons.append(f"estimated latency {latency:.2f} ms exceeds the limit {self.latency_ms:g} ms")

@@ -27,6 +27,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--latency-ms", type=float, help="latency budget (needs a profile for core and clock)"
         )
+        parser.add_argument("--max-macs", type=int, help="MACs limit per inference (overrides the profile's)")
         parser.add_argument("--budget", type=int, default=30, help="number of candidates to train")
         parser.add_argument("--strategy", choices=STRATEGIES, default="aging_evolution")
         parser.add_argument("--population", type=int, help="population size (default: budget/3, 4..100)")
@@ -75,6 +76,8 @@ class Command(BaseCommand):
                 )
         if options["latency_ms"] is not None and profile is None:
             raise CommandError("--latency-ms needs --profile (the core and clock turn MACs into time)")
+        if options["max_macs"] is not None and options["max_macs"] < 1:
+            raise CommandError("--max-macs must be at least 1")
         if options["budget"] < 1:
             raise CommandError("--budget must be at least 1")
         try:
@@ -89,7 +92,9 @@ class Command(BaseCommand):
                 **({"train_subset": options["train_subset"]} if options["train_subset"] else {}),
             }
         )
-        limits = runs.limits_for(profile, options["sram_kb"], options["flash_kb"], options["latency_ms"])
+        limits = runs.limits_for(
+            profile, options["sram_kb"], options["flash_kb"], options["latency_ms"], options["max_macs"]
+        )
         try:
             config = runs.make_config(
                 dataset,

@@ -201,6 +201,23 @@ def test_children_over_the_limits_are_rejected_before_training() -> None:
     assert strategy.counters["rejected"] == len(rejected)
 
 
+def test_children_over_the_macs_limit_are_rejected_with_the_reason() -> None:
+    strategy = AgingEvolution(config(budget=12, limits=Limits(macs=40_000)))
+    events: list[SearchEvent] = []
+    run_search(strategy, fake_evaluate, events.append)
+    trained = [e.proposal for e in events if e.kind == "proposed"]
+    rejected = [e.proposal for e in events if e.kind == "rejected"]
+    assert len(trained) == 12 and all(analyze(p.architecture).macs <= 40_000 for p in trained)
+    assert rejected, "this limit should reject some children"
+    for proposal in rejected:
+        assert f"{proposal.resources['macs']:,} MACs exceed the limit 40,000" in (
+            proposal.reject_reason or ""
+        )
+    assert Limits.from_json(Limits(macs=5).to_json()).macs == 5
+    with pytest.raises(ValueError, match="MACs limit must be at least 1"):
+        Limits(macs=0)
+
+
 def test_impossible_limits_stop_the_search_with_a_reason() -> None:
     strategy = AgingEvolution(config(limits=Limits(flash_bytes=1), max_random_tries=5))
     assert strategy.ask() is None
