@@ -15,68 +15,19 @@ from searches.engine.resources.graph import build_graph
 from searches.engine.resources.opgraph import OpGraph
 from searches.engine.space.arch import Architecture, from_json
 
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-ADD_LEFT_SHIFT = 20  # TFLite's headroom for int8 Add
+# The scheme's values and rules live where quantisation-aware training can share them.
+from searches.engine.training.int8_scheme import ADD_LEFT_SHIFT as ADD_LEFT_SHIFT
+from searches.engine.training.int8_scheme import WEIGHTED as WEIGHTED
+from searches.engine.training.int8_scheme import AddParams as AddParams
+from searches.engine.training.int8_scheme import IntArray as IntArray
+from searches.engine.training.int8_scheme import QParams as QParams
+from searches.engine.training.int8_scheme import QuantizationError as QuantizationError
+from searches.engine.training.int8_scheme import WeightedOp as WeightedOp
+from searches.engine.training.int8_scheme import quantize_input
+
 REFERENCE_BATCH = 16
-WEIGHTED = ("conv2d", "conv1x1", "dwconv2d", "dense")
 FORMAT = "nasweb.int8"
-# v2: scales are float32 values (as TFLite stores them), weights carry their per-channel
-# scales, multipliers come from the float32 scales and dense layers round once.  Older files
-# are re-quantised on demand by the web layer.
-VERSION = 2
-
-IntArray = npt.NDArray[np.int64]
-
-
-class QuantizationError(ValueError):
-    """A model that cannot be quantised faithfully (names the layer and why)."""
-
-
-def float32(value: float) -> float:
-    """``value`` rounded to the nearest float32 (TFLite stores every scale as float32)."""
-    return float(np.float32(value))
-
-
-@dataclass(frozen=True)
-class QParams:
-    """real = scale · (q - zero_point); ``scale`` is a float32 value, as in a .tflite file."""
-
-    scale: float
-    zero_point: int
-
-
-@dataclass
-class WeightedOp:
-    """The int8 constants of a conv or dense op, in the C layout.
-
-    conv/1x1: OHWI ``(Co, k, k, Ci)``; depthwise: ``(k, k, C)``; dense: ``(out, in)``.
-    ``bias`` holds the input zero-point term folded in (``b - zp_in·Σw``); ``weight_scale`` is
-    the float32 scale of each output channel, from which the multipliers were derived.
-    """
-
-    weights: npt.NDArray[np.int8]
-    bias: npt.NDArray[np.int32]
-    multiplier: npt.NDArray[np.int32]
-    shift: npt.NDArray[np.int8]
-    act_min: int
-    act_max: int
-    weight_scale: npt.NDArray[np.float32]
-
-    def plain_bias(self, input_zero_point: int) -> npt.NDArray[np.int32]:
-        """The bias without the folded zero-point term (what TFLite stores): ``b`` itself."""
-        w = self.weights.astype(np.int64)
-        sums = w.sum(axis=(0, 1)) if w.ndim == 3 else w.reshape(len(w), -1).sum(axis=1)
-        return (self.bias.astype(np.int64) + input_zero_point * sums).astype(np.int32)
-
-
-@dataclass(frozen=True)
-class AddParams:
-    """Rescaling of an n-input Add (TFLite int8 scheme)."""
-
-    multipliers: tuple[int, ...]
-    shifts: tuple[int, ...]
-    out_multiplier: int
-    out_shift: int
+VERSION = 1
 
 
 @dataclass
@@ -119,18 +70,8 @@ class QuantModel:
         return self.qparams["logits"].zero_point
 
     def quantize_input(self, x: npt.NDArray[Any]) -> npt.NDArray[np.int8]:
-        """Float NHWC images → int8 model input, as TFLite's QUANTIZE op computes it.
-
-        float32 division ``x / scale`` (both float32), rounded half away from zero, plus the
-        zero point, clamped to int8; the header's ``<name>_quantize_input`` does the same.
-        """
-        x32 = np.asarray(x, dtype=np.float32)
-        if not np.all(np.isfinite(x32)):
-            raise ValueError("quantize_input takes finite values (found NaN or infinity)")
-        # Clipped first so every value below is exact in float64; beyond ±512 it saturates anyway.
-        r = np.clip(x32 / np.float32(self.input_scale), -512, 512).astype(np.float64)
-        q = np.sign(r) * np.floor(np.abs(r) + 0.5) + self.input_zero_point
-        return np.clip(q, -128, 127).astype(np.int8)
+        """Float NHWC images → int8 model input (round half to even, then clamp)."""
+        return quantize_input(x, self.qparams["input"])
 
     def dequantize_output(self, q: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
         """int8 logits → float logits."""
@@ -157,7 +98,6 @@ class QuantModel:
             arrays[f"{op}.bias"] = w.bias
             arrays[f"{op}.multiplier"] = w.multiplier
             arrays[f"{op}.shift"] = w.shift
-            arrays[f"{op}.weight_scale"] = w.weight_scale
         np.savez_compressed(path, **arrays)
 
     @classmethod
@@ -178,7 +118,6 @@ class QuantModel:
                     shift=data[f"{op}.shift"].astype(np.int8),
                     act_min=int(lo),
                     act_max=int(hi),
-                    weight_scale=data[f"{op}.weight_scale"].astype(np.float32),
                 )
                 for op, (lo, hi) in meta["weighted"].items()
             }

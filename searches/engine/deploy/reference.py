@@ -1,7 +1,7 @@
 """The integer reference: runs an int8 model with integers only, byte for byte what the C must output.
 
-Integer sums are exact in float64 (every partial sum stays far below 2^53), so the
-reference runs its dot products through BLAS and does all rounding in int64.
+The kernels are :mod:`searches.engine.training.int8_scheme`'s, which quantisation-aware
+training runs too.
 """
 
 from __future__ import annotations
@@ -12,72 +12,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from searches.engine.deploy.fixedpoint import requantize, requantize_single, rounded_average
-from searches.engine.deploy.int8 import (
-    ADD_LEFT_SHIFT,
-    REFERENCE_BATCH,
-    AddParams,
-    IntArray,
-    QuantizationError,
-    QuantModel,
-    WeightedOp,
-)
-from searches.engine.deploy.quantize import op_pads, pool_window
-from searches.engine.resources.opgraph import Op
-
-# ---- integer reference -----------------------------------------------------------------
-
-
-def _conv(op: Op, p: WeightedOp, x: IntArray, zp_in: int, zp_out: int) -> IntArray:
-    k, stride = int(op.attrs["kernel"]), int(op.attrs["stride"])  # type: ignore[call-overload]
-    n, h, w, _ = x.shape
-    top, bottom, left, right = op_pads(op, h, w)
-    # Padded taps hold the input zero point (real 0); with the folded bias this equals
-    # b + Σ w·(q - zp) over the valid taps only.
-    padded = np.pad(
-        x.astype(np.float64), ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=zp_in
-    )
-    oh = (h + top + bottom - k) // stride + 1
-    ow = (w + left + right - k) // stride + 1
-    weights = p.weights.astype(np.float64)
-    channels = weights.shape[-1] if op.kind == "dwconv2d" else weights.shape[0]
-    acc = np.zeros((n, oh, ow, channels), dtype=np.float64)
-    for ky in range(k):
-        for kx in range(k):
-            rows = slice(ky, ky + stride * (oh - 1) + 1, stride)
-            cols = slice(kx, kx + stride * (ow - 1) + 1, stride)
-            tap = padded[:, rows, cols, :]
-            if op.kind == "dwconv2d":
-                acc += tap * weights[ky, kx]
-            else:
-                acc += tap @ weights[:, ky, kx, :].T
-    return _finish(acc, p, zp_out)
-
-
-def _finish(
-    acc_f64: npt.NDArray[np.float64], p: WeightedOp, zp_out: int, *, single: bool = False
-) -> IntArray:
-    acc = acc_f64.astype(np.int64) + p.bias.astype(np.int64)
-    # LiteRT rounds FULLY_CONNECTED once, convolutions twice.
-    out = (requantize_single if single else requantize)(acc, p.multiplier, p.shift) + zp_out
-    return np.clip(out, p.act_min, p.act_max)
-
-
-def _pool(op: Op, x: IntArray) -> IntArray:
-    n, h, w, c = x.shape
-    kh, kw = pool_window(op, h, w)
-    oh, ow = h // kh, w // kw
-    windows = x[:, : oh * kh, : ow * kw, :].reshape(n, oh, kh, ow, kw, c)
-    if op.kind == "maxpool":
-        return windows.max(axis=(2, 4))
-    return np.clip(rounded_average(windows.sum(axis=(2, 4)), kh * kw), -128, 127)
-
-
-def _add(params: AddParams, xs: list[IntArray], zps: list[int], zp_out: int) -> IntArray:
-    total = np.zeros_like(xs[0])
-    for x, zp, m, s in zip(xs, zps, params.multipliers, params.shifts, strict=True):
-        total = total + requantize((x - zp) * (1 << ADD_LEFT_SHIFT), m, s)
-    return np.clip(requantize(total, params.out_multiplier, params.out_shift) + zp_out, -128, 127)
+from searches.engine.deploy.int8 import REFERENCE_BATCH, QuantizationError, QuantModel
+from searches.engine.training.int8_scheme import IntArray, add_int, conv_int, dense_int, pool_int
 
 
 def _run_batch(qm: QuantModel, x: IntArray) -> IntArray:
@@ -86,16 +22,14 @@ def _run_batch(qm: QuantModel, x: IntArray) -> IntArray:
     for op in qm.graph.ops:
         src, out = values[op.inputs[0]], op.outputs[0]
         if op.kind in ("conv2d", "conv1x1", "dwconv2d"):
-            values[out] = _conv(op, qm.weighted[op.id], src, zp[op.inputs[0]], zp[out])
+            values[out] = conv_int(op, qm.weighted[op.id], src, zp[op.inputs[0]], zp[out])
         elif op.kind == "dense":
-            p = qm.weighted[op.id]
-            flat = src.reshape(len(src), -1).astype(np.float64)
-            values[out] = _finish(flat @ p.weights.astype(np.float64).T, p, zp[out], single=True)
+            values[out] = dense_int(qm.weighted[op.id], src, zp[out])
         elif op.kind in ("maxpool", "avgpool"):
-            values[out] = _pool(op, src)
+            values[out] = pool_int(op, src)
         elif op.kind == "add":
             xs = [values[t] for t in op.inputs]
-            values[out] = _add(qm.adds[op.id], xs, [zp[t] for t in op.inputs], zp[out])
+            values[out] = add_int(qm.adds[op.id], xs, [zp[t] for t in op.inputs], zp[out])
         else:  # pragma: no cover
             raise QuantizationError(f"{op.id}: unsupported op kind {op.kind!r}")
     return values["logits"]

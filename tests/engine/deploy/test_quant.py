@@ -9,12 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from searches.engine.deploy.fixedpoint import quantize_multiplier, requantize, requantize_single
 from searches.engine.deploy.int8 import QParams, QuantizationError, QuantModel
-from searches.engine.deploy.quantize import activation_qparams, quantize
+from searches.engine.deploy.quantize import quantize
 from searches.engine.deploy.reference import run_int8
 from searches.engine.space.arch import loads
 from searches.engine.space.sampling import SpaceConfig, random_architecture
+from searches.engine.training.int8_scheme import (
+    activation_qparams,
+    quantize_multiplier,
+    requantize,
+    requantize_single,
+)
 from searches.engine.training.model import build_model, to_nchw
 
 TWO_31 = 1 << 31

@@ -1,0 +1,304 @@
+"""The int8 scheme's arithmetic, shared by the exporter and quantisation-aware training.
+
+One definition of every rule the deployed int8 model follows (TFLite int8 spec), so that
+the integer reference (:mod:`searches.engine.deploy.reference`, which equals the C) and the
+QAT model (:mod:`searches.engine.training.qat`) cannot drift apart:
+
+* weights: symmetric int8 in [-127, 127], one scale per output channel (depthwise: per
+  channel), batchnorm folded in first;
+* activations: asymmetric int8 per tensor (ranges always include 0, so zero padding is exact);
+* bias: int32 at scale ``s_in·s_w[c]``, stored with the input zero-point term folded in
+  (``b - zp_in·Σw``), so a kernel adds ``Σ w·q`` over valid taps and ``zp_in·Σ w`` over padded
+  taps, exactly ``b + Σ w·(q - zp_in)``;
+* requantisation: ``M = s_in·s_w/s_out = M0·2^(shift-31)``, TFLite's double rounding (dense
+  layers go through :func:`requantize_dense`, the one place to change their rounding rule);
+  ReLU is the clamp ``[max(-128, zp_out), 127]``;
+* max/avg pooling keep their input's scale and zero point; Add rescales its inputs to a
+  common scale with a 2^20 headroom shift, as TFLite's int8 Add does.
+
+The integer kernels take NHWC int64 arrays.  Integer sums are exact in float64 (every partial
+sum stays far below 2^53), so dot products run through BLAS and all rounding is in int64.
+It lives in ``training`` because training may not import ``deploy``; ``deploy`` imports it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from searches.engine.resources.opgraph import Op
+from searches.engine.space.arch import Architecture, same_padding
+from searches.engine.training.model import ArchNet, ConvUnit
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+ADD_LEFT_SHIFT = 20  # TFLite's headroom for int8 Add
+WEIGHTED = ("conv2d", "conv1x1", "dwconv2d", "dense")
+CONV_KINDS = ("conv2d", "conv1x1", "dwconv2d")
+
+IntArray = npt.NDArray[np.int64]
+
+
+class QuantizationError(ValueError):
+    """A model that cannot be quantised faithfully (names the layer and why)."""
+
+
+@dataclass(frozen=True)
+class QParams:
+    """real = scale · (q - zero_point)."""
+
+    scale: float
+    zero_point: int
+
+
+@dataclass
+class WeightedOp:
+    """The int8 constants of a conv or dense op, in the C layout.
+
+    conv/1x1: OHWI ``(Co, k, k, Ci)``; depthwise: ``(k, k, C)``; dense: ``(out, in)``.
+    """
+
+    weights: npt.NDArray[np.int8]
+    bias: npt.NDArray[np.int32]
+    multiplier: npt.NDArray[np.int32]
+    shift: npt.NDArray[np.int8]
+    act_min: int
+    act_max: int
+
+
+@dataclass(frozen=True)
+class AddParams:
+    """Rescaling of an n-input Add (TFLite int8 scheme)."""
+
+    multipliers: tuple[int, ...]
+    shifts: tuple[int, ...]
+    out_multiplier: int
+    out_shift: int
+
+
+# ---- fixed-point arithmetic (vectorised, int64) --------------------------------------
+
+
+def quantize_multiplier(m: float) -> tuple[int, int]:
+    """``m`` as (M0, shift) with m = M0·2^(shift-31), M0 ∈ [2^30, 2^31); tiny m → (0, 0)."""
+    if m < 0 or not math.isfinite(m):
+        raise QuantizationError(f"multiplier {m!r} is not a finite non-negative number")
+    if m == 0:
+        return 0, 0
+    f, e = math.frexp(m)
+    m0 = round(f * (1 << 31))
+    if m0 == 1 << 31:
+        m0 //= 2
+        e += 1
+    if e < -31:
+        return 0, 0
+    if e > 30:
+        raise QuantizationError(f"multiplier {m:.3g} is too large for a 31-bit left shift")
+    return m0, e
+
+
+def requantize(acc: IntArray, multiplier: Any, shift: Any) -> IntArray:
+    """TFLite's MultiplyByQuantizedMultiplier (double rounding), element-wise, in int64.
+
+    A positive shift first multiplies by 2^shift with int32 saturation (well defined, and
+    the C kernel does the same).  The rounding high multiply
+    trunc((ab + (ab >= 0 ? 2^30 : 1 - 2^30)) / 2^31) equals floor((ab + 2^30) / 2^31) for
+    every integer ab, which is an add and an arithmetic shift.
+    """
+    acc = np.asarray(acc, dtype=np.int64)
+    m = np.asarray(multiplier, dtype=np.int64)
+    s = np.asarray(shift, dtype=np.int64)
+    if np.any(s > 0):
+        acc = np.clip(acc << np.maximum(s, 0), INT32_MIN, INT32_MAX)
+    right = np.maximum(-s, 0)
+    # M0 < 2^31, so the INT32_MIN·INT32_MIN saturation case cannot occur.
+    high = acc * m
+    high += 1 << 30
+    high >>= 31
+    # Rounding right shift, half away from zero: floor((high + 2^(r-1) - [high < 0]) / 2^r)
+    # for r > 0; the same as gemmlowp's remainder/threshold form, in fewer passes.
+    negative = (high < 0) & (right > 0)
+    high += (np.int64(1) << right) >> 1
+    high -= negative
+    high >>= right
+    return high
+
+
+def requantize_dense(acc: IntArray, multiplier: Any, shift: Any) -> IntArray:
+    """Requantisation of a dense (fully connected) layer: the one switch for its rounding rule."""
+    return requantize(acc, multiplier, shift)
+
+
+def rounded_average(total: IntArray, count: int) -> IntArray:
+    """TFLite's integer average: (sum ± count/2) / count, truncating."""
+    half = count // 2
+    return np.where(total > 0, (total + half) // count, -((-total + half) // count))
+
+
+# ---- quantisation parameters ---------------------------------------------------------
+
+
+def activation_qparams(lo: float, hi: float) -> QParams:
+    """Asymmetric int8 parameters covering [min(lo, 0), max(hi, 0)]."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if hi - lo <= 0 or not math.isfinite(hi - lo):
+        return QParams(1.0, -128 if lo == 0 else 0)
+    scale = (hi - lo) / 255.0
+    zero_point = int(np.clip(round(-128 - lo / scale), -128, 127))
+    return QParams(scale, zero_point)
+
+
+def quantize_input(x: npt.NDArray[Any], qp: QParams) -> npt.NDArray[np.int8]:
+    """Float NHWC images → int8 model input (round half to even, then clamp)."""
+    q = np.round(np.asarray(x, dtype=np.float64) / qp.scale) + qp.zero_point
+    return np.clip(q, -128, 127).astype(np.int8)
+
+
+def folded(unit: ConvUnit) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conv weight (OIHW) and bias with the batchnorm folded in (eval statistics), float64."""
+    w = unit.conv.weight.detach().double()
+    b = unit.conv.bias.detach().double() if unit.conv.bias is not None else torch.zeros(w.shape[0])
+    if unit.bn is None:
+        return w, b
+    bn = unit.bn
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(b)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(b)
+    assert bn.running_mean is not None and bn.running_var is not None
+    mean, var = bn.running_mean.double(), bn.running_var.double()
+    factor = gamma / torch.sqrt(var + bn.eps)
+    return w * factor.view(-1, 1, 1, 1), (b - mean) * factor + beta
+
+
+def float_params(arch: Architecture, model: ArchNet) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Float (weight, bias) per weighted op id, batchnorm folded; conv weights OIHW."""
+    params: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for b, block in enumerate(arch.conv_blocks):
+        for i, layer in enumerate(block.layers):
+            unit = model.blocks[b][i]  # type: ignore[index]
+            assert isinstance(unit, ConvUnit)
+            params[f"b{b}l{i}_{layer.op}"] = folded(unit)
+    for i, dense in enumerate(model.dense):
+        assert isinstance(dense, torch.nn.Linear)
+        params[f"dense{i}"] = (dense.weight.detach().double(), dense.bias.detach().double())
+    params["logits"] = (model.logits.weight.detach().double(), model.logits.bias.detach().double())
+    return params
+
+
+def weight_scales(op: Op, w: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """Per-output-channel symmetric scales of a float weight in torch layout (OIHW or out x in)."""
+    axes = tuple(range(1, w.ndim))
+    per_channel = np.abs(w).max(axis=axes)
+    return np.where(per_channel > 0, per_channel / 127.0, 1.0)
+
+
+def quantize_weighted(op: Op, w: torch.Tensor, b: torch.Tensor, s_in: QParams, s_out: QParams) -> WeightedOp:
+    """The int8 constants of a conv or dense op from its folded float weight and bias."""
+    w_np = w.numpy()
+    w_scale = weight_scales(op, w_np)
+    q = np.clip(np.round(w_np / w_scale.reshape([-1] + [1] * (w_np.ndim - 1))), -127, 127).astype(np.int64)
+    if op.kind == "dwconv2d":
+        q_w = q[:, 0].transpose(1, 2, 0)  # (C, 1, k, k) → (k, k, C)
+    elif op.kind == "dense":
+        q_w = q
+    else:
+        q_w = q.transpose(0, 2, 3, 1)  # OIHW → OHWI
+    bias_scale = s_in.scale * w_scale
+    q_b = np.clip(np.round(b.numpy() / bias_scale), -(2**30), 2**30).astype(np.int64)
+    w_sum = q.reshape(q.shape[0], -1).sum(axis=1)
+    folded_bias = q_b - s_in.zero_point * w_sum
+    abs_sum = np.abs(q).reshape(q.shape[0], -1).sum(axis=1)
+    # Every tap adds w·q (valid) or w·zp (padded), each at most 128·|w|.
+    if np.any(np.abs(folded_bias) + 128 * abs_sum >= 2**31):
+        raise QuantizationError(f"{op.id}: the int32 accumulator could overflow")
+    pairs = [quantize_multiplier(float(s)) for s in bias_scale / s_out.scale]
+    relu = bool(op.attrs.get("relu"))
+    return WeightedOp(
+        weights=q_w.astype(np.int8),
+        bias=folded_bias.astype(np.int32),
+        multiplier=np.array([m for m, _ in pairs], dtype=np.int32),
+        shift=np.array([s for _, s in pairs], dtype=np.int8),
+        act_min=max(-128, s_out.zero_point) if relu else -128,
+        act_max=127,
+    )
+
+
+def add_params(inputs: list[QParams], out: QParams) -> AddParams:
+    """The rescaling constants of an int8 Add of ``inputs`` into ``out``."""
+    twice_max = 2 * max(q.scale for q in inputs)
+    pairs = [quantize_multiplier(q.scale / twice_max) for q in inputs]
+    out_m, out_s = quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * out.scale))
+    return AddParams(tuple(m for m, _ in pairs), tuple(s for _, s in pairs), out_m, out_s)
+
+
+# ---- integer kernels (NHWC int64) -----------------------------------------------------
+
+
+def op_pads(op: Op, h: int, w: int) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) zero padding of a conv op on an hxw input."""
+    if op.attrs["padding"] != "same":
+        return 0, 0, 0, 0
+    k, s = int(op.attrs["kernel"]), int(op.attrs["stride"])  # type: ignore[call-overload]
+    return (*same_padding(h, k, s), *same_padding(w, k, s))
+
+
+def pool_window(op: Op, h: int, w: int) -> tuple[int, int]:
+    size = op.attrs["size"]
+    return (h, w) if size == "global" else (int(size), int(size))  # type: ignore[call-overload]
+
+
+def conv_int(op: Op, p: WeightedOp, x: IntArray, zp_in: int, zp_out: int) -> IntArray:
+    """A conv, 1x1 or depthwise op on int8 codes, as the C kernel computes it."""
+    k, stride = int(op.attrs["kernel"]), int(op.attrs["stride"])  # type: ignore[call-overload]
+    n, h, w, _ = x.shape
+    top, bottom, left, right = op_pads(op, h, w)
+    # Padded taps hold the input zero point (real 0); with the folded bias this equals
+    # b + Σ w·(q - zp) over the valid taps only.
+    padded = np.pad(
+        x.astype(np.float64), ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=zp_in
+    )
+    oh = (h + top + bottom - k) // stride + 1
+    ow = (w + left + right - k) // stride + 1
+    weights = p.weights.astype(np.float64)
+    channels = weights.shape[-1] if op.kind == "dwconv2d" else weights.shape[0]
+    acc = np.zeros((n, oh, ow, channels), dtype=np.float64)
+    for ky in range(k):
+        for kx in range(k):
+            rows = slice(ky, ky + stride * (oh - 1) + 1, stride)
+            cols = slice(kx, kx + stride * (ow - 1) + 1, stride)
+            tap = padded[:, rows, cols, :]
+            if op.kind == "dwconv2d":
+                acc += tap * weights[ky, kx]
+            else:
+                acc += tap @ weights[:, ky, kx, :].T
+    out = requantize(acc.astype(np.int64) + p.bias.astype(np.int64), p.multiplier, p.shift) + zp_out
+    return np.clip(out, p.act_min, p.act_max)
+
+
+def dense_int(p: WeightedOp, x: IntArray, zp_out: int) -> IntArray:
+    """A dense op on int8 codes (any shape per sample, flattened in its stored order)."""
+    acc = x.reshape(len(x), -1).astype(np.float64) @ p.weights.astype(np.float64).T
+    out = requantize_dense(acc.astype(np.int64) + p.bias.astype(np.int64), p.multiplier, p.shift) + zp_out
+    return np.clip(out, p.act_min, p.act_max)
+
+
+def pool_int(op: Op, x: IntArray) -> IntArray:
+    """Max or average pooling on int8 codes (the scale and zero point stay the input's)."""
+    n, h, w, c = x.shape
+    kh, kw = pool_window(op, h, w)
+    oh, ow = h // kh, w // kw
+    windows = x[:, : oh * kh, : ow * kw, :].reshape(n, oh, kh, ow, kw, c)
+    if op.kind == "maxpool":
+        return windows.max(axis=(2, 4))
+    return np.clip(rounded_average(windows.sum(axis=(2, 4)), kh * kw), -128, 127)
+
+
+def add_int(params: AddParams, xs: list[IntArray], zps: list[int], zp_out: int) -> IntArray:
+    """An n-input Add on int8 codes, rescaled as TFLite's int8 Add."""
+    total = np.zeros_like(xs[0])
+    for x, zp, m, s in zip(xs, zps, params.multipliers, params.shifts, strict=True):
+        total = total + requantize((x - zp) * (1 << ADD_LEFT_SHIFT), m, s)
+    return np.clip(requantize(total, params.out_multiplier, params.out_shift) + zp_out, -128, 127)
