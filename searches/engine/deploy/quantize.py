@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-import torch.nn.functional as F
 
 from searches.engine.deploy.int8 import QuantModel
 from searches.engine.resources.graph import build_graph
@@ -30,43 +29,13 @@ from searches.engine.training.int8_scheme import (
     WeightedOp,
     activation_qparams,
     add_params,
+    float_forward,
     float_params,
-    op_pads,
-    pool_window,
     quantize_weighted,
 )
 from searches.engine.training.model import ArchNet
 
 # ---- calibration -----------------------------------------------------------------------
-
-
-def float_forward(
-    graph: OpGraph, params: dict[str, tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """Every tensor of the graph (NCHW float64) for an NCHW batch, following the graph's ops."""
-    values = {"input": x}
-    for op in graph.ops:
-        src = values[op.inputs[0]]
-        if op.kind in ("conv2d", "conv1x1", "dwconv2d"):
-            w, b = params[op.id]
-            top, bottom, left, right = op_pads(op, src.shape[2], src.shape[3])
-            groups = src.shape[1] if op.kind == "dwconv2d" else 1
-            y = F.conv2d(F.pad(src, (left, right, top, bottom)), w, b, int(op.attrs["stride"]), groups=groups)  # type: ignore[call-overload]
-            out = F.relu(y) if op.attrs["relu"] else y
-        elif op.kind in ("maxpool", "avgpool"):
-            kh, kw = pool_window(op, src.shape[2], src.shape[3])
-            pool = F.max_pool2d if op.kind == "maxpool" else F.avg_pool2d
-            out = pool(src, (kh, kw), (kh, kw))
-        elif op.kind == "add":
-            out = sum((values[t] for t in op.inputs[1:]), values[op.inputs[0]])
-        elif op.kind == "dense":
-            w, b = params[op.id]
-            y = F.linear(src.permute(0, 2, 3, 1).flatten(1) if src.dim() == 4 else src, w, b)
-            out = F.relu(y) if op.attrs["relu"] else y
-        else:  # pragma: no cover - build_graph emits only the kinds above
-            raise QuantizationError(f"{op.id}: unsupported op kind {op.kind!r}")
-        values[op.outputs[0]] = out
-    return values
 
 
 def _ranges(

@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
+import torch.nn.functional as F
 
-from searches.engine.resources.opgraph import Op
+from searches.engine.resources.opgraph import Op, OpGraph
 from searches.engine.space.arch import Architecture, same_padding
 from searches.engine.training.model import ArchNet, ConvUnit
 
@@ -232,6 +233,35 @@ def add_params(inputs: list[QParams], out: QParams) -> AddParams:
     pairs = [quantize_multiplier(q.scale / twice_max) for q in inputs]
     out_m, out_s = quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * out.scale))
     return AddParams(tuple(m for m, _ in pairs), tuple(s for _, s in pairs), out_m, out_s)
+
+
+def float_forward(
+    graph: OpGraph, params: dict[str, tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Every tensor of the graph (NCHW float64) for an NCHW batch, following the graph's ops."""
+    values = {"input": x}
+    for op in graph.ops:
+        src = values[op.inputs[0]]
+        if op.kind in CONV_KINDS:
+            w, b = params[op.id]
+            top, bottom, left, right = op_pads(op, src.shape[2], src.shape[3])
+            groups = src.shape[1] if op.kind == "dwconv2d" else 1
+            y = F.conv2d(F.pad(src, (left, right, top, bottom)), w, b, int(op.attrs["stride"]), groups=groups)  # type: ignore[call-overload]
+            out = F.relu(y) if op.attrs["relu"] else y
+        elif op.kind in ("maxpool", "avgpool"):
+            kh, kw = pool_window(op, src.shape[2], src.shape[3])
+            pool = F.max_pool2d if op.kind == "maxpool" else F.avg_pool2d
+            out = pool(src, (kh, kw), (kh, kw))
+        elif op.kind == "add":
+            out = sum((values[t] for t in op.inputs[1:]), values[op.inputs[0]])
+        elif op.kind == "dense":
+            w, b = params[op.id]
+            y = F.linear(src.permute(0, 2, 3, 1).flatten(1) if src.dim() == 4 else src, w, b)
+            out = F.relu(y) if op.attrs["relu"] else y
+        else:  # pragma: no cover - build_graph emits only the kinds above
+            raise QuantizationError(f"{op.id}: unsupported op kind {op.kind!r}")
+        values[op.outputs[0]] = out
+    return values
 
 
 # ---- integer kernels (NHWC int64) -----------------------------------------------------

@@ -1,0 +1,159 @@
+"""Training for deployment: QAT equals the integer reference, augmentation, resumable checkpoints."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from searches.engine.deploy.quantize import quantize
+from searches.engine.deploy.reference import run_int8
+from searches.engine.space.arch import Architecture, ConvBlock, ConvLayer, Dense, Pooling
+from searches.engine.training.augment import Augment, augment_batch, for_dataset
+from searches.engine.training.datasets import Dataset, load_digits
+from searches.engine.training.deployment import DeployEpoch, Recipe, train_for_deployment
+from searches.engine.training.model import build_model
+from searches.engine.training.qat import QATModel
+from searches.engine.training.train import Fidelity, TrainingStopped, train_and_evaluate
+
+pytestmark = pytest.mark.engine
+
+
+def layer(op: str, filters: int | None, stride: int = 1, kernel: int = 3, **kw: bool) -> ConvLayer:
+    return ConvLayer(op, kernel, filters, stride, "same", kw.get("pre_pool", False), kw.get("bn", True), True)  # type: ignore[arg-type]
+
+
+# Every op kind the int8 scheme has: conv, 1x1, depthwise, a branch (Add), pre-pool, avg pool, dense.
+ARCH = Architecture(
+    (8, 8, 1),
+    10,
+    (
+        ConvBlock((layer("conv2d", 6), layer("dwconv2d", None, stride=2))),
+        ConvBlock((layer("conv1x1", 6, kernel=1, bn=False, pre_pool=True),), branch=False),
+        ConvBlock((layer("conv2d", 6, stride=2, bn=False), layer("conv1x1", 6, kernel=1)), branch=True),
+    ),
+    Pooling("max", 2),
+    (Dense(12),),
+)
+SMALL = Architecture((8, 8, 1), 10, (ConvBlock((layer("conv2d", 4, stride=2),)),), Pooling("avg", 2), ())
+
+
+@functools.cache
+def digits() -> Dataset:
+    return load_digits()
+
+
+def test_the_qat_model_computes_exactly_what_the_integer_reference_does() -> None:
+    data = digits()
+    trained = train_and_evaluate(ARCH, data, Fidelity(epochs=2, train_subset=None, batch_size=32))
+    model = build_model(ARCH)
+    model.load_state_dict(trained.state_dict)
+    calibration = data.x_train[:256]
+    qat = QATModel(ARCH, model)
+    qat.calibrate(calibration)
+    # Fine-tune quantisation-aware for a while: weights and ranges move away from calibration.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    qat.train()
+    x = torch.from_numpy(data.x_train).permute(0, 3, 1, 2).float()
+    y = torch.from_numpy(data.y_train)
+    for start in range(0, 640, 32):
+        loss = torch.nn.functional.cross_entropy(qat(x[start : start + 32]), y[start : start + 32])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    qat.eval()
+    assert qat.ranges() != QATModel(ARCH, model, None).ranges()
+
+    qm = quantize(ARCH, model, calibration, ranges=qat.ranges())
+    simulated = qat.int8_logits(data.x_test)
+    reference = run_int8(qm, qm.quantize_input(data.x_test))
+    np.testing.assert_array_equal(simulated, reference)
+    assert (simulated.argmax(1) == data.y_test).mean() > 0.5
+    # The float forward is the int8 model's dequantised logits.
+    logits = qat(torch.from_numpy(data.x_test[:50]).permute(0, 3, 1, 2)).detach().numpy()
+    np.testing.assert_allclose(logits, qm.dequantize_output(reference[:50]), rtol=1e-5, atol=1e-5)
+
+
+def test_post_training_quantisation_of_the_qat_model_equals_the_exporter() -> None:
+    data = digits()
+    model = build_model(ARCH).eval()
+    qat = QATModel(ARCH, model)
+    qat.calibrate(data.x_train[:128])
+    qm = quantize(ARCH, model, data.x_train[:128])
+    np.testing.assert_array_equal(
+        qat.int8_logits(data.x_test[:200]), run_int8(qm, qm.quantize_input(data.x_test[:200]))
+    )
+
+
+def test_augmentation_suits_the_data_set() -> None:
+    assert for_dataset("digits", (8, 8, 1)) == Augment(shift_px=1, hflip=False)
+    assert for_dataset("fashion-mnist", (28, 28, 1)) == Augment(
+        rotation_rad=0.2, rotation_p=0.3, shift_px=2, hflip=True
+    )
+    assert for_dataset("upload", (28, 28, 1)) is None
+    assert for_dataset("upload", (28, 28, 1), user_enabled=True) == Augment(shift_px=2, hflip=False)
+    assert Augment.from_json(Augment(hflip=True).to_json()) == Augment(hflip=True)
+
+
+def test_a_shift_without_rotation_moves_whole_pixels_and_flips_mirror() -> None:
+    x = torch.arange(64, dtype=torch.float32).reshape(1, 1, 8, 8) + 1
+    gen = torch.Generator().manual_seed(3)
+    shifted = augment_batch(x.repeat(16, 1, 1, 1), Augment(rotation_p=0.0, shift_px=2), gen)
+    for image in shifted[:, 0]:
+        dy, dx = (int(v) for v in torch.nonzero(image == 1.0)[0]) if (image == 1.0).any() else (None, None)
+        rows = {tuple(r.tolist()) for r in torch.nonzero(image)}
+        assert len(rows) >= 36  # at most 2 rows and 2 columns fall off
+        assert set(image.unique().tolist()) <= set(range(0, 65))  # no interpolation
+        assert dy is None or (0 <= dy <= 2 and 0 <= dx <= 2)
+    flipped = augment_batch(
+        x, Augment(rotation_p=0.0, shift_px=0, hflip=True), torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(flipped, x) or torch.equal(flipped, x.flip(-1))
+    again = augment_batch(
+        x.repeat(16, 1, 1, 1), Augment(rotation_p=0.0, shift_px=2), torch.Generator().manual_seed(3)
+    )
+    assert torch.equal(again, shifted)
+
+
+def test_recipe_round_trips_and_rejects_nonsense() -> None:
+    recipe = Recipe(epochs=3, qat_epochs=1, augment=Augment(hflip=True))
+    assert Recipe.from_json(recipe.to_json()) == recipe
+    with pytest.raises(ValueError, match="epochs"):
+        Recipe(epochs=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        Recipe(batch_size=1)
+
+
+def test_a_stopped_training_resumes_from_its_checkpoint_bit_for_bit(tmp_path: Path) -> None:
+    data = digits()
+    recipe = Recipe(epochs=2, qat_epochs=1, batch_size=64, augment=for_dataset("digits", (8, 8, 1)))
+    straight = train_for_deployment(SMALL, data, recipe, tmp_path / "straight.pt")
+    assert [h.phase for h in straight.history] == ["float", "float", "qat"]
+    assert straight.resumed_from == 0
+
+    seen: list[DeployEpoch] = []
+    with pytest.raises(TrainingStopped):
+        train_for_deployment(SMALL, data, recipe, tmp_path / "b.pt", seen.append, stop=lambda: len(seen) >= 2)
+    assert [s.epoch for s in seen] == [1, 2]
+    replayed: list[int] = []
+    resumed = train_for_deployment(SMALL, data, recipe, tmp_path / "b.pt", lambda s: replayed.append(s.epoch))
+    assert resumed.resumed_from == 2 and replayed == [1, 2, 3]
+    assert list(resumed.history[:2]) == seen  # replayed from the checkpoint, not trained again
+    untimed = [replace(h, seconds=0.0) for h in resumed.history]
+    assert untimed == [replace(h, seconds=0.0) for h in straight.history]
+    for name, tensor in straight.state_dict.items():
+        assert torch.equal(tensor, resumed.state_dict[name]), name
+    assert resumed.ranges == straight.ranges
+    assert resumed.int8_val_accuracy == straight.int8_val_accuracy
+
+
+def test_a_checkpoint_of_another_training_is_refused(tmp_path: Path) -> None:
+    data = digits()
+    recipe = Recipe(epochs=1, qat_epochs=0, batch_size=64)
+    train_for_deployment(SMALL, data, recipe, tmp_path / "c.pt")
+    with pytest.raises(ValueError, match="another architecture or recipe"):
+        train_for_deployment(SMALL, data, Recipe(epochs=2, qat_epochs=0, batch_size=64), tmp_path / "c.pt")
