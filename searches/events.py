@@ -20,6 +20,10 @@ Messages (JSON) a dashboard receives:
   moved on (an epoch finished, or the job ended).  It does not bump ``seq`` (N is the run's
   current number): the job's own row is its truth, and dashboards ignore the type.
 
+- ``{"type": "deployment", "seq": N, "job": {...}}``: a deployment-training job on one of the
+  run's candidates moved on (an epoch finished: the job carries its float and int8 learning
+  curves, or the job ended).  Like ``pruning``, it does not bump ``seq``.
+
 A client sends ``{"type": "resync", "since": N}`` to get a snapshot of changes after N.
 """
 
@@ -32,7 +36,7 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 from django.db.models import F
 
-from searches.models import Candidate, PruningJob, SearchRun
+from searches.models import Candidate, DeploymentJob, PruningJob, SearchRun
 
 
 def group_name(run_id: int) -> str:
@@ -91,6 +95,7 @@ def candidate_payload(c: Candidate) -> dict[str, Any]:
         "latency_ms": c.latency_ms,
         "params": c.params,
         "train_seconds": c.train_seconds,
+        "for_deployment": c.for_deployment,
         "reject_reason": c.reject_reason,
         "notes": c.notes,
         "seq": c.seq,
@@ -180,3 +185,21 @@ def pruning_changed(job: PruningJob, run_id: int) -> None:
     """Announce a pruning job's new state on its run's stream (after the transaction commits)."""
     seq = int(SearchRun.objects.values_list("seq", flat=True).get(pk=run_id))
     _send_after_commit(run_id, {"type": "pruning", "seq": seq, "job": pruning_payload(job)})
+
+
+def deployment_payload(job: DeploymentJob) -> dict[str, Any]:
+    """What a deployment job's page shows live: status, the curves so far, the result's link."""
+    return {
+        "id": job.pk,
+        "status": job.status,
+        "progress": job.progress,
+        "epochs": int(job.config.get("epochs", 0)) + int(job.config.get("qat_epochs", 0)),
+        "error": job.error,
+        "result_candidate": job.result_candidate_id,
+    }
+
+
+def deployment_changed(job: DeploymentJob, run_id: int) -> None:
+    """Announce a deployment job's new state on its run's stream (after the transaction commits)."""
+    seq = int(SearchRun.objects.values_list("seq", flat=True).get(pk=run_id))
+    _send_after_commit(run_id, {"type": "deployment", "seq": seq, "job": deployment_payload(job)})

@@ -20,6 +20,8 @@ MAX_SRAM_KB = 64 * 1024
 MAX_FLASH_KB = 256 * 1024
 MAX_LATENCY_MS = 60_000.0
 MAX_MACS = 10**12
+MAX_DEPLOY_TOP_K = 10
+DEFAULT_DEPLOY_TOP_K = 3
 MAX_CLOCK_MHZ = 2_000.0
 MAX_BUDGET = 5_000
 MAX_POPULATION = 500
@@ -169,6 +171,15 @@ class NewRunForm(forms.Form):
     )
     max_macs = forms.IntegerField(
         label="MACs limit override", required=False, min_value=1, max_value=MAX_MACS
+    )
+    deploy_top_k = forms.IntegerField(
+        label="Train the top K for deployment",
+        min_value=0,
+        max_value=MAX_DEPLOY_TOP_K,
+        initial=DEFAULT_DEPLOY_TOP_K,
+        required=False,
+        help_text="When the search ends, train its top K Pareto candidates for deployment "
+        "(longer, augmented, quantisation-aware); 0 turns it off, blank takes 3.",
     )
     memnas_lambda = forms.FloatField(
         label="MemNAS λ",
@@ -365,4 +376,22 @@ class NotesForm(forms.Form):
 
     notes = forms.CharField(
         required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}), label="Notes"
+    )
+
+
+class DeployForm(forms.Form):
+    """Training a candidate for deployment: blank epochs take the data set's recipe."""
+
+    epochs = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=200,
+        help_text="Float epochs before the quantisation-aware ones; blank: the data set's default.",
+    )
+    augment = forms.BooleanField(
+        required=False,
+        help_text="Rotations and shifts (and flips for clothing); on by default for built-in data sets.",
+    )
+    qat = forms.BooleanField(
+        required=False, initial=True, label="Quantisation-aware fine-tuning", help_text="Recommended."
     )

@@ -319,6 +319,9 @@ class Candidate(models.Model):
     int8_model = models.FileField(upload_to=weights_upload_to, max_length=255, blank=True)
     int8_val_accuracy = models.FloatField(null=True, blank=True)
     int8_test_accuracy = models.FloatField(null=True, blank=True)
+    # Trained for deployment (searches.services.deployment) from its parent: longer, augmented
+    # and quantisation-aware, rather than at the search's fidelity.
+    for_deployment = models.BooleanField(default=False)
     # The last verification of the C export (host bit-exactness, Cortex-M build, QEMU run):
     # its state and, once finished, its report (ExportVerification.to_json(), or an error).
     export_status = models.CharField(max_length=16, choices=ExportStatus.choices, default=ExportStatus.NONE)
@@ -501,6 +504,53 @@ class PruningJob(models.Model):
 
     def __str__(self) -> str:
         return f"pruning job {self.pk} of candidate {self.source_id}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in {self.Status.QUEUED, self.Status.RUNNING}
+
+
+class DeploymentJobQuerySet(models.QuerySet):
+    def for_user(self, user: Any) -> DeploymentJobQuerySet:
+        """Jobs on candidates of the user's own runs."""
+        if not _is_signed_in(user):
+            return self.none()
+        return self.filter(source__run__owner=user)
+
+
+class DeploymentJob(models.Model):
+    """Training one trained candidate for deployment (searches.services.deployment)."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    source = models.ForeignKey(Candidate, on_delete=models.CASCADE, related_name="deployment_jobs")
+    # searches.engine.training.deployment.Recipe.to_json(): epochs, QAT epochs, augmentation...
+    config = models.JSONField(default=dict)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    # One DeployEpoch (as a dict) per finished epoch: the float and int8 learning curves.
+    progress = models.JSONField(default=list, blank=True)
+    # The selected epoch, accuracies, time, and the source's numbers for the gain.
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    result_candidate = models.ForeignKey(
+        Candidate, on_delete=models.SET_NULL, null=True, blank=True, related_name="deployed_from_jobs"
+    )
+    created = models.DateTimeField(auto_now_add=True)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    objects = DeploymentJobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created", "-id"]
+
+    def __str__(self) -> str:
+        return f"deployment job {self.pk} of candidate {self.source_id}"
 
     @property
     def is_active(self) -> bool:

@@ -14,6 +14,8 @@ START_RUN = "searches.tasks.start_run_task"
 EVALUATE_CANDIDATE = "searches.tasks.evaluate_candidate"
 VERIFY_EXPORT = "searches.tasks.verify_export_task"
 PRUNE_CANDIDATE = "searches.tasks.prune_candidate"
+TRAIN_FOR_DEPLOYMENT = "searches.tasks.train_for_deployment_task"
+DEPLOY_TOP_K = "searches.tasks.deploy_top_k_task"
 
 
 def send(task_name: str, object_id: int) -> None:
@@ -39,3 +41,13 @@ def verify_export(candidate_id: int) -> None:
 def prune(job_id: int) -> None:
     """Queue a pruning job."""
     send(PRUNE_CANDIDATE, job_id)
+
+
+def train_for_deployment(job_id: int) -> None:
+    """Queue a deployment-training job."""
+    send(TRAIN_FOR_DEPLOYMENT, job_id)
+
+
+def deploy_top_k(run_id: int) -> None:
+    """Queue the start of deployment training for a finished run's top Pareto candidates."""
+    send(DEPLOY_TOP_K, run_id)

@@ -7,7 +7,7 @@ import logging
 from celery import Task, shared_task
 
 from searches.models import SearchRun
-from searches.services import execution, export, pruning
+from searches.services import deployment, execution, export, pruning
 
 logger = logging.getLogger(__name__)
 
@@ -41,3 +41,17 @@ def prune_candidate(self: Task, job_id: int) -> None:
     """Run a queued pruning job (DPF) and store the pruned candidate (safe to deliver twice)."""
     logger.info("task %s: pruning job %s", self.request.id, job_id)
     pruning.run_pruning(int(job_id))
+
+
+@shared_task(bind=True, acks_late=True, ignore_result=True)
+def train_for_deployment_task(self: Task, job_id: int) -> None:
+    """Run a deployment-training job; delivered again after a worker died, it resumes its checkpoint."""
+    logger.info("task %s: deployment job %s", self.request.id, job_id)
+    deployment.run_deployment(int(job_id))
+
+
+@shared_task(bind=True, acks_late=True, ignore_result=True)
+def deploy_top_k_task(self: Task, run_id: int) -> None:
+    """Start deployment training of a finished run's top K Pareto candidates (its config's K)."""
+    logger.info("task %s: deployment jobs for run %s", self.request.id, run_id)
+    deployment.deploy_top_k(int(run_id))

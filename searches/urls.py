@@ -9,6 +9,7 @@ from searches.views import (
     candidates,
     compare,
     datasets,
+    deployment,
     home,
     notes,
     profiles,
@@ -62,6 +63,10 @@ urlpatterns = [
     # Pruning jobs
     path("pruning/<int:pk>/", pruning.pruning_detail, name="pruning_detail"),
     path("pruning/<int:pk>/cancel/", pruning.pruning_cancel, name="pruning_cancel"),
+    # Training for deployment
+    path("candidates/<int:pk>/deploy/", deployment.candidate_deploy, name="candidate_deploy"),
+    path("deployment/<int:pk>/", deployment.deployment_detail, name="deployment_detail"),
+    path("deployment/<int:pk>/cancel/", deployment.deployment_cancel, name="deployment_cancel"),
     # Datasets
     path("datasets/", datasets.dataset_list, name="dataset_list"),
     path("datasets/upload/", datasets.dataset_upload, name="dataset_upload"),

@@ -172,6 +172,12 @@ class RunCreateSerializer(serializers.Serializer):
         default=None,
         help_text="Multiply-accumulates per inference; over-limit candidates are rejected before training.",
     )
+    deploy_top_k = serializers.IntegerField(
+        min_value=0,
+        max_value=10,
+        default=3,
+        help_text="When the search ends, train its top K Pareto candidates for deployment; 0: off.",
+    )
     memnas_lambda = serializers.FloatField(
         min_value=0,
         max_value=1,

@@ -7,7 +7,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
-from searches.api import compare, pruning, views
+from searches.api import compare, deployment, pruning, views
 
 router = DefaultRouter()
 router.register("profiles", views.HardwareProfileViewSet, basename="api-profile")
@@ -18,6 +18,7 @@ router.register("runs", views.SearchRunViewSet, basename="api-run")
 # candidates under runs/<id>/candidates/.
 router.register("candidates", views.CandidateViewSet, basename="api-candidate")
 router.register("pruning-jobs", pruning.PruningJobViewSet, basename="api-pruning-job")
+router.register("deployment-jobs", deployment.DeploymentJobViewSet, basename="api-deployment-job")
 
 urlpatterns = [
     # Before the router: "compare" is not a run id.

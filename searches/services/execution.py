@@ -213,6 +213,8 @@ def _fill_locked(run: SearchRun, strategy: SearchStrategy) -> None:
     save_state(run, strategy)
     if strategy.is_done():
         _finish_locked(run, strategy)
+        if run.status == SearchRun.Status.DONE and (run.config or {}).get("deploy_top_k"):
+            transaction.on_commit(functools.partial(queue.deploy_top_k, run.pk))
     events.run_changed(run)
     for candidate_id in queued:
         transaction.on_commit(functools.partial(queue.evaluate_candidate, candidate_id))

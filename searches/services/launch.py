@@ -40,6 +40,8 @@ class RunRequest:
     memnas_top_k: int | None = None
     # μNAS structured pruning: the (low, high) range of each candidate's sparsity gene, or None.
     sparsity: tuple[float, float] | None = None
+    # When the search ends, train its top K Pareto candidates for deployment (0: do not).
+    deploy_top_k: int = 3
 
 
 def fidelity_for(request: RunRequest) -> Fidelity:
@@ -84,10 +86,13 @@ def launch_run(owner: Any, project: Project | None, request: RunRequest) -> Sear
         run = runs.create_run(
             owner, request.dataset.key, config, profile=request.profile, project=project, name=request.name
         )
+        # Execution settings ride along in the config (see execution.parallel_evaluations and
+        # deployment.deploy_top_k).
+        extra: dict[str, Any] = {"deploy_top_k": request.deploy_top_k}
         if request.parallel:
-            # Execution settings ride along in the config (see execution.parallel_evaluations).
-            run.config = {**run.config, "parallel": request.parallel}
-            run.save(update_fields=["config"])
+            extra["parallel"] = request.parallel
+        run.config = {**run.config, **extra}
+        run.save(update_fields=["config"])
         execution.submit_run(run)
     return run
 

@@ -23,6 +23,7 @@ from searches.engine.space.arch import ArchitectureError
 from searches.forms import PruneForm
 from searches.models import Candidate
 from searches.services import export, pruning, reports
+from searches.views.deployment import curves_config, deploy_form_for, result_rows
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,12 @@ def candidate_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "live_config": _live_config(candidate),
         "prune_form": PruneForm(),
         "pruning_jobs": candidate.pruning_jobs.select_related("result_candidate")[:10],
+        "deploy_form": deploy_form_for(candidate),
+        "deployment_jobs": candidate.deployment_jobs.select_related("result_candidate")[:10],
     }
+    made_by = candidate.deployed_from_jobs.first() if candidate.for_deployment else None
+    if made_by is not None:
+        ctx |= {"made_by": made_by, "curves": curves_config(made_by), "gain_rows": result_rows(made_by)}
     try:
         report = reports.analyze_candidate(candidate)
     except ArchitectureError as exc:

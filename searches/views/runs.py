@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
 from searches import events
-from searches.forms import ExtendRunForm, NewRunForm
+from searches.forms import DEFAULT_DEPLOY_TOP_K, ExtendRunForm, NewRunForm
 from searches.models import Candidate, Project, SearchRun, name_datasets
 from searches.services import execution
 from searches.services.deletion import ACTIVE, delete_run
@@ -98,6 +98,7 @@ def _request_from(form: NewRunForm) -> RunRequest:
         flash_kb=data["flash_kb"],
         latency_ms=data["latency_ms"],
         max_macs=data["max_macs"],
+        deploy_top_k=DEFAULT_DEPLOY_TOP_K if data["deploy_top_k"] is None else data["deploy_top_k"],
         name=data["name"].strip(),
         memnas_lambda=data["memnas_lambda"],
         memnas_beta=data["memnas_beta"],

@@ -255,7 +255,20 @@ def test_run_create_takes_a_macs_limit(api, user, enqueued, django_capture_on_co
     run = SearchRun.objects.get(owner=user)
     assert run.config["limits"]["macs"] == 30_000_000
     assert run.config["bounds"]["macs"] == 30_000_000
+    assert run.config["deploy_top_k"] == 3  # default: train the top 3 for deployment
     assert bad.status_code == 400 and "max_macs" in bad.json()
+
+
+def test_run_create_takes_deploy_top_k(api, user, enqueued, django_capture_on_commit_callbacks):
+    body = {"profile": _preset().pk, "dataset": "digits", "budget": 6, "deploy_top_k": 0}
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.post("/api/runs/", body, format="json")
+    bad = api.post("/api/runs/", {**body, "deploy_top_k": -1}, format="json")
+
+    assert response.status_code == 201
+    assert SearchRun.objects.get(owner=user).config["deploy_top_k"] == 0
+    assert bad.status_code == 400 and "deploy_top_k" in bad.json()
 
 
 def test_profile_api_keeps_a_macs_limit(api, user):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -409,6 +410,25 @@ def test_recover_queues_again_what_active_runs_wait_for(user, queue: Queue) -> N
     assert queue.evaluations == pending and queue.starts == [waiting.pk]
     broken.refresh_from_db()
     assert broken.status == SearchRun.Status.FAILED and "search-state" in broken.error
+
+
+def test_a_finished_run_queues_deployment_training_of_its_top_k(
+    user, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deploy: list[int] = []
+    monkeypatch.setattr(task_queue, "deploy_top_k", deploy.append)
+    run = _run(user, budget=2, population=2, parallel=2)
+    run.config = {**run.config, "deploy_top_k": 1}
+    run.save(update_fields=["config"])
+    quiet = _run(user, budget=2, population=2, parallel=2)
+    for r in (run, quiet):
+        queue.call(execution.start_run, r)
+        queue.drain()
+    assert deploy == [run.pk]  # once, when it finished; not for the run without K
+    with mock.patch.object(task_queue, "train_for_deployment") as send, queue.capture(execute=True):
+        tasks.deploy_top_k_task.apply(args=[run.pk])
+    best = run.candidates.filter(on_pareto=True).order_by("-val_accuracy", "index").first()
+    assert best is not None and send.call_args.args == (best.deployment_jobs.get().pk,)
 
 
 def test_tasks_take_ids(user, queue: Queue) -> None:

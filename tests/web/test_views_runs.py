@@ -107,6 +107,7 @@ def test_new_run_creates_the_run_and_enqueues_its_start(
     assert config["limits"]["flash_bytes"] == 4 * 1024
     assert config["limits"]["core"] == "avr"
     assert config["fidelity"]["epochs"] == default_fidelity("digits").epochs
+    assert config["deploy_top_k"] == 3  # the form's default: train the top 3 for deployment
 
 
 def test_new_run_takes_explicit_fidelity_and_strategy(

@@ -64,7 +64,9 @@
   };
 
   // Population colours by status; `front` is the search's own front (all objectives).
+  const DEPLOYED = { key: "deployment", name: "trained for deployment", color: "#2b8a3e", symbol: "star", size: 11 };
   const GROUPS = [
+    DEPLOYED,
     { key: "front", name: "on the search's Pareto front", color: "#d9480f", symbol: "diamond", size: 9 },
     { key: "done", name: "trained", color: "#2f6fdb", symbol: "circle", size: 6 },
     { key: "running", name: "training", color: "#f59f00", symbol: "circle-open", size: 8 },
@@ -75,6 +77,7 @@
   ];
 
   function groupOf(c) {
+    if (c.for_deployment) return "deployment";
     if (c.status === "done") return c.on_pareto ? "front" : c.feasible ? "done" : "rejected";
     return c.status;
   }
@@ -85,7 +88,7 @@
     let text = hoverCache.get(c);
     if (text === undefined) {
       text =
-        `<b>${escapeHtml(c.label)}</b> ${c.status}${c.on_pareto ? " · Pareto front" : ""}<br>` +
+        `<b>${escapeHtml(c.label)}</b> ${c.status}${c.on_pareto ? " · Pareto front" : ""}${c.for_deployment ? " · trained for deployment" : ""}<br>` +
         `val acc ${fmtPct(c.val_accuracy)} (int8 ${fmtPct(c.int8_val_accuracy)}) · SRAM ${fmtBytes(c.peak_sram_bytes)} · flash ${fmtBytes(c.flash_bytes)}<br>` +
         `MACs ${fmtCount(c.macs)} · latency ${fmtMs(c.latency_ms)}` +
         (c.mutation ? `<br>${escapeHtml(c.mutation.slice(0, 60))}` : "");
@@ -298,6 +301,9 @@
   }
 
   function paretoTraces(rows, axes) {
+    // Deployment-trained models are their own series: the search's front compares like with like.
+    const deployed = points(rows.filter((c) => c.for_deployment && c.status === "done"), axes);
+    rows = rows.filter((c) => !c.for_deployment);
     const trained = points(rows.filter((c) => c.status === "done" && c.feasible), axes);
     const over = points(rows.filter((c) => c.status === "rejected" || (c.status === "done" && !c.feasible)), axes);
     const front = front2d(trained);
@@ -310,9 +316,10 @@
       scatter("trained", rest, { color: "#2f6fdb", symbol: "circle", size: 6 }),
       scatter("rejected: over a limit", over, { color: "#adb5bd", symbol: "x", size: 6 }),
       line,
+      scatter(DEPLOYED.name, deployed, DEPLOYED),
     ];
     traces[0].marker.opacity = 0.55;
-    return { traces, all: [...trained, ...over] };
+    return { traces, all: [...trained, ...over, ...deployed] };
   }
 
   function populationTraces(rows, axes) {
@@ -429,7 +436,8 @@
       return `<span class="badge ${escapeHtml(c.status)}">${escapeHtml(c.status)}</span>`;
     }
     if (column.key === "index") {
-      const star = c.on_pareto ? ' <span class="front-mark" title="on the Pareto front">◆</span>' : "";
+      let star = c.on_pareto ? ' <span class="front-mark" title="on the Pareto front">◆</span>' : "";
+      if (c.for_deployment) star += ' <span class="deploy-mark" title="trained for deployment">★</span>';
       return `<a href="${escapeHtml(candidateUrl(c.id))}">${escapeHtml(c.label)}</a>${star}`;
     }
     if (column.key === "mutation" && (c.reject_reason || c.notes)) {

@@ -13,7 +13,7 @@ from searches.engine.strategies.driver import SearchEvent
 from searches.engine.training.datasets import DATASETS, DatasetError
 from searches.engine.training.train import Fidelity
 from searches.models import Candidate, HardwareProfile, SearchRun
-from searches.services import runs
+from searches.services import deployment, runs
 
 
 class Command(BaseCommand):
@@ -35,6 +35,13 @@ class Command(BaseCommand):
         parser.add_argument("--epochs", type=int, help="training epochs per candidate")
         parser.add_argument("--train-subset", type=int, help="train on at most this many samples")
         parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument(
+            "--deploy-top-k",
+            type=int,
+            default=0,
+            metavar="K",
+            help="when the search ends, train its top K Pareto candidates for deployment here (default 0)",
+        )
         parser.add_argument("--user", default="demo", help="owner of the stored run (created if missing)")
         parser.add_argument("--resume", type=int, metavar="RUN_ID", help="continue a stopped run")
 
@@ -59,6 +66,8 @@ class Command(BaseCommand):
                 return
         run.refresh_from_db()
         self._print_summary(run)
+        if options["deploy_top_k"] > 0 and run.status == SearchRun.Status.DONE:
+            self._deploy(run, options["deploy_top_k"], options["verbosity"])
 
     def _user(self, username: str) -> Any:
         user, _ = get_user_model().objects.get_or_create(username=username)
@@ -78,6 +87,8 @@ class Command(BaseCommand):
             raise CommandError("--latency-ms needs --profile (the core and clock turn MACs into time)")
         if options["max_macs"] is not None and options["max_macs"] < 1:
             raise CommandError("--max-macs must be at least 1")
+        if options["deploy_top_k"] < 0:
+            raise CommandError("--deploy-top-k must not be negative")
         if options["budget"] < 1:
             raise CommandError("--budget must be at least 1")
         try:
@@ -117,6 +128,25 @@ class Command(BaseCommand):
         if run.status == SearchRun.Status.DONE:
             raise CommandError(f"run #{run.pk} is already done")
         return run
+
+    def _deploy(self, run: SearchRun, k: int, verbosity: int) -> None:
+        """Train the top K Pareto candidates for deployment, one after the other, in this process."""
+        run.config = {**run.config, "deploy_top_k": k}
+        run.save(update_fields=["config"])
+        for job in deployment.deploy_top_k(run.pk, enqueue=False):
+            self.stdout.write(f"\ntraining candidate #{job.source.index} for deployment (job #{job.pk})")
+            with tqdm(
+                total=job.config["epochs"] + job.config["qat_epochs"], unit="epoch", disable=verbosity < 1
+            ) as bar:
+                done = deployment.run_deployment(job.pk, on_epoch=lambda s: bar.update(s.epoch - bar.n))
+            c = done.result_candidate if done is not None else None
+            if c is None:
+                self.stdout.write(f"job #{job.pk} did not finish: {done.error if done else 'not run'}")
+                continue
+            self.stdout.write(
+                f"#{c.index} (from #{job.source.index}): test {c.test_accuracy:.3f}, int8 test "
+                f"{c.int8_test_accuracy:.3f}, SRAM {c.peak_sram_bytes:,} B, flash {c.flash_bytes:,} B"
+            )
 
     def _print_summary(self, run: SearchRun) -> None:
         counts = {s: run.candidates.filter(status=s).count() for s in Candidate.Status.values}
