@@ -17,7 +17,8 @@ QAT model (:mod:`searches.engine.training.qat`) cannot drift apart:
   common scale with a 2^20 headroom shift, as TFLite's int8 Add does.
 
 The integer kernels take NHWC int64 arrays.  Integer sums are exact in float64 (every partial
-sum stays far below 2^53), so dot products run through BLAS and all rounding is in int64.
+sum stays far below 2^53), and in float32 where a layer's weights bound them below 2^24, so dot
+products run through BLAS and all rounding is in int64.
 It lives in ``training`` because training may not import ``deploy``; ``deploy`` imports it.
 """
 
@@ -280,6 +281,17 @@ def pool_window(op: Op, h: int, w: int) -> tuple[int, int]:
     return (h, w) if size == "global" else (int(size), int(size))  # type: ignore[call-overload]
 
 
+def _exact_float(weights: npt.NDArray[np.int8], channel_axis: int) -> type[np.floating[Any]]:
+    """float32 when every partial sum of int8 x int8 products stays below 2^24 (exact), else float64.
+
+    A partial sum is at most 128·Σ|w| of its output channel; float64 is exact far beyond int32.
+    """
+    magnitude = np.abs(np.moveaxis(weights.astype(np.int64), channel_axis, 0)).reshape(
+        weights.shape[channel_axis], -1
+    )
+    return np.float32 if 128 * int(magnitude.sum(axis=1).max(initial=0)) < 2**24 else np.float64
+
+
 def conv_int(op: Op, p: WeightedOp, x: IntArray, zp_in: int, zp_out: int) -> IntArray:
     """A conv, 1x1 or depthwise op on int8 codes, as the C kernel computes it."""
     k, stride = int(op.attrs["kernel"]), int(op.attrs["stride"])  # type: ignore[call-overload]
@@ -287,14 +299,13 @@ def conv_int(op: Op, p: WeightedOp, x: IntArray, zp_in: int, zp_out: int) -> Int
     top, bottom, left, right = op_pads(op, h, w)
     # Padded taps hold the input zero point (real 0); with the folded bias this equals
     # b + Σ w·(q - zp) over the valid taps only.
-    padded = np.pad(
-        x.astype(np.float64), ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=zp_in
-    )
+    dtype = _exact_float(p.weights, channel_axis=-1 if op.kind == "dwconv2d" else 0)
+    padded = np.pad(x.astype(dtype), ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=zp_in)
     oh = (h + top + bottom - k) // stride + 1
     ow = (w + left + right - k) // stride + 1
-    weights = p.weights.astype(np.float64)
+    weights = p.weights.astype(dtype)
     channels = weights.shape[-1] if op.kind == "dwconv2d" else weights.shape[0]
-    acc = np.zeros((n, oh, ow, channels), dtype=np.float64)
+    acc = np.zeros((n, oh, ow, channels), dtype=dtype)
     for ky in range(k):
         for kx in range(k):
             rows = slice(ky, ky + stride * (oh - 1) + 1, stride)
@@ -310,7 +321,8 @@ def conv_int(op: Op, p: WeightedOp, x: IntArray, zp_in: int, zp_out: int) -> Int
 
 def dense_int(p: WeightedOp, x: IntArray, zp_out: int) -> IntArray:
     """A dense op on int8 codes (any shape per sample, flattened in its stored order)."""
-    acc = x.reshape(len(x), -1).astype(np.float64) @ p.weights.astype(np.float64).T
+    dtype = _exact_float(p.weights, channel_axis=0)
+    acc = x.reshape(len(x), -1).astype(dtype) @ p.weights.astype(dtype).T
     out = requantize_dense(acc.astype(np.int64) + p.bias.astype(np.int64), p.multiplier, p.shift) + zp_out
     return np.clip(out, p.act_min, p.act_max)
 
