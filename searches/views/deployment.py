@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from searches.forms import DeployForm
-from searches.models import UPLOAD_PREFIX, Candidate, DeploymentJob
+from searches.models import Candidate, DeploymentJob
 from searches.services import deployment
 
 
@@ -28,8 +28,12 @@ def _get_job_for_user(request: HttpRequest, pk: int) -> DeploymentJob:
 
 
 def deploy_form_for(candidate: Candidate) -> DeployForm:
-    """The candidate page's form: augmentation on for built-in data, off for uploads."""
-    return DeployForm(initial={"augment": not candidate.run.dataset.startswith(UPLOAD_PREFIX), "qat": True})
+    """The candidate page's form, ticked as the data set's recipe would be (off for uploads)."""
+    try:
+        augment = deployment.recipe_for(candidate).augment is not None
+    except deployment.DeploymentUnavailable:
+        augment = False
+    return DeployForm(initial={"augment": augment, "qat": True})
 
 
 @login_required

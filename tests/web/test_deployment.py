@@ -120,7 +120,8 @@ def test_only_trained_candidates_can_be_trained(user):
 
 def test_the_recipe_follows_the_data_set(user):
     source = make_trained_candidate(make_run(user))
-    recipe = deployment.recipe_for(source)
+    assert deployment.recipe_for(source).augment is None  # 8x8 digits: measured to hurt
+    recipe = deployment.recipe_for(source, augment=True)
     assert recipe.augment is not None and not recipe.augment.hflip  # digits are never flipped
     assert deployment.recipe_for(source, augment=False).augment is None
     assert deployment.recipe_for(source, qat=False).qat_epochs == 0

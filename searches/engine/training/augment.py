@@ -2,8 +2,9 @@
 
 μNAS trains Fashion-MNIST with a rotation of ±0.2 rad applied with probability 0.3, shifts of
 ±2 px and horizontal flips.  Flips change a digit's meaning, so digits get rotations and shifts
-only; a data set nasweb does not know gets no augmentation unless the user turns it on, and
-then no flips.  Shifts scale with the image (±2 px at 28x28, ±1 px at 8x8).
+only, and 8x8 digits none at all (measured: it hurts there); a data set nasweb does not know
+gets no augmentation unless the user turns it on, and then no flips.  Shifts scale with the
+image (±2 px at 28x28, ±1 px at 8x8).
 
 One affine resampling per image does the rotation and the shift; an image that is not rotated
 is shifted by whole pixels, which bilinear resampling reproduces exactly (zero fill).
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 
 FLIPPABLE = ("fashion-mnist",)
 KNOWN = ("digits", "fashion-mnist", "mnist")
+MIN_SIDE = 16
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,13 @@ class Augment:
 def for_dataset(
     name: str, input_shape: tuple[int, int, int], *, user_enabled: bool = False
 ) -> Augment | None:
-    """The augmentation suited to a data set, or None (unknown data unless ``user_enabled``)."""
-    if name not in KNOWN and not user_enabled:
+    """The augmentation suited to a data set, or None (unknown or tiny images unless ``user_enabled``).
+
+    Images under ``MIN_SIDE`` pixels get none by default: on 8x8 digits a one-pixel shift moves an
+    eighth of the image and rotation blurs it, and the tiny networks that fit there lost 12 points
+    of int8 test accuracy with it (docs/benchmarks.md, "Training for deployment (digits)").
+    """
+    if not user_enabled and (name not in KNOWN or min(input_shape[0], input_shape[1]) < MIN_SIDE):
         return None
     shift = max(1, round(2 * min(input_shape[0], input_shape[1]) / 28))
     return Augment(shift_px=shift, hflip=name in FLIPPABLE)
