@@ -8,10 +8,11 @@ success adds the model to the source's run as a new candidate "trained for deplo
 #N" (weights, int8 model quantised with the QAT ranges, resources), downloadable and
 verifiable like any other.
 
-The job checkpoints every epoch under ``MEDIA_ROOT/checkpoints/``: a task delivered again
-after its worker died finds the job still *running* and resumes after the last finished
-epoch; it never starts over.  :func:`deploy_top_k` starts jobs for the best Pareto
-candidates of a finished run (the run form's "train the top K for deployment").
+The job checkpoints every epoch to a local file and copies it to the artifact store (so a
+worker on another machine finds it too): a task delivered again after its worker died finds
+the job still *running* and resumes after the last finished epoch; it never starts over.
+:func:`deploy_top_k` starts jobs for the best Pareto candidates of a finished run (the run
+form's "train the top K for deployment").
 
 The new candidate's index is ``DEPLOY_INDEX_BASE + job id``, apart from the strategy's own
 numbering and from pruned candidates' (see :mod:`searches.services.pruning`).
@@ -19,7 +20,6 @@ numbering and from pruned candidates' (see :mod:`searches.services.pruning`).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 from collections.abc import Callable
@@ -45,9 +45,9 @@ from searches.engine.training.deployment import (
     train_for_deployment,
 )
 from searches.engine.training.model import build_model
-from searches.engine.training.train import TrainingStopped, save_weights, split_indices
+from searches.engine.training.train import TrainingStopped, split_indices
 from searches.models import UPLOAD_PREFIX, Candidate, DeploymentJob, SearchRun
-from searches.services import artifacts
+from searches.services import artifacts, files
 from searches.services.execution import throttled_stop
 from searches.services.runs import get_dataset
 
@@ -121,7 +121,7 @@ def cancel_deployment(job: DeploymentJob) -> bool:
         if changed:
             events.deployment_changed(job, job.source.run_id)
     if changed:
-        checkpoint_path(job).unlink(missing_ok=True)
+        _drop_checkpoint(job)
     return bool(changed)
 
 
@@ -163,8 +163,32 @@ def _check_trained(candidate: Candidate) -> None:
 # ---- what the task calls -------------------------------------------------------------------
 
 
+def _checkpoint_file(job: DeploymentJob) -> str:
+    # The creation time too: ids are reused after a database is reset, checkpoints must not be.
+    return f"deployment-job-{job.pk}-{job.created:%Y%m%d%H%M%S%f}.pt"
+
+
 def checkpoint_path(job: DeploymentJob) -> Path:
-    return Path(settings.MEDIA_ROOT) / "checkpoints" / f"deployment-job-{job.pk}.pt"
+    """The worker's local checkpoint file (the engine writes it after every epoch)."""
+    return Path(settings.NASWEB_DATA_DIR) / "checkpoints" / _checkpoint_file(job)
+
+
+def checkpoint_name(job: DeploymentJob) -> str:
+    """The checkpoint's copy in the artifact store, for a worker on another machine."""
+    return f"checkpoints/{_checkpoint_file(job)}"
+
+
+def _fetch_checkpoint(job: DeploymentJob) -> None:
+    """Bring the stored checkpoint to this machine unless it is already here."""
+    path = checkpoint_path(job)
+    if not path.exists() and files.exists(checkpoint_name(job)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(files.read_bytes(checkpoint_name(job)))
+
+
+def _drop_checkpoint(job: DeploymentJob) -> None:
+    checkpoint_path(job).unlink(missing_ok=True)
+    files.delete(checkpoint_name(job))
 
 
 def run_deployment(
@@ -184,7 +208,7 @@ def run_deployment(
         _finish(job, Status.FAILED, error=f"{type(exc).__name__}: {exc}")
     job.refresh_from_db()
     if not job.is_active:
-        checkpoint_path(job).unlink(missing_ok=True)
+        _drop_checkpoint(job)
     return job
 
 
@@ -208,7 +232,12 @@ def _train(job: DeploymentJob, on_epoch: Callable[[DeployEpoch], None] | None) -
     arch = _architecture(job.source)
     dataset = get_dataset(job.source.run.dataset)
 
+    path = checkpoint_path(job)
+    _fetch_checkpoint(job)
+
     def record(stats: DeployEpoch) -> None:
+        if path.exists():
+            files.save_bytes(checkpoint_name(job), path.read_bytes())
         _record_progress(job, stats)
         if on_epoch is not None:
             on_epoch(stats)
@@ -218,7 +247,7 @@ def _train(job: DeploymentJob, on_epoch: Callable[[DeployEpoch], None] | None) -
             arch,
             dataset,
             Recipe.from_json(job.config),
-            checkpoint_path(job),
+            path,
             callback=record,
             stop=_cancel_poll(job.pk),
         )
@@ -267,24 +296,21 @@ def _store_result(job: DeploymentJob, result: DeployResult) -> None:
     index = deployed_index(job)
     dataset = get_dataset(run.dataset)
     recipe = Recipe.from_json(job.config)
-    path = artifacts.weights_path(run, index)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_weights(result.state_dict, path)
-    files = [path]
+    weights = artifacts.save_weights_file(result.state_dict, artifacts.weights_name(run, index))
+    stored = [weights]
     try:
         int8 = _save_int8(run, index, arch, result, dataset, recipe)
-        files.append(Path(settings.MEDIA_ROOT) / int8["int8_model"])
+        stored.append(int8["int8_model"])
         with transaction.atomic():
-            candidate = _create_candidate(job, result, resources, index, path, int8)
+            candidate = _create_candidate(job, result, resources, index, weights, int8)
             table = _result_table(source, candidate, result)
             if not _finish(job, Status.DONE, result=table, result_candidate=candidate):
                 raise _Cancelled
             events.candidate_changed(candidate)
             events.run_changed(run)
     except BaseException as exc:
-        for file in files:
-            with contextlib.suppress(OSError):
-                file.unlink()
+        for name in stored:
+            files.delete(name)
         if not isinstance(exc, _Cancelled):
             raise
 
@@ -322,9 +348,8 @@ def _save_int8(
         qm = quantize(arch, model.eval(), calibration, ranges=result.ranges)
         val = int8_accuracy(qm, dataset.x_train[val_idx], dataset.y_train[val_idx])
         test = int8_accuracy(qm, dataset.x_test, dataset.y_test)
-    path = artifacts.int8_path(run, index)
-    artifacts.save_quant_model(qm, path)
-    return {"int8_model": artifacts.media_name(path), "int8_val_accuracy": val, "int8_test_accuracy": test}
+    name = artifacts.save_quant_model(qm, artifacts.int8_name(run, index))
+    return {"int8_model": name, "int8_val_accuracy": val, "int8_test_accuracy": test}
 
 
 def _create_candidate(
@@ -332,7 +357,7 @@ def _create_candidate(
     result: DeployResult,
     resources: dict[str, int],
     index: int,
-    path: Path,
+    weights: str,
     int8: dict[str, Any],
 ) -> Candidate:
     source, run = job.source, job.source.run
@@ -353,7 +378,7 @@ def _create_candidate(
         params=resources["params"],
         latency_ms=source.latency_ms,
         train_seconds=result.seconds,
-        weights=artifacts.media_name(path),
+        weights=weights,
         **int8,
     )
 

@@ -14,12 +14,11 @@ from rest_framework.test import APIClient
 
 from searches import events
 from searches import queue as task_queue
-from searches.engine.deploy.int8 import QuantModel
 from searches.engine.deploy.reference import int8_accuracy
 from searches.engine.training.deployment import Recipe
 from searches.models import Candidate, DeploymentJob
-from searches.services import deployment, runs
-from tests.web.exports import make_trained_candidate, media
+from searches.services import artifacts, deployment, files, runs
+from tests.web.exports import make_trained_candidate
 from tests.web.factories import make_candidate, make_run
 
 pytestmark = pytest.mark.django_db
@@ -58,12 +57,13 @@ def test_it_trains_into_a_new_candidate(user, client):
     for name in ("peak_sram_bytes", "flash_bytes", "macs"):
         assert getattr(made, name) == getattr(source, name)
     # The stored int8 accuracy is the integer reference's on the saved int8 model.
-    qm = QuantModel.load(media(made.int8_model.name))
+    qm = artifacts.load_quant_model(made.int8_model.name)
     digits = runs.get_dataset("digits")
     assert made.int8_test_accuracy == int8_accuracy(qm, digits.x_test, digits.y_test)
     assert job.result["int8_val_accuracy_simulated"] == made.int8_val_accuracy
     assert job.result["source"]["int8_test_accuracy"] == 0.5
     assert not deployment.checkpoint_path(job).exists()
+    assert not files.exists(deployment.checkpoint_name(job))
 
     client.force_login(user)
     assert client.get(reverse("candidate_header", args=[made.pk])).status_code == 200
@@ -88,7 +88,8 @@ def test_a_task_delivered_again_resumes_from_the_last_epoch(user):
         deployment.run_deployment(job.pk, on_epoch=die_after_the_first_epoch)
     job.refresh_from_db()
     assert job.status == DeploymentJob.Status.RUNNING and [p["epoch"] for p in job.progress] == [1]
-    assert deployment.checkpoint_path(job).exists()
+    assert files.exists(deployment.checkpoint_name(job))  # also where another machine finds it
+    deployment.checkpoint_path(job).unlink()  # the task comes back on another machine
 
     job = deployment.run_deployment(job.pk)  # the broker delivers the task again
     assert job is not None and job.status == DeploymentJob.Status.DONE, job and job.error

@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("searches", "0007_pruning_job"),
+        ("searches", "0009_dataset_sha256"),
     ]
 
     operations = [
