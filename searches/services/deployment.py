@@ -60,7 +60,7 @@ CANCEL_POLL_SECONDS = 2.0
 
 # Per data set, from the measurements in docs/benchmarks.md (bench/bench_deploy.py).
 DEFAULT_RECIPES: dict[str, Recipe] = {
-    "digits": Recipe(epochs=30, qat_epochs=3, batch_size=32, lr=1e-2, qat_lr=5e-4),
+    "digits": Recipe(epochs=60, qat_epochs=3, batch_size=32, lr=1e-2, qat_lr=5e-4),
     "fashion-mnist": Recipe(epochs=15, qat_epochs=3, batch_size=128, lr=1e-2, qat_lr=5e-4),
 }
 GENERIC_RECIPE = Recipe(epochs=15, qat_epochs=3, batch_size=64, lr=1e-2, qat_lr=5e-4)
