@@ -277,16 +277,16 @@ class _Run:
         return stats
 
     def _evaluate(self, loss: float, seconds: float) -> DeployEpoch:
+        if not math.isfinite(loss):  # before quantising: non-finite weights cannot be
+            raise FloatingPointError(f"the training loss diverged in epoch {self.epoch}")
         val = accuracy(self.model, self.data.x_val, self.data.y_val)
-        qat = QATModel(self.arch, self.model, self.ranges if self.ranges is not None else None)
+        qat = QATModel(self.arch, self.model, self.ranges)
         if self.ranges is None:
             qat.calibrate(self.data.calibration)  # phase 1: post-training quantisation
         int8_val = int8_accuracy_sim(qat.eval(), self.data.x_val_nhwc, self.data.y_val_np)
         stats = DeployEpoch(
             self.epoch, "qat" if self.epoch > self.recipe.epochs else "float", loss, val, int8_val, seconds
         )
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"the training loss diverged in epoch {self.epoch}")
         if self.best is None or int8_val > self.best["int8_val_accuracy"]:
             self.best = {
                 "epoch": self.epoch,
