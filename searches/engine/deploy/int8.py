@@ -23,11 +23,15 @@ from searches.engine.training.int8_scheme import IntArray as IntArray
 from searches.engine.training.int8_scheme import QParams as QParams
 from searches.engine.training.int8_scheme import QuantizationError as QuantizationError
 from searches.engine.training.int8_scheme import WeightedOp as WeightedOp
+from searches.engine.training.int8_scheme import float32 as float32
 from searches.engine.training.int8_scheme import quantize_input
 
 REFERENCE_BATCH = 16
 FORMAT = "nasweb.int8"
-VERSION = 1
+# v2: scales are float32 values (as TFLite stores them), weights carry their per-channel
+# scales, multipliers come from the float32 scales and dense layers round once.  Older files
+# are re-quantised on demand by the web layer.
+VERSION = 2
 
 
 @dataclass
@@ -70,7 +74,7 @@ class QuantModel:
         return self.qparams["logits"].zero_point
 
     def quantize_input(self, x: npt.NDArray[Any]) -> npt.NDArray[np.int8]:
-        """Float NHWC images → int8 model input (round half to even, then clamp)."""
+        """Float NHWC images → int8 model input, as TFLite's QUANTIZE op computes it."""
         return quantize_input(x, self.qparams["input"])
 
     def dequantize_output(self, q: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
@@ -98,6 +102,7 @@ class QuantModel:
             arrays[f"{op}.bias"] = w.bias
             arrays[f"{op}.multiplier"] = w.multiplier
             arrays[f"{op}.shift"] = w.shift
+            arrays[f"{op}.weight_scale"] = w.weight_scale
         np.savez_compressed(path, **arrays)
 
     @classmethod
@@ -118,6 +123,7 @@ class QuantModel:
                     shift=data[f"{op}.shift"].astype(np.int8),
                     act_min=int(lo),
                     act_max=int(hi),
+                    weight_scale=data[f"{op}.weight_scale"].astype(np.float32),
                 )
                 for op, (lo, hi) in meta["weighted"].items()
             }

@@ -10,8 +10,10 @@ QAT model (:mod:`searches.engine.training.qat`) cannot drift apart:
 * bias: int32 at scale ``s_in·s_w[c]``, stored with the input zero-point term folded in
   (``b - zp_in·Σw``), so a kernel adds ``Σ w·q`` over valid taps and ``zp_in·Σ w`` over padded
   taps, exactly ``b + Σ w·(q - zp_in)``;
-* requantisation: ``M = s_in·s_w/s_out = M0·2^(shift-31)``, TFLite's double rounding (dense
-  layers go through :func:`requantize_dense`, the one place to change their rounding rule);
+* scales are float32 values, as a .tflite file stores them, and everything derives from those;
+* requantisation: ``M = s_in·s_w/s_out = M0·2^(shift-31)``, rounded as LiteRT 2.3.0 does:
+  twice (double rounding) for convolutions and Add, once for dense layers
+  (:func:`requantize_dense`, the one place that says which);
   ReLU is the clamp ``[max(-128, zp_out), 127]``;
 * max/avg pooling keep their input's scale and zero point; Add rescales its inputs to a
   common scale with a 2^20 headroom shift, as TFLite's int8 Add does.
@@ -49,9 +51,14 @@ class QuantizationError(ValueError):
     """A model that cannot be quantised faithfully (names the layer and why)."""
 
 
+def float32(value: float) -> float:
+    """``value`` rounded to the nearest float32 (TFLite stores every scale as float32)."""
+    return float(np.float32(value))
+
+
 @dataclass(frozen=True)
 class QParams:
-    """real = scale · (q - zero_point)."""
+    """real = scale · (q - zero_point); ``scale`` is a float32 value, as in a .tflite file."""
 
     scale: float
     zero_point: int
@@ -62,6 +69,8 @@ class WeightedOp:
     """The int8 constants of a conv or dense op, in the C layout.
 
     conv/1x1: OHWI ``(Co, k, k, Ci)``; depthwise: ``(k, k, C)``; dense: ``(out, in)``.
+    ``bias`` holds the input zero-point term folded in (``b - zp_in·Σw``); ``weight_scale`` is
+    the float32 scale of each output channel, from which the multipliers were derived.
     """
 
     weights: npt.NDArray[np.int8]
@@ -70,6 +79,13 @@ class WeightedOp:
     shift: npt.NDArray[np.int8]
     act_min: int
     act_max: int
+    weight_scale: npt.NDArray[np.float32]
+
+    def plain_bias(self, input_zero_point: int) -> npt.NDArray[np.int32]:
+        """The bias without the folded zero-point term (what TFLite stores): ``b`` itself."""
+        w = self.weights.astype(np.int64)
+        sums = w.sum(axis=(0, 1)) if w.ndim == 3 else w.reshape(len(w), -1).sum(axis=1)
+        return (self.bias.astype(np.int64) + input_zero_point * sums).astype(np.int32)
 
 
 @dataclass(frozen=True)
@@ -92,7 +108,8 @@ def quantize_multiplier(m: float) -> tuple[int, int]:
     if m == 0:
         return 0, 0
     f, e = math.frexp(m)
-    m0 = round(f * (1 << 31))
+    # std::round (half away from zero), as TFLite's QuantizeMultiplier; f·2^31 + 0.5 is exact.
+    m0 = math.floor(f * (1 << 31) + 0.5)
     if m0 == 1 << 31:
         m0 //= 2
         e += 1
@@ -130,9 +147,25 @@ def requantize(acc: IntArray, multiplier: Any, shift: Any) -> IntArray:
     return high
 
 
+def requantize_single(acc: IntArray, multiplier: Any, shift: Any) -> IntArray:
+    """TFLite's single-rounding MultiplyByQuantizedMultiplier (its FULLY_CONNECTED), in int64.
+
+    One rounding: (acc·M0 + 2^(30-shift)) >> (31-shift), half rounded up; |acc·M0| < 2^62,
+    so nothing overflows int64.  The result saturates to int32 (LiteRT only asserts it fits).
+    """
+    acc = np.asarray(acc, dtype=np.int64)
+    m = np.asarray(multiplier, dtype=np.int64)
+    total = 31 - np.asarray(shift, dtype=np.int64)
+    out = (acc * m + (np.int64(1) << (total - 1))) >> total
+    return np.clip(out, INT32_MIN, INT32_MAX)
+
+
 def requantize_dense(acc: IntArray, multiplier: Any, shift: Any) -> IntArray:
-    """Requantisation of a dense (fully connected) layer: the one switch for its rounding rule."""
-    return requantize(acc, multiplier, shift)
+    """Requantisation of a dense (fully connected) layer: the one switch for its rounding rule.
+
+    LiteRT 2.3.0 rounds FULLY_CONNECTED once (convolutions and Add twice).
+    """
+    return requantize_single(acc, multiplier, shift)
 
 
 def rounded_average(total: IntArray, count: int) -> IntArray:
@@ -151,12 +184,22 @@ def activation_qparams(lo: float, hi: float) -> QParams:
         return QParams(1.0, -128 if lo == 0 else 0)
     scale = (hi - lo) / 255.0
     zero_point = int(np.clip(round(-128 - lo / scale), -128, 127))
-    return QParams(scale, zero_point)
+    # The zero point comes from the exact range, the scale is kept as float32 (as TFLite does).
+    return QParams(float32(scale), zero_point)
 
 
 def quantize_input(x: npt.NDArray[Any], qp: QParams) -> npt.NDArray[np.int8]:
-    """Float NHWC images → int8 model input (round half to even, then clamp)."""
-    q = np.round(np.asarray(x, dtype=np.float64) / qp.scale) + qp.zero_point
+    """Float NHWC images → int8 model input, as TFLite's QUANTIZE op computes it.
+
+    float32 division ``x / scale`` (both float32), rounded half away from zero, plus the
+    zero point, clamped to int8; the header's ``<name>_quantize_input`` does the same.
+    """
+    x32 = np.asarray(x, dtype=np.float32)
+    if not np.all(np.isfinite(x32)):
+        raise ValueError("quantize_input takes finite values (found NaN or infinity)")
+    # Clipped first so every value below is exact in float64; beyond ±512 it saturates anyway.
+    r = np.clip(x32 / np.float32(qp.scale), -512, 512).astype(np.float64)
+    q = np.sign(r) * np.floor(np.abs(r) + 0.5) + qp.zero_point
     return np.clip(q, -128, 127).astype(np.int8)
 
 
@@ -200,7 +243,8 @@ def weight_scales(op: Op, w: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
 def quantize_weighted(op: Op, w: torch.Tensor, b: torch.Tensor, s_in: QParams, s_out: QParams) -> WeightedOp:
     """The int8 constants of a conv or dense op from its folded float weight and bias."""
     w_np = w.numpy()
-    w_scale = weight_scales(op, w_np)
+    # float32 scales, as a .tflite file stores them; everything below derives from those.
+    w_scale = weight_scales(op, w_np).astype(np.float32).astype(np.float64)
     q = np.clip(np.round(w_np / w_scale.reshape([-1] + [1] * (w_np.ndim - 1))), -127, 127).astype(np.int64)
     if op.kind == "dwconv2d":
         q_w = q[:, 0].transpose(1, 2, 0)  # (C, 1, k, k) → (k, k, C)
@@ -216,6 +260,7 @@ def quantize_weighted(op: Op, w: torch.Tensor, b: torch.Tensor, s_in: QParams, s
     # Every tap adds w·q (valid) or w·zp (padded), each at most 128·|w|.
     if np.any(np.abs(folded_bias) + 128 * abs_sum >= 2**31):
         raise QuantizationError(f"{op.id}: the int32 accumulator could overflow")
+    # LiteRT's kernels: (double)s_in · (double)s_w / (double)s_out, from the float32 scales.
     pairs = [quantize_multiplier(float(s)) for s in bias_scale / s_out.scale]
     relu = bool(op.attrs.get("relu"))
     return WeightedOp(
@@ -225,11 +270,13 @@ def quantize_weighted(op: Op, w: torch.Tensor, b: torch.Tensor, s_in: QParams, s
         shift=np.array([s for _, s in pairs], dtype=np.int8),
         act_min=max(-128, s_out.zero_point) if relu else -128,
         act_max=127,
+        weight_scale=w_scale.astype(np.float32),
     )
 
 
 def add_params(inputs: list[QParams], out: QParams) -> AddParams:
     """The rescaling constants of an int8 Add of ``inputs`` into ``out``."""
+    # LiteRT's int8 ADD, in double from the float32 scales (nasweb's n-input form generalises it).
     twice_max = 2 * max(q.scale for q in inputs)
     pairs = [quantize_multiplier(q.scale / twice_max) for q in inputs]
     out_m, out_s = quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * out.scale))
