@@ -5,8 +5,9 @@ scalars, and :func:`searches.engine.deploy.reference.run_int8` computes, with in
 the bytes the C code must output.  The scheme's rules (per-channel symmetric weights, per
 tensor asymmetric activations, folded batchnorm and bias, float32 scales, requantisation
 rounded as LiteRT does: twice for convolutions, once for dense layers; ReLU as the clamp) are
-in :mod:`searches.engine.training.int8_scheme`, shared with quantisation-aware training; activation ranges here are min/max on calibration samples
-unless a QAT model's learnt ranges are given.
+in :mod:`searches.engine.training.int8_scheme`, shared with quantisation-aware training;
+activation ranges here are min/max on calibration samples unless a QAT model's learnt ranges
+are given.
 """
 
 from __future__ import annotations
