@@ -5,7 +5,7 @@ per batch:
 
 * an **integer path**, the exported int8 scheme itself: batchnorm folded, per-output-channel
   symmetric weights in [-127, 127], per-tensor asymmetric activations, folded int32 bias,
-  double-rounding requantisation (dense through its own switch), ReLU as the clamp, pooling and
+  requantisation rounded as LiteRT does (dense once, through its own switch), ReLU as the clamp, pooling and
   Add as the C kernels do them.  Its kernels are :mod:`.int8_scheme`'s, the very functions the
   integer reference runs, so its predictions are the reference's (a test checks it);
 * a **float path** with fake-quantised weights (straight-through rounding) whose values are
