@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("searches", "0009_dataset_sha256"),
+        ("searches", "0010_notes"),
     ]
 
     operations = [
