@@ -212,9 +212,16 @@ class RunConsumer(AsyncJsonWebsocketConsumer):
 
     async def run_event(self, event: dict[str, Any]) -> None:
         """A ``searches.events`` delta from the group: pass it on unchanged (if it fits)."""
+        await self._relay(event["message"])
+
+    async def run_events(self, event: dict[str, Any]) -> None:
+        """Several deltas the publisher coalesced into one group message: relayed one by one, in order."""
+        for message in event["messages"]:
+            await self._relay(message)
+
+    async def _relay(self, message: dict[str, Any]) -> None:
         if self.run is None:
             return
-        message = event["message"]
         text = json.dumps(message)
         if len(text.encode()) <= MAX_MESSAGE_BYTES:  # read at call time: tests lower it
             await self.send(text_data=text)
