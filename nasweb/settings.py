@@ -101,6 +101,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # 503, not 500, when the database is down (the broker being down is not an error at all).
+    "searches.middleware.ServiceUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "nasweb.urls"
@@ -279,6 +281,16 @@ CELERY_TASK_SOFT_TIME_LIMIT = max(CELERY_TASK_TIME_LIMIT - 60, 1)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 3600}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = TIME_ZONE
+# Liveness (searches/services/leases.py): a worker renews the lease of the work it holds every
+# third of NASWEB_LEASE_SECONDS; every worker's reaper, each NASWEB_REAP_SECONDS, queues again
+# the work whose lease ran out (failed after NASWEB_MAX_ATTEMPTS lost attempts) and sends the
+# queued work whose task could not be sent, or was sent NASWEB_RESEND_SECONDS ago and never
+# taken (a broker that restarted without its data).  Defaults: lost work back in the queue
+# within 40 s.
+NASWEB_LEASE_SECONDS = _env_int("NASWEB_LEASE_SECONDS", 30)
+NASWEB_REAP_SECONDS = _env_int("NASWEB_REAP_SECONDS", 10)
+NASWEB_RESEND_SECONDS = _env_int("NASWEB_RESEND_SECONDS", 300)
+NASWEB_MAX_ATTEMPTS = _env_int("NASWEB_MAX_ATTEMPTS", 3)
 # Evaluations a run keeps queued or training at once (a run's config may set its own "parallel").
 NASWEB_PARALLEL_EVALUATIONS = _env_int("NASWEB_PARALLEL_EVALUATIONS", 2)
 

@@ -31,6 +31,24 @@ def _save_keeping_seq(instance: models.Model, args: Any, kwargs: dict[str, Any])
     models.Model.save(instance, *args, **kwargs)
 
 
+class LeasedWork(models.Model):
+    """The state searches.services.leases keeps on a row of background work.
+
+    ``attempts`` counts the times a worker took it (the fencing token of the current one),
+    ``lease_expires`` is when its worker must have renewed its lease by (or the reaper puts it
+    back in the queue), ``enqueued_at`` when its task was last sent (NULL: not sent yet, the
+    broker was down).  A new kind of job (training for deployment) inherits these fields and
+    registers a ``leases.WorkKind``.
+    """
+
+    attempts = models.PositiveSmallIntegerField(default=0)
+    lease_expires = models.DateTimeField(null=True, blank=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+
 class OwnedQuerySet(models.QuerySet):
     """Rows whose ``owner`` is the given user; nothing for anonymous users."""
 
@@ -195,6 +213,8 @@ class SearchRun(models.Model):
     task_id = models.CharField(max_length=255, blank=True)
     # The user's own free text about the run (shown in lists and the comparison).
     notes = models.TextField(blank=True, max_length=2000)
+    # When the start task of a pending run was last sent (NULL: not yet; see services.leases).
+    enqueued_at = models.DateTimeField(null=True, blank=True)
     created = models.DateTimeField(auto_now_add=True)
     started = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True)
@@ -262,8 +282,12 @@ def weights_upload_to(candidate: Candidate, filename: str) -> str:
     return f"weights/run-{candidate.run_id}/{filename}"
 
 
-class Candidate(models.Model):
-    """One evaluated (or rejected) architecture of a run."""
+class Candidate(LeasedWork):
+    """One evaluated (or rejected) architecture of a run.
+
+    Its training is leased work (the ``LeasedWork`` fields); so is its export verification,
+    with its own ``export_*`` copies of those fields.
+    """
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -330,6 +354,9 @@ class Candidate(models.Model):
     export_finished = models.DateTimeField(null=True, blank=True)
     # The user's own free text about the candidate (shown in the run's table and CSV).
     notes = models.TextField(blank=True, max_length=2000)
+    export_attempts = models.PositiveSmallIntegerField(default=0)
+    export_lease_expires = models.DateTimeField(null=True, blank=True)
+    export_enqueued_at = models.DateTimeField(null=True, blank=True)
     created = models.DateTimeField(auto_now_add=True)
 
     objects = CandidateQuerySet.as_manager()
@@ -342,6 +369,9 @@ class Candidate(models.Model):
         indexes = [
             models.Index(fields=["run", "status"], name="candidate_run_status"),
             models.Index(fields=["run", "on_pareto"], name="candidate_run_pareto"),
+            # The reaper's scans: work whose lease ran out, and queued work not sent.
+            models.Index(fields=["status", "lease_expires"], name="candidate_status_lease"),
+            models.Index(fields=["export_status", "export_lease_expires"], name="candidate_export_lease"),
         ]
 
     def __str__(self) -> str:
@@ -470,7 +500,7 @@ class PruningJobQuerySet(models.QuerySet):
         return self.filter(source__run__owner=user)
 
 
-class PruningJob(models.Model):
+class PruningJob(LeasedWork):
     """A standalone DPF pruning of one trained candidate (searches.services.pruning)."""
 
     class Status(models.TextChoices):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import Task, shared_task
+from celery.signals import worker_ready
 
 from searches.models import SearchRun
-from searches.services import deployment, execution, export, pruning
+from searches.services import deployment, execution, export, leases, pruning
 
 logger = logging.getLogger(__name__)
 
@@ -55,3 +57,9 @@ def deploy_top_k_task(self: Task, run_id: int) -> None:
     """Start deployment training of a finished run's top K Pareto candidates (its config's K)."""
     logger.info("task %s: deployment jobs for run %s", self.request.id, run_id)
     deployment.deploy_top_k(int(run_id))
+
+
+@worker_ready.connect
+def start_reaper(**kwargs: Any) -> None:
+    """Every worker runs the reaper (lost and unsent work, see searches.services.leases) in a thread."""
+    leases.start_reaper()

@@ -12,9 +12,15 @@ Decisions worth knowing:
 
 - Every change of the strategy happens under the run's row lock (``SELECT ... FOR UPDATE`` on
   PostgreSQL; on SQLite every transaction takes the write lock up front).
-- Tasks are delivered at least once (``acks_late``): ``evaluate`` does nothing unless the run
-  is running and the candidate is still pending or running, and a result for a candidate that
-  is no longer outstanding is dropped, so nothing is told twice.
+- Tasks are delivered at least once (``acks_late``, and the reaper sends again): ``evaluate``
+  does nothing unless the run is running and it can take the candidate's lease
+  (:mod:`searches.services.leases`: pending, or running under a lease that expired), and only
+  the holder of the current attempt may tell its result, so no candidate trains twice at once
+  and nothing is told twice.  A worker that dies mid-training stops renewing its lease; a
+  reaper puts the candidate back in the queue, and after ``NASWEB_MAX_ATTEMPTS`` lost attempts
+  tells the strategy it failed, with the reason.
+- Starting a run and queueing candidates go through the leases' outbox: a broker that is down
+  delays the work (the reaper sends it when the broker is back), it never fails the run.
 - Cancelling does not spend budget: the run's unfinished candidates are marked cancelled
   but stay outstanding in the strategy's state, and ``resume_run`` or ``extend_run`` queues
   them again.  Workers notice a cancelled run within
@@ -29,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -37,13 +42,14 @@ from collections.abc import Callable, Iterator
 from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from searches import events, queue
 from searches.engine.strategies.base import EvalFailure, EvalResult, Proposal, SearchStrategy
 from searches.engine.training.train import Fidelity, TrainingStopped
 from searches.models import Candidate, SearchRun
-from searches.services import deletion
+from searches.services import deletion, leases
 from searches.services.runs import (
     get_dataset,
     load_strategy,
@@ -69,7 +75,7 @@ _STOPPED = (SearchRun.Status.DONE, SearchRun.Status.CANCELLED, SearchRun.Status.
 
 def submit_run(run: SearchRun) -> None:
     """Queue the start of a pending run once the current transaction commits."""
-    transaction.on_commit(functools.partial(queue.start_run, run.pk))
+    leases.enqueue_on_commit(START, run.pk)
 
 
 def start_run(run: SearchRun) -> None:
@@ -169,13 +175,20 @@ def evaluate(candidate_id: int) -> None:
             claimed = _claim(run_id, candidate_id)
             if claimed is None:
                 return
-            run, proposal = claimed
-            try:
-                result = _train(run, proposal)
-            except TrainingStopped:
-                _abandon(candidate_id)
-                return
-            _tell(run_id, proposal.id, result)
+            run, proposal, attempt = claimed
+            with leases.Heartbeat(TRAINING, candidate_id, attempt) as beat:
+                try:
+                    result = _train(run, proposal, beat.lost.is_set)
+                except TrainingStopped:
+                    if beat.lost.is_set():
+                        # Cancelled, or the lease was taken away: whoever did that owns the row now.
+                        logger.info(
+                            "candidate %s: attempt %s stopped, its lease is gone", candidate_id, attempt
+                        )
+                    else:
+                        _abandon(candidate_id)
+                    return
+            _tell(run_id, proposal.id, result, attempt)
         except ObjectDoesNotExist:
             # The user deleted the run (and so its candidates) while this one queued or trained;
             # what the training saved after the deletion removed the run's files goes too.
@@ -194,7 +207,7 @@ def _recover(run_id: int) -> None:
     with _failing_run_on_error(run_id), transaction.atomic():
         run = _lock(run_id)
         if run.status == SearchRun.Status.PENDING:
-            transaction.on_commit(functools.partial(queue.start_run, run_id))
+            leases.enqueue_on_commit(START, run_id)
         elif run.status == SearchRun.Status.RUNNING:
             strategy = load_strategy(run)
             _requeue_outstanding(run, strategy)
@@ -217,7 +230,7 @@ def _fill_locked(run: SearchRun, strategy: SearchStrategy) -> None:
             transaction.on_commit(functools.partial(queue.deploy_top_k, run.pk))
     events.run_changed(run)
     for candidate_id in queued:
-        transaction.on_commit(functools.partial(queue.evaluate_candidate, candidate_id))
+        leases.enqueue_on_commit(TRAINING, candidate_id)
 
 
 def _finish_locked(run: SearchRun, strategy: SearchStrategy) -> None:
@@ -247,39 +260,47 @@ def _requeue_outstanding(run: SearchRun, strategy: SearchStrategy) -> None:
     """Queue every outstanding proposal again, its row back to pending unless a worker has it."""
     rows = Candidate.objects.filter(run=run, index__in=[p.id for p in strategy.outstanding])
     stale = list(rows.exclude(status__in=_UNFINISHED).values_list("pk", flat=True))
-    rows.filter(pk__in=stale).update(status=Candidate.Status.PENDING, reject_reason="")
+    rows.filter(pk__in=stale).update(
+        status=Candidate.Status.PENDING, reject_reason="", attempts=0, lease_expires=None
+    )
     events.candidates_changed(run.pk, stale)
     for candidate_id in rows.values_list("pk", flat=True):
-        transaction.on_commit(functools.partial(queue.evaluate_candidate, candidate_id))
+        leases.enqueue_on_commit(TRAINING, candidate_id)
 
 
-def _claim(run_id: int, candidate_id: int) -> tuple[SearchRun, Proposal] | None:
-    """Mark the candidate running if its run still wants it; returns what training needs."""
+def _claim(run_id: int, candidate_id: int) -> tuple[SearchRun, Proposal, int] | None:
+    """Lease the candidate if its run still wants it; returns what training needs and the attempt."""
     with transaction.atomic():
         run = _lock(run_id)
-        candidate = Candidate.objects.select_related("parent").get(pk=candidate_id)
+        candidate = (
+            Candidate.objects.select_for_update(of=("self",)).select_related("parent").get(pk=candidate_id)
+        )
         if run.status != SearchRun.Status.RUNNING or candidate.status not in _UNFINISHED:
             logger.info("candidate %s is %s, its run %s: skipped", candidate_id, candidate.status, run.status)
             return None
         proposal = _outstanding(load_strategy(run), candidate.index)
-        if proposal is None:
+        if proposal is None or not leases.take(TRAINING, candidate):
+            logger.info(
+                "candidate %s is not free to take (attempt %s): skipped", candidate_id, candidate.attempts
+            )
             return None
-        if candidate.status != Candidate.Status.RUNNING:
-            candidate.status = Candidate.Status.RUNNING
-            candidate.save(update_fields=["status"])
-            events.candidate_changed(candidate)
-        return run, proposal
+        events.candidate_changed(candidate)
+        return run, proposal, candidate.attempts
 
 
 def _outstanding(strategy: SearchStrategy, proposal_id: int) -> Proposal | None:
     return next((p for p in strategy.outstanding if p.id == proposal_id), None)
 
 
-def _train(run: SearchRun, proposal: Proposal) -> EvalResult | EvalFailure:
-    """Train outside any lock; a crash becomes a failure to tell, a cancelled run raises TrainingStopped."""
+def _train(run: SearchRun, proposal: Proposal, lost: Callable[[], bool]) -> EvalResult | EvalFailure:
+    """Train outside any lock; a crash becomes a failure to tell; a cancelled run or a lost lease
+    raises TrainingStopped."""
     fidelity = Fidelity(**search_config(run).fidelity)
+    cancelled = _cancel_poll(run.pk)
     try:
-        return train_proposal(run, get_dataset(run.dataset), fidelity, proposal, stop=_cancel_poll(run.pk))
+        return train_proposal(
+            run, get_dataset(run.dataset), fidelity, proposal, stop=lambda: lost() or cancelled()
+        )
     except TrainingStopped:
         raise
     except Exception as exc:
@@ -310,20 +331,75 @@ def _cancel_poll(run_id: int) -> Callable[[], bool]:
     )
 
 
-def _tell(run_id: int, proposal_id: int, result: EvalResult | EvalFailure) -> None:
+def _tell(run_id: int, proposal_id: int, result: EvalResult | EvalFailure, attempt: int) -> None:
     with transaction.atomic():
         run = _lock(run_id)
-        candidate = Candidate.objects.get(run=run, index=proposal_id)
-        if run.status != SearchRun.Status.RUNNING or candidate.status not in _UNFINISHED:
-            # Cancelled meanwhile, or another delivery of this task told it first.
-            logger.info("dropping the result of candidate %s of run %s", proposal_id, run_id)
+        candidate = Candidate.objects.select_for_update().get(run=run, index=proposal_id)
+        if candidate.status != Candidate.Status.RUNNING or candidate.attempts != attempt:
+            # Cancelled meanwhile, or this attempt's lease ran out and the candidate went back
+            # to the queue: the current attempt (or nobody) tells.
+            logger.info("dropping attempt %s of candidate %s of run %s", attempt, proposal_id, run_id)
             return
-        strategy = load_strategy(run)
-        if _outstanding(strategy, proposal_id) is None:
-            return
-        strategy.tell(proposal_id, result)
-        store_result(run, strategy, proposal_id, result)
-        _fill_locked(run, strategy)
+        _tell_locked(run, proposal_id, result)
+
+
+def _tell_locked(run: SearchRun, proposal_id: int, result: EvalResult | EvalFailure) -> None:
+    if run.status != SearchRun.Status.RUNNING:
+        logger.info("dropping the result of candidate %s of run %s", proposal_id, run.pk)
+        return
+    strategy = load_strategy(run)
+    if _outstanding(strategy, proposal_id) is None:
+        return
+    strategy.tell(proposal_id, result)
+    store_result(run, strategy, proposal_id, result)
+    _fill_locked(run, strategy)
+
+
+def _give_up(candidate: Candidate, reason: str) -> None:
+    """The reaper's verdict on a candidate lost too often: a failed evaluation, the run goes on."""
+    run = _lock(candidate.run_id)
+    if run.status == SearchRun.Status.RUNNING:
+        _tell_locked(run, candidate.index, EvalFailure(reason))
+    # Whether or not the strategy still waited for it, the row must not stay running.
+    if Candidate.objects.filter(pk=candidate.pk, status__in=_UNFINISHED).update(
+        status=Candidate.Status.FAILED, reject_reason=reason, lease_expires=None
+    ):
+        events.candidates_changed(run.pk, [candidate.pk])
+
+
+def _lock_run_of(candidate_id: int) -> None:
+    run_id = Candidate.objects.filter(pk=candidate_id).values_list("run_id", flat=True).first()
+    if run_id is not None:
+        _lock(run_id)
+
+
+def _requeued(candidate: Candidate) -> None:
+    events.candidates_changed(candidate.run_id, [candidate.pk])
+
+
+# Starting a pending run: one transaction, so it needs the outbox but no lease.
+START = leases.register(
+    leases.WorkKind(
+        name="start",
+        model=SearchRun,
+        send=lambda pk: queue.start_run(pk),
+        queued=SearchRun.Status.PENDING,
+        running=None,
+    )
+)
+TRAINING = leases.register(
+    leases.WorkKind(
+        name="training",
+        model=Candidate,
+        send=lambda pk: queue.evaluate_candidate(pk),
+        queued=Candidate.Status.PENDING,
+        running=Candidate.Status.RUNNING,
+        sendable=Q(run__status=SearchRun.Status.RUNNING),
+        give_up=_give_up,
+        on_requeued=_requeued,
+        lock_first=_lock_run_of,
+    )
+)
 
 
 def _abandon(candidate_id: int) -> None:

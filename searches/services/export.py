@@ -13,16 +13,18 @@ module decides what it runs on and stores what comes out:
 - **downloads.**  The header, the zip bundle, the int8 .tflite file and the float ONNX model
   are built per request from the stored model; their C names are ``nasweb_r<run>_c<index>``.
 - **verification.**  :func:`request_verification` marks the candidate queued and queues a
-  Celery task once the transaction commits; :func:`verify` (the task and the
-  ``verify_export`` command) runs ``searches.engine.deploy.verify.verify_export`` for the run's
-  target, storing every step's progress and the final report on the candidate and
-  announcing each change through ``searches.events``.
+  Celery task once the transaction commits (through the outbox of
+  :mod:`searches.services.leases`; the worker holds a lease on it while it runs, so a dead
+  worker's verification is queued again by the reaper, and failed after three lost
+  attempts); :func:`verify` (the task and the ``verify_export`` command) runs
+  ``searches.engine.deploy.verify.verify_export`` for the run's target, storing every step's
+  progress and the final report on the candidate and announcing each change through
+  ``searches.events``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import pickle  # only for its exception: torch.load(weights_only=True) raises it
 import warnings
@@ -50,7 +52,7 @@ from searches.engine.training.datasets import Dataset, DatasetError
 from searches.engine.training.model import ArchNet
 from searches.engine.training.train import Fidelity
 from searches.models import Candidate, SearchRun
-from searches.services import datasets, files
+from searches.services import datasets, files, leases
 from searches.services.artifacts import (
     evaluation_threads,
     int8_accuracies,
@@ -309,8 +311,12 @@ def _update(candidate: Candidate, **fields: Any) -> bool:
 def _busy(candidate: Candidate) -> bool:
     if not candidate.export_busy:
         return False
+    now = timezone.now()
+    lease = candidate.export_lease_expires
+    if candidate.export_status == ExportStatus.RUNNING and lease is not None:
+        return lease > now  # a worker renews it while it works
     requested = candidate.export_requested
-    return requested is not None and timezone.now() - requested < STALE_AFTER
+    return requested is not None and now - requested < STALE_AFTER
 
 
 def request_verification(candidate: Candidate) -> bool:
@@ -326,8 +332,11 @@ def request_verification(candidate: Candidate) -> bool:
             export_report=None,
             export_requested=timezone.now(),
             export_finished=None,
+            # A new request: its own lost attempts are counted from zero.
+            export_attempts=0,
+            export_lease_expires=None,
         )
-        transaction.on_commit(functools.partial(queue.verify_export, candidate.pk))
+        leases.enqueue_on_commit(VERIFICATION, candidate.pk)
     return True
 
 
@@ -420,17 +429,59 @@ def _run_verification(
 
 
 def verify_queued(candidate_id: int) -> None:
-    """The task's entry: verify a candidate whose verification is queued (or was interrupted)."""
-    candidate = Candidate.objects.select_related("run", "run__profile").filter(pk=candidate_id).first()
-    if candidate is None:
-        logger.info("candidate %s is gone; nothing to verify", candidate_id)
-        return
-    if not candidate.export_busy:
-        logger.info(
-            "candidate %s: verification is %s, not queued; skipped", candidate_id, candidate.export_status
+    """The task's entry: verify a candidate whose verification is queued (or was interrupted).
+
+    Verification is deterministic (same model, same inputs, same report), so the rare
+    duplicate after a lease ran out only writes the same report again.
+    """
+    with transaction.atomic():
+        candidate = (
+            Candidate.objects.select_for_update(of=("self",))
+            .select_related("run", "run__profile")
+            .filter(pk=candidate_id)
+            .first()
         )
-        return
-    verify(candidate)
+        if candidate is None:
+            logger.info("candidate %s is gone; nothing to verify", candidate_id)
+            return
+        if not leases.take(VERIFICATION, candidate):
+            logger.info(
+                "candidate %s: verification is %s, not free to take; skipped",
+                candidate_id,
+                candidate.export_status,
+            )
+            return
+    with leases.Heartbeat(VERIFICATION, candidate.pk, candidate.export_attempts):
+        verify(candidate)
+
+
+def _give_up(candidate: Candidate, reason: str) -> None:
+    """The reaper's verdict on a verification whose worker was lost too often."""
+    report = {**(candidate.export_report or {}), "error": f"verification stopped: {reason}"}
+    _update(
+        candidate,
+        export_status=ExportStatus.FAILED,
+        export_report=report,
+        export_finished=timezone.now(),
+        export_lease_expires=None,
+    )
+
+
+VERIFICATION = leases.register(
+    leases.WorkKind(
+        name="verification",
+        model=Candidate,
+        send=lambda pk: queue.verify_export(pk),
+        status_field="export_status",
+        queued=ExportStatus.QUEUED,
+        running=ExportStatus.RUNNING,
+        attempts_field="export_attempts",
+        lease_field="export_lease_expires",
+        enqueued_field="export_enqueued_at",
+        give_up=_give_up,
+        on_requeued=lambda c: events.candidate_changed(c),
+    )
+)
 
 
 def missing_tools() -> list[str]:

@@ -36,7 +36,7 @@ from searches.engine.training.pruning import PruneConfig, PruneProgress, PruneRe
 from searches.engine.training.shrink import ResourceLimits, resource_counts
 from searches.engine.training.train import Fidelity, TrainingStopped
 from searches.models import Candidate, PruningJob, SearchRun
-from searches.services import export, files
+from searches.services import export, files, leases
 from searches.services.artifacts import save_trained
 from searches.services.execution import throttled_stop
 from searches.services.runs import get_dataset, search_config
@@ -73,7 +73,7 @@ def start_pruning(
     _check_shrinks(candidate, config)
     with transaction.atomic():
         job = PruningJob.objects.create(source=candidate, config=config.to_json())
-        transaction.on_commit(functools.partial(queue.prune, job.pk))
+        leases.enqueue_on_commit(PRUNING, job.pk)
     return job
 
 
@@ -175,46 +175,51 @@ def _check_trained(candidate: Candidate) -> None:
 
 
 def run_pruning(job_id: int) -> None:
-    """Run a queued job to its end (done, failed or cancelled); safe to deliver twice."""
+    """Run a queued job to its end (done, failed or cancelled); safe to deliver twice.
+
+    The job's lease is renewed until its result is stored (services.leases): a worker that dies
+    leaves it to the reaper, which queues it again.
+    """
     job = _claim(job_id)
     if job is None:
         return
-    try:
-        result = _prune(job)
-    except TrainingStopped:
-        logger.info("pruning job %s cancelled", job_id)
-        return
-    except (PruneError, export.ExportUnavailable) as exc:
-        _finish(job, Status.FAILED, error=str(exc))
-        return
-    except Exception as exc:
-        logger.exception("pruning job %s failed", job_id)
-        _finish(job, Status.FAILED, error=f"{type(exc).__name__}: {exc}")
-        return
-    _store_result(job, result)
+    with leases.Heartbeat(PRUNING, job.pk, job.attempts) as beat:
+        try:
+            result = _prune(job, beat.lost.is_set)
+        except TrainingStopped:
+            logger.info("pruning job %s stopped: cancelled, or its lease was taken away", job_id)
+            return
+        except (PruneError, export.ExportUnavailable) as exc:
+            _finish(job, Status.FAILED, error=str(exc))
+            return
+        except Exception as exc:
+            logger.exception("pruning job %s failed", job_id)
+            _finish(job, Status.FAILED, error=f"{type(exc).__name__}: {exc}")
+            return
+        _store_result(job, result)
 
 
 def _claim(job_id: int) -> PruningJob | None:
     with transaction.atomic():
         job = PruningJob.objects.select_for_update().select_related("source__run").filter(pk=job_id).first()
-        if job is None or job.status != Status.QUEUED:
+        if job is None or not leases.take(PRUNING, job):
             logger.info("pruning job %s is %s: skipped", job_id, job and job.status)
             return None
-        job.status = Status.RUNNING
         job.started = timezone.now()
-        job.save(update_fields=["status", "started"])
+        job.save(update_fields=["started"])
         events.pruning_changed(job, job.source.run_id)
     return job
 
 
-def _prune(job: PruningJob) -> PruneResult:
+def _prune(job: PruningJob, lost: Callable[[], bool]) -> PruneResult:
     arch, model = export.float_model_for(job.source)
+    cancelled = _cancel_poll(job.pk)
     return prune(
         arch,
         model,
         get_dataset(job.source.run.dataset),
         PruneConfig.from_json(job.config),
-        stop=_cancel_poll(job.pk),
+        stop=lambda: lost() or cancelled(),
         progress=functools.partial(_record_progress, job),
     )
 
@@ -222,7 +227,7 @@ def _prune(job: PruningJob) -> PruneResult:
 def _record_progress(job: PruningJob, p: PruneProgress) -> None:
     job.progress = [*job.progress, dict(p.__dict__)]
     with transaction.atomic():
-        PruningJob.objects.filter(pk=job.pk, status=Status.RUNNING).update(progress=job.progress)
+        PruningJob.objects.filter(leases.holds(PRUNING, job.pk, job.attempts)).update(progress=job.progress)
         events.pruning_changed(job, job.source.run_id)
 
 
@@ -234,10 +239,10 @@ def _cancel_poll(job_id: int) -> Callable[[], bool]:
 
 
 def _finish(job: PruningJob, status: str, **fields: Any) -> bool:
-    """End a running job; False if it was cancelled (or deleted) meanwhile."""
-    fields |= {"status": status, "finished": timezone.now()}
+    """End a running job; False if it was cancelled (or deleted, or its lease taken away) meanwhile."""
+    fields |= {"status": status, "finished": timezone.now(), "lease_expires": None}
     with transaction.atomic():
-        if not PruningJob.objects.filter(pk=job.pk, status=Status.RUNNING).update(**fields):
+        if not PruningJob.objects.filter(leases.holds(PRUNING, job.pk, job.attempts)).update(**fields):
             return False
         for name, value in fields.items():
             setattr(job, name, value)
@@ -291,6 +296,34 @@ def _store_result(job: PruningJob, result: PruneResult) -> None:
             files.delete(name)
         if not isinstance(exc, _Cancelled):
             raise
+
+
+def _give_up(job: PruningJob, reason: str) -> None:
+    """The reaper's verdict on a job whose worker was lost too often."""
+    PruningJob.objects.filter(pk=job.pk).update(
+        status=Status.FAILED, error=reason, finished=timezone.now(), lease_expires=None
+    )
+    job.status, job.error = Status.FAILED, reason
+    events.pruning_changed(job, job.source.run_id)
+
+
+def _requeued(job: PruningJob) -> None:
+    events.pruning_changed(job, job.source.run_id)
+
+
+PRUNING = leases.register(
+    leases.WorkKind(
+        name="pruning",
+        model=PruningJob,
+        send=lambda pk: queue.prune(pk),
+        queued=Status.QUEUED,
+        running=Status.RUNNING,
+        # Lost work starts again from the source's weights.
+        reset={"progress": [], "started": None},
+        give_up=_give_up,
+        on_requeued=_requeued,
+    )
+)
 
 
 class _Cancelled(Exception):
