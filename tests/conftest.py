@@ -11,7 +11,13 @@ from tests._s3 import s3_bucket, s3_server, s3_storage  # noqa: F401 (fixtures)
 TESTS_DIR = Path(__file__).resolve().parent
 
 # Tests are marked by where they live, so `-m engine` / `-m "not e2e"` select whole trees.
-_MARKER_BY_FOLDER = {"engine": "engine", "web": "web", "integration": "integration", "e2e": "e2e"}
+_MARKER_BY_FOLDER = {
+    "engine": "engine",
+    "web": "web",
+    "integration": "integration",
+    "faults": "faults",
+    "e2e": "e2e",
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -45,6 +51,9 @@ def _web_test_settings(request: pytest.FixtureRequest, tmp_path_factory: pytest.
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     settings.MEDIA_ROOT = tmp_path_factory.mktemp("media")
     settings.NASWEB_CACHE_DIR = tmp_path_factory.mktemp("cache")
+    # Lease renewals run in a thread, which cannot see a test's open transaction: none happen
+    # within a web test (tests/integration and tests/faults renew real leases).
+    settings.NASWEB_LEASE_SECONDS = 3600
 
 
 @pytest.fixture

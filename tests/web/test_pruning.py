@@ -250,8 +250,10 @@ def _post_prune(client, candidate, **data):
 def test_prune_view_works(user, client, django_capture_on_commit_callbacks):
     candidate = _trained_candidate(make_run(user))
     client.force_login(user)
-    with django_capture_on_commit_callbacks(execute=True):
-        response, enqueue = _post_prune(client, candidate)
+    values = {"mode": "sparsity", "target_sparsity": "0.5", "epochs": "2"}
+    with mock.patch.object(task_queue, "prune") as enqueue, django_capture_on_commit_callbacks(execute=True):
+        # The task is sent once the job is committed, by the leases' outbox.
+        response = client.post(reverse("candidate_prune", args=[candidate.pk]), values)
     job = PruningJob.objects.get()
     assert response.status_code == 302 and response["Location"] == reverse("pruning_detail", args=[job.pk])
     enqueue.assert_called_once_with(job.pk)
