@@ -285,11 +285,11 @@ CELERY_TIMEZONE = TIME_ZONE
 # third of NASWEB_LEASE_SECONDS; every worker's reaper, each NASWEB_REAP_SECONDS, queues again
 # the work whose lease ran out (failed after NASWEB_MAX_ATTEMPTS lost attempts) and sends the
 # queued work whose task could not be sent, or was sent NASWEB_RESEND_SECONDS ago and never
-# taken (a broker that restarted without its data).  Defaults: lost work back in the queue
-# within 40 s.
+# taken while the broker's queue is empty (a broker that restarted without its data).
+# Defaults: lost work back in the queue within 40 s, lost messages sent again within 70 s.
 NASWEB_LEASE_SECONDS = _env_int("NASWEB_LEASE_SECONDS", 30)
 NASWEB_REAP_SECONDS = _env_int("NASWEB_REAP_SECONDS", 10)
-NASWEB_RESEND_SECONDS = _env_int("NASWEB_RESEND_SECONDS", 300)
+NASWEB_RESEND_SECONDS = _env_int("NASWEB_RESEND_SECONDS", 60)
 NASWEB_MAX_ATTEMPTS = _env_int("NASWEB_MAX_ATTEMPTS", 3)
 # Evaluations a run keeps queued or training at once (a run's config may set its own "parallel").
 NASWEB_PARALLEL_EVALUATIONS = _env_int("NASWEB_PARALLEL_EVALUATIONS", 2)

@@ -60,7 +60,7 @@ def reap_seconds() -> float:
 
 
 def resend_seconds() -> float:
-    return float(getattr(settings, "NASWEB_RESEND_SECONDS", 300))
+    return float(getattr(settings, "NASWEB_RESEND_SECONDS", 60))
 
 
 def max_attempts() -> int:

@@ -9,23 +9,18 @@ the reaper and resends run on short intervals set through the workers' environme
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from nasweb.celery import app as celery_app
+from tests._processes import REDIS_SERVER, RedisServer, Worker, free_port, wait_for
 from tests.integration.conftest import database_url  # noqa: F401 - a fixture used here
 
-REPO = Path(__file__).resolve().parents[2]
-REDIS_SERVER = "/usr/bin/redis-server"
+__all__ = ["Cluster", "free_port", "wait_for"]
+
 # Short intervals so that a fault costs seconds, not the production 30 s lease.
 LIVENESS_ENV = {
     "NASWEB_LEASE_SECONDS": "4",
@@ -35,103 +30,12 @@ LIVENESS_ENV = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-class RedisServer:
-    """A redis-server of our own on a fixed port, stopped and started again by the test."""
-
-    def __init__(self, workdir: Path) -> None:
-        if not Path(REDIS_SERVER).exists():
-            pytest.skip(f"needs {REDIS_SERVER}")
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.workdir = workdir
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        command = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        command += ["--appendonly", "no", "--dir", str(self.workdir)]
-        log = (self.workdir / "redis.log").open("ab")
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
-        wait_for(lambda: _pings(client), 10, "redis-server to answer")
-
-    def kill(self) -> None:
-        """SIGKILL: the server and everything in it (the queue) are gone."""
-        if self.process is not None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-            self.process = None
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-
-
-class Worker:
-    """``celery -A nasweb worker`` of our own; ``kill`` SIGKILLs it (and only it)."""
-
-    def __init__(self, name: str, env: dict[str, str], log_path: Path, pool: str = "solo") -> None:
-        command = [sys.executable, "-m", "celery", "-A", "nasweb", "worker", "--loglevel", "info"]
-        command += ["--without-gossip", "--without-mingle", "--without-heartbeat", "--pool", pool]
-        if pool == "prefork":
-            command += ["--concurrency", "1"]
-        command += ["--hostname", f"{name}-{os.getpid()}@%h"]
-        self.log_path = log_path
-        self._log = log_path.open("ab")
-        self.process = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def children(self) -> list[int]:
-        """The pool's child processes (prefork)."""
-        path = Path(f"/proc/{self.pid}/task/{self.pid}/children")
-        return [int(pid) for pid in path.read_text().split()] if path.exists() else []
-
-    def kill(self) -> None:
-        for child in self.children():
-            os.kill(child, signal.SIGKILL)
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._log.close()
-
-    def log(self, lines: int = 60) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
 class Cluster:
     """The private Redis, the workers started so far, and the environment they share."""
 
     def __init__(self, tmp_path: Path, db_url: str) -> None:
+        if not Path(REDIS_SERVER).exists():
+            pytest.skip(f"needs {REDIS_SERVER}")
         self.tmp_path = tmp_path
         self.redis = RedisServer(tmp_path)
         self.env = {
