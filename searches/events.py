@@ -164,8 +164,9 @@ class Publisher:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = 0
-        self._idle = threading.Event()
-        self._idle.set()
+        # Messages published and not yet sent or dropped (what flush waits for).
+        self._outstanding = 0
+        self._settled = threading.Condition()
 
     def publish(self, group: str, message: dict[str, Any]) -> None:
         """Queue ``message`` for ``group``; returns at once and never raises."""
@@ -179,14 +180,16 @@ class Publisher:
                 async_to_sync(layer.group_send)(group, {"type": "run.event", "message": message})
                 return
             self._ensure_thread()
-            self._idle.clear()
+            with self._settled:
+                self._outstanding += 1
             self._waiting.put((group, message))
         except Exception:
             logger.warning("could not publish an event to %s", group, exc_info=True)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued message was sent or dropped (benchmarks, tests, shutdown)."""
-        return self._idle.wait(timeout)
+        with self._settled:
+            return self._settled.wait_for(lambda: self._outstanding == 0, timeout)
 
     def _ensure_thread(self) -> None:
         with self._lock:
@@ -194,6 +197,7 @@ class Publisher:
             if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
                 return
             self._waiting = queue.SimpleQueue()
+            self._outstanding = 0
             self._pid = os.getpid()
             self._thread = threading.Thread(target=self._serve, name="nasweb-events", daemon=True)
             self._thread.start()
@@ -202,9 +206,11 @@ class Publisher:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         while True:
-            self._idle.set()
-            first = self._waiting.get()
-            self._send_with_retry(loop, [first, *self._drain()])
+            batch = [self._waiting.get(), *self._drain()]
+            settled = self._send_with_retry(loop, batch)
+            with self._settled:
+                self._outstanding -= settled
+                self._settled.notify_all()
 
     def _drain(self) -> list[tuple[str, dict[str, Any]]]:
         items = []
@@ -216,27 +222,29 @@ class Publisher:
 
     def _send_with_retry(
         self, loop: asyncio.AbstractEventLoop, batch: list[tuple[str, dict[str, Any]]]
-    ) -> None:
-        """Send ``batch``; what could not be sent within ``RETRY_SECONDS`` is dropped, never raised."""
+    ) -> int:
+        """Send ``batch``, dropping it after ``RETRY_SECONDS``; never raises.  Returns how many
+        messages were settled (sent or dropped), those that joined the batch meanwhile included."""
         deadline = time.monotonic() + RETRY_SECONDS
         delay = 0.1
+        settled = 0
         while True:
             try:
                 loop.run_until_complete(self._send(batch))
-                return
+                return settled + len(batch)
             except Exception as exc:
                 if time.monotonic() + delay > deadline:
                     logger.warning("dropped %d live events after retrying: %s", len(batch), exc)
-                    return
+                    return settled + len(batch)
                 logger.info("live events not sent (%s); retrying in %.1f s", exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 # Whatever arrived meanwhile joins the batch, in order, so nothing overtakes it.
                 batch = batch + self._drain()
                 if len(batch) > MAX_WAITING:
-                    logger.warning(
-                        "dropped %d live events: the channel layer is unreachable", len(batch) - MAX_WAITING
-                    )
+                    dropped = len(batch) - MAX_WAITING
+                    logger.warning("dropped %d live events: the channel layer is unreachable", dropped)
+                    settled += dropped
                     batch = batch[-MAX_WAITING:]
 
     async def _send(self, batch: list[tuple[str, dict[str, Any]]]) -> None:

@@ -218,8 +218,14 @@ def reap(now: datetime | None = None) -> dict[str, int]:
     return counts
 
 
+def _expired(kind: WorkKind, now: datetime) -> Q:
+    """Running under a lease that ran out (work running under none is not a worker's: the
+    ``verify_export`` command; migration 0008 gave the rows of older workers an expired lease)."""
+    return Q(**{kind.status_field: kind.running, f"{kind.lease_field}__lt": now})
+
+
 def _reap_expired(kind: WorkKind, now: datetime) -> int:
-    expired = kind.model.objects.filter(**{kind.status_field: kind.running, f"{kind.lease_field}__lt": now})
+    expired = kind.model.objects.filter(_expired(kind, now))
     count = 0
     for pk in list(expired.values_list("pk", flat=True)):
         try:
@@ -233,11 +239,7 @@ def _reap_one(kind: WorkKind, pk: int, now: datetime) -> int:
     with transaction.atomic():
         if kind.lock_first is not None:
             kind.lock_first(pk)
-        row = (
-            kind.model.objects.select_for_update()
-            .filter(pk=pk, **{kind.status_field: kind.running, f"{kind.lease_field}__lt": now})
-            .first()
-        )
+        row = kind.model.objects.select_for_update(of=("self",)).filter(_expired(kind, now), pk=pk).first()
         if row is None:  # renewed or finished meanwhile
             return 0
         attempts = getattr(row, kind.attempts_field)
