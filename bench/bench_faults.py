@@ -17,9 +17,10 @@ they are set in the environment.  For each fault:
   trains, started again after ``--outage`` seconds;
 - *broker down at creation*: Redis is down when the run is created, back after ``--outage``.
 
-Measured from the fault (for the last one, from the run's creation): the next evaluation
-finished ("progress again") and the run's end, against the same run without a fault measured
-from the same moment (a candidate starting to train, or the creation).
+Measured from the fault (for the last one, from the run's creation): the killed candidate
+back in the queue, the next evaluation finished ("progress again") and the run's end, against
+the same run without a fault measured from the same moment (a candidate starting to train, or
+the creation).
 """
 
 from __future__ import annotations
@@ -122,12 +123,27 @@ def _over(run: Any) -> bool:
     return not SearchRun.objects.get(pk=run.pk).is_active
 
 
-def _measure(bench: Bench, fault: str) -> dict[str, float]:
-    from searches.models import SearchRun
+def _watch(t0: float, conditions: dict[str, Any]) -> dict[str, float]:
+    """Seconds from ``t0`` until each condition first held; returns once all have."""
+    seen: dict[str, float] = {}
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while len(seen) < len(conditions):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out; so far {seen}")
+        for name, condition in conditions.items():
+            if name not in seen and condition():
+                seen[name] = time.monotonic() - t0
+        time.sleep(0.05)
+    return seen
+
+
+def _measure(bench: Bench, fault: str) -> dict[str, Any]:
+    from searches.models import Candidate, SearchRun
 
     pool = "prefork" if fault == "child" else "solo"
     worker = bench.worker(pool)
     run = bench.run()
+    victim = None
     if fault == "at_create":
         bench.redis.kill()
         t0 = time.monotonic()
@@ -141,6 +157,7 @@ def _measure(bench: Bench, fault: str) -> dict[str, float]:
         wait_for(lambda: _training(run), 180, "a candidate in training", every=0.05)
         if fault != "none_at_create":
             t0 = time.monotonic()
+        victim = run.candidates.filter(status="running").first()
         if fault == "worker":
             worker.kill()
             bench.worker(pool)
@@ -152,21 +169,19 @@ def _measure(bench: Bench, fault: str) -> dict[str, float]:
             time.sleep(bench.args.outage)
             bench.redis.start()
     before = _evaluated(run) if fault not in ("at_create", "none_at_create") else 0
-    wait_for(lambda: _evaluated(run) > before, RUN_TIMEOUT_S, "progress", every=0.1)
-    progress = time.monotonic() - t0
-    wait_for(lambda: _over(run), RUN_TIMEOUT_S, "the run's end", every=0.1)
-    end = time.monotonic() - t0
+    conditions = {"progress": lambda: _evaluated(run) > before, "end": lambda: _over(run)}
+    if fault in ("worker", "child") and victim is not None:
+        # The lost candidate back in the queue (or already taken again).
+        lost = Candidate.objects.filter(pk=victim.pk)
+        conditions["requeued"] = lambda: lost.exclude(status="running", attempts=1).exists()
+    times = _watch(t0, conditions)
     run.refresh_from_db()
     indexes = list(run.candidates.values_list("index", flat=True))
     done = run.candidates.filter(status="done").count()
     ok = run.status == SearchRun.Status.DONE and done == len(set(indexes)) == len(indexes) == run.budget
     bench.stop_workers()
-    return {
-        "progress": progress,
-        "end": end,
-        "ok": ok,
-        "attempts": max(run.candidates.values_list("attempts", flat=True)),
-    }
+    attempts = max(run.candidates.values_list("attempts", flat=True))
+    return {**times, "ok": ok, "attempts": attempts}
 
 
 FAULTS = [
@@ -203,8 +218,9 @@ def main() -> None:
     def row(key: str, label: str, base: str) -> str:
         r, b = results[key], results[base]
         verdict = "complete, exactly its candidates" if r["ok"] else "**NOT complete**"
+        requeued = f"{r['requeued']:.1f} s" if "requeued" in r else "-"
         return (
-            f"| {label} | {r['progress']:.1f} s ({r['progress'] - b['progress']:+.1f}) |"
+            f"| {label} | {requeued} | {r['progress']:.1f} s ({r['progress'] - b['progress']:+.1f}) |"
             f" {r['end']:.1f} s ({r['end'] - b['end']:+.1f}) | {int(r['attempts'])} | {verdict} |"
         )
 
@@ -218,9 +234,9 @@ def main() -> None:
             f" resend after {settings.NASWEB_RESEND_SECONDS} s;"
             f" a digits run of {args.budget} candidates ({args.epochs} epochs), two at a time, one worker.",
             "",
-            "| fault | to progress again (vs no fault) | to the run's end (vs no fault) |"
-            " most attempts of a candidate | outcome |",
-            "|---|---|---|---|---|",
+            "| fault | lost candidate back in the queue | to progress again (vs no fault) |"
+            " to the run's end (vs no fault) | most attempts of a candidate | outcome |",
+            "|---|---|---|---|---|---|",
             row("none", FAULTS[0][1], "none"),
             row("worker", FAULTS[1][1], "none"),
             row("child", FAULTS[2][1], "none"),
