@@ -16,7 +16,7 @@ def expire_running_work(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("searches", "0007_pruning_job"),
+        ("searches", "0008_candidate_status_cancelled"),
     ]
 
     operations = [
