@@ -180,6 +180,8 @@ def main() -> None:
             f" {col(bursts, 'published_ms'):.0f} ms |",
             f"| burst: last commit to last point drawn | {col(bursts, 'after_last_send_ms'):.0f} ms |",
             f"| burst: redraws needed (coalesced by requestAnimationFrame) | {col(bursts, 'renders'):.0f} |",
+            f"| burst goal: last point drawn ≤ 300 ms after the first commit |"
+            f" {'met' if col(bursts, 'total_ms') <= 300 else 'not met on this run'} |",
             "",
             "Where the time goes: the snapshot's server time is mostly reading the rows (the query also",
             "loads and decodes every candidate's architecture JSON, which the payload does not use).  A",

@@ -100,5 +100,10 @@ def send_task(redis_url: str, task: Task, *args: Any) -> None:
         task.apply_async(args=list(args), connection=broker)
 
 
+def unpacked(event: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``searches.events`` messages in one group message (the publisher coalesces bursts)."""
+    return list(event["messages"]) if "messages" in event else [event["message"]]
+
+
 def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

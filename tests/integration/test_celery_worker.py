@@ -18,7 +18,7 @@ from searches import events, tasks
 from searches.engine.training.train import Fidelity
 from searches.models import Candidate, SearchRun
 from searches.services import runs
-from tests.integration.conftest import send_task, tail
+from tests.integration.conftest import send_task, tail, unpacked
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -54,11 +54,11 @@ def test_a_worker_runs_a_search_and_announces_it(
         deadline = time.monotonic() + TIMEOUT_S
         while time.monotonic() < deadline and process.poll() is None:
             try:
-                message = (await asyncio.wait_for(layer.receive(channel), timeout=2))["message"]
+                event = await asyncio.wait_for(layer.receive(channel), timeout=2)
             except TimeoutError:
                 continue
-            messages.append(message)
-            if message["type"] == "run" and message["run"]["status"] not in ("pending", "running"):
+            messages.extend(unpacked(event))
+            if any(m["type"] == "run" and m["run"]["status"] not in ("pending", "running") for m in messages):
                 break
         return messages
 

@@ -24,7 +24,7 @@ from searches.engine.deploy.toolchain import APT_COMMAND, missing_tools
 from searches.engine.training.train import Fidelity
 from searches.models import Candidate, SearchRun
 from searches.services import export, runs
-from tests.integration.conftest import send_task, tail
+from tests.integration.conftest import send_task, tail, unpacked
 from tests.web.factories import make_profile
 
 pytestmark = [
@@ -84,13 +84,14 @@ def _verify_on_worker(
         deadline = time.monotonic() + TIMEOUT_S
         while time.monotonic() < deadline and process.poll() is None:
             try:
-                message = (await asyncio.wait_for(layer.receive(channel), timeout=2))["message"]
+                event = await asyncio.wait_for(layer.receive(channel), timeout=2)
             except TimeoutError:
                 continue
-            if message["type"] == "candidate" and message["candidate"]["id"] == candidate.pk:
-                seen.append(message["candidate"])
-                if message["candidate"]["export_status"] in FINISHED:
-                    break
+            for message in unpacked(event):
+                if message["type"] == "candidate" and message["candidate"]["id"] == candidate.pk:
+                    seen.append(message["candidate"])
+            if seen and seen[-1]["export_status"] in FINISHED:
+                break
         return seen
 
     return async_to_sync(watch)()
