@@ -23,7 +23,8 @@ gives every kind the same guarantees:
   ``enqueued_at`` and sends the task after the transaction commits; a send that fails (broker
   down) clears the stamp instead of raising, and the reaper sends again every row that is
   queued and unsent, or sent longer than ``NASWEB_RESEND_SECONDS`` ago while the broker's
-  queue is empty (a broker that restarted without its data lost the message).  Duplicate
+  queue is empty (a broker that restarted without its data lost the message; when the reaper
+  saw the broker down and then back, at once).  Duplicate
   messages are harmless: :func:`take` lets only one through.
 
 Why not ``reject_on_worker_lost``: it re-queues the message the moment a pool child dies, but a
@@ -207,14 +208,19 @@ class Heartbeat:
 # ---- the reaper ----------------------------------------------------------------------------
 
 
-def reap(now: datetime | None = None) -> dict[str, int]:
-    """Requeue (or fail) work whose lease expired and send queued work that is unsent; returns counts."""
+def reap(now: datetime | None = None, *, broker_back: bool = False) -> dict[str, int]:
+    """Requeue (or fail) work whose lease expired and send queued work that is unsent; returns counts.
+
+    ``broker_back``: the broker was unreachable at the previous pass and answers now, so it may
+    have restarted without its queue: queued work sent before now counts as stale at once
+    (still only if the broker's queue is empty) instead of after ``NASWEB_RESEND_SECONDS``.
+    """
     now = now or timezone.now()
     counts: dict[str, int] = {}
     for kind in kinds():
         if kind.running is not None:
             counts[f"{kind.name}_lost"] = _reap_expired(kind, now)
-        counts[f"{kind.name}_sent"] = _resend(kind, now)
+        counts[f"{kind.name}_sent"] = _resend(kind, now, broker_back)
     return counts
 
 
@@ -260,10 +266,11 @@ def _reap_one(kind: WorkKind, pk: int, now: datetime) -> int:
     return 1
 
 
-def _resend(kind: WorkKind, now: datetime) -> int:
+def _resend(kind: WorkKind, now: datetime, broker_back: bool = False) -> int:
     queued = kind.model.objects.filter(kind.sendable, **{kind.status_field: kind.queued})
     pks = list(queued.filter(**{f"{kind.enqueued_field}__isnull": True}).values_list("pk", flat=True)[:1000])
-    stale = queued.filter(**{f"{kind.enqueued_field}__lt": now - timedelta(seconds=resend_seconds())})
+    cutoff = now if broker_back else now - timedelta(seconds=resend_seconds())
+    stale = queued.filter(**{f"{kind.enqueued_field}__lt": cutoff})
     stale_pks = list(stale.values_list("pk", flat=True)[:1000])
     # Sent long ago and never taken: lost only if nothing waits in the broker's queue (a busy
     # worker's backlog is not a loss, and resending it would only pile up duplicates).
@@ -287,10 +294,13 @@ def start_reaper() -> threading.Thread:
 
 def _reap_forever() -> None:
     stop = threading.Event()
+    broker_was_down = False
     while True:
         try:
             close_old_connections()
-            counts = {key: n for key, n in reap().items() if n}
+            broker_up = queue.waiting() is not None
+            counts = {key: n for key, n in reap(broker_back=broker_up and broker_was_down).items() if n}
+            broker_was_down = not broker_up
             if counts:
                 logger.info("reaper: %s", counts)
         except Exception:

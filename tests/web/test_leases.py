@@ -231,3 +231,19 @@ def test_a_database_outage_answers_503(path: str, accept: str, kind: str) -> Non
     assert response is not None and response.status_code == 503 and response["Retry-After"]
     assert kind in response["Content-Type"]
     assert middleware.process_exception(request, ValueError("a bug")) is None  # still a 500
+
+
+def test_queued_work_lost_with_the_broker_is_sent_again(
+    user, monkeypatch: pytest.MonkeyPatch, queue: Queue
+) -> None:
+    _started(user, queue)  # both candidates sent, then the broker lost them
+    queue.evaluations.clear()
+    monkeypatch.setattr(task_queue, "waiting", lambda: 0)  # its queue is empty
+    assert leases.reap()["training_sent"] == 0  # sent a moment ago: not lost yet
+    assert leases.reap(broker_back=True)["training_sent"] == 2  # it restarted: lost
+    later = timezone.now() + timedelta(seconds=leases.resend_seconds() + 1)
+    queue.evaluations.clear()
+    assert leases.reap(later)["training_sent"] == 2  # or, failing that, after the resend delay
+    monkeypatch.setattr(task_queue, "waiting", lambda: 5)  # a backlog: nothing is lost
+    later += timedelta(seconds=leases.resend_seconds() + 1)
+    assert leases.reap(later)["training_sent"] == 0
