@@ -23,8 +23,8 @@ gives every kind the same guarantees:
   ``enqueued_at`` and sends the task after the transaction commits; a send that fails (broker
   down) clears the stamp instead of raising, and the reaper sends again every row that is
   queued and unsent, or sent longer than ``NASWEB_RESEND_SECONDS`` ago while the broker's
-  queue is empty (a broker that restarted without its data lost the message; when the reaper
-  saw the broker down and then back, at once).  Duplicate
+  queue is empty (a broker that restarted without its data lost the message; when the reaper,
+  which asks the broker every second whether it is up, saw it down and then back: at once).  Duplicate
   messages are harmless: :func:`take` lets only one through.
 
 Why not ``reject_on_worker_lost``: it re-queues the message the moment a pool child dies, but a
@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -292,18 +293,27 @@ def start_reaper() -> threading.Thread:
     return thread
 
 
+# How often the reaper thread asks the broker whether it is up (one LLEN): a broker that was
+# down and is back may have lost its queue, and that deserves a pass at once.
+PROBE_SECONDS = 1.0
+
+
 def _reap_forever() -> None:
     stop = threading.Event()
     broker_was_down = False
+    next_pass = 0.0
     while True:
         try:
-            close_old_connections()
             broker_up = queue.waiting() is not None
-            counts = {key: n for key, n in reap(broker_back=broker_up and broker_was_down).items() if n}
+            broker_back = broker_up and broker_was_down
             broker_was_down = not broker_up
-            if counts:
-                logger.info("reaper: %s", counts)
+            if broker_back or time.monotonic() >= next_pass:
+                next_pass = time.monotonic() + reap_seconds()
+                close_old_connections()
+                counts = {key: n for key, n in reap(broker_back=broker_back).items() if n}
+                if counts:
+                    logger.info("reaper: %s", counts)
         except Exception:
             logger.exception("reaper pass failed; next in %.0f s", reap_seconds())
             connections.close_all()
-        stop.wait(reap_seconds())
+        stop.wait(min(PROBE_SECONDS, reap_seconds()))

@@ -25,7 +25,7 @@ __all__ = ["Cluster", "free_port", "wait_for"]
 LIVENESS_ENV = {
     "NASWEB_LEASE_SECONDS": "4",
     "NASWEB_REAP_SECONDS": "1",
-    "NASWEB_RESEND_SECONDS": "8",
+    "NASWEB_RESEND_SECONDS": "60",
     "NASWEB_MAX_ATTEMPTS": "3",
 }
 
