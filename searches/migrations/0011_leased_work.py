@@ -16,7 +16,7 @@ def expire_running_work(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("searches", "0009_dataset_sha256"),
+        ("searches", "0010_notes"),
     ]
 
     operations = [
