@@ -227,7 +227,7 @@ def reap(now: datetime | None = None, *, broker_back: bool = False) -> dict[str,
 
 def _expired(kind: WorkKind, now: datetime) -> Q:
     """Running under a lease that ran out (work running under none is not a worker's: the
-    ``verify_export`` command; migration 0011 gave the rows of older workers an expired lease)."""
+    ``verify_export`` command; migration 0012 gave the rows of older workers an expired lease)."""
     return Q(**{kind.status_field: kind.running, f"{kind.lease_field}__lt": now})
 
 

@@ -16,7 +16,7 @@ def expire_running_work(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("searches", "0010_notes"),
+        ("searches", "0011_macs_limit_and_deployment_training"),
     ]
 
     operations = [
