@@ -79,6 +79,8 @@ def run_payload(run: SearchRun) -> dict[str, Any]:
     counts = dict.fromkeys(Candidate.Status.values, 0)
     pruned = 0
     for status, index in run.candidates.values_list("status", "index"):
+        if index >= Candidate.DEPLOY_INDEX_BASE:
+            continue  # trained for deployment: shown as their own series, not run progress
         if index >= Candidate.PRUNED_INDEX_BASE:
             pruned += 1
         else:

@@ -313,6 +313,8 @@ class Candidate(LeasedWork):
 
     # Indexes from here on are pruning jobs' results (searches.services.pruning), never the strategy's.
     PRUNED_INDEX_BASE = 1_000_000
+    # Candidates trained for deployment: DEPLOY_INDEX_BASE + the job's id.
+    DEPLOY_INDEX_BASE = 2_000_000
 
     run = models.ForeignKey(SearchRun, on_delete=models.CASCADE, related_name="candidates")
     # Position in the run's evaluation order (0-based); unique within the run.
@@ -387,11 +389,17 @@ class Candidate(LeasedWork):
     @property
     def is_pruned(self) -> bool:
         """Made by a pruning job, not proposed by the run's strategy."""
+        return self.PRUNED_INDEX_BASE <= self.index < self.DEPLOY_INDEX_BASE
+
+    @property
+    def made_by_job(self) -> bool:
+        """Made by a pruning or deployment-training job rather than proposed by the strategy."""
         return self.index >= self.PRUNED_INDEX_BASE
 
     @property
     def label(self) -> str:
-        """How pages name the candidate: "#7" as the strategy numbered it, "P3" for pruning job 3's."""
+        """How pages name the candidate: "#7" as the strategy numbered it, "P3" for pruning job 3's,
+        "D2" for deployment-training job 2's."""
         return candidate_label(self.index)
 
     @property
@@ -400,6 +408,8 @@ class Candidate(LeasedWork):
 
 
 def candidate_label(index: int) -> str:
+    if index >= Candidate.DEPLOY_INDEX_BASE:
+        return f"D{index - Candidate.DEPLOY_INDEX_BASE}"
     if index >= Candidate.PRUNED_INDEX_BASE:
         return f"P{index - Candidate.PRUNED_INDEX_BASE}"
     return f"#{index}"

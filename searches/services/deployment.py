@@ -53,7 +53,7 @@ from searches.services.runs import get_dataset
 
 logger = logging.getLogger(__name__)
 
-DEPLOY_INDEX_BASE = 2_000_000
+DEPLOY_INDEX_BASE = Candidate.DEPLOY_INDEX_BASE
 DEFAULT_TOP_K = 3
 MAX_EPOCHS = 200
 CANCEL_POLL_SECONDS = 2.0
@@ -366,7 +366,7 @@ def _create_candidate(
         index=index,
         architecture=source.architecture,
         parent=source,
-        mutation=f"trained for deployment from #{source.index}",
+        mutation=f"trained for deployment from {source.label}",
         status=Candidate.Status.DONE,
         feasible=source.feasible,
         for_deployment=True,

@@ -173,9 +173,10 @@ def quant_model_for(candidate: Candidate, *, with_accuracy: bool = False) -> Qua
 
 
 def c_name(candidate: Candidate) -> str:
-    """The C identifier of a candidate's export: ``nasweb_r<run id>_c<index>``, ``..._p<job>`` if pruned."""
+    """The C identifier of a candidate's export: ``nasweb_r<run id>_c<index>``, ``..._p<job>`` if pruned,
+    ``..._d<job>`` if trained for deployment."""
     number = candidate.label.removeprefix("#").lower()
-    return c_identifier(f"nasweb_r{candidate.run_id}_{'' if candidate.is_pruned else 'c'}{number}")
+    return c_identifier(f"nasweb_r{candidate.run_id}_{'' if candidate.made_by_job else 'c'}{number}")
 
 
 @dataclass(frozen=True)

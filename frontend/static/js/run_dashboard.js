@@ -371,6 +371,7 @@
     const counts = { done: 0, running: 0, pending: 0, failed: 0, cancelled: 0, rejected: 0, pruned: 0 };
     for (const c of rows) {
       if (c.pruned) counts.pruned += 1;
+      else if (c.for_deployment) continue; // drawn as their own series, not run progress
       else if (c.status in counts) counts[c.status] += 1;
     }
     return counts;
