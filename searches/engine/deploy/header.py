@@ -27,15 +27,15 @@ KERNELS_PATH = Path(__file__).resolve().parent / "c" / "kernels.h"
 VALUES_PER_LINE = 20
 # Template sections each op kind needs ("requant" with the shared helpers always comes first).
 _KERNELS_FOR_OP = {
-    "conv2d": ("dot2", "conv2d"),
-    "conv1x1": ("dot2", "conv1x1"),
+    "conv2d": ("dot22", "conv2d"),
+    "conv1x1": ("dot22", "conv1x1"),
     "dwconv2d": ("dwconv2d",),
     "dense": ("dense",),
     "maxpool": ("maxpool",),
     "avgpool": ("avgpool",),
     "add": ("add",),
 }
-_SECTION_ORDER = ("requant", "dot2", "conv2d", "conv1x1", "dwconv2d", "dense", "maxpool", "avgpool", "add")
+_SECTION_ORDER = ("requant", "dot22", "conv2d", "conv1x1", "dwconv2d", "dense", "maxpool", "avgpool", "add")
 
 
 class ExportError(RuntimeError):
