@@ -37,8 +37,8 @@ class LeasedWork(models.Model):
     ``attempts`` counts the times a worker took it (the fencing token of the current one),
     ``lease_expires`` is when its worker must have renewed its lease by (or the reaper puts it
     back in the queue), ``enqueued_at`` when its task was last sent (NULL: not sent yet, the
-    broker was down).  A new kind of job (training for deployment) inherits these fields and
-    registers a ``leases.WorkKind``.
+    broker was down).  Pruning and deployment-training jobs inherit these fields; a new kind of
+    job does the same and registers a ``leases.WorkKind``.
     """
 
     attempts = models.PositiveSmallIntegerField(default=0)
@@ -215,6 +215,11 @@ class SearchRun(models.Model):
     notes = models.TextField(blank=True, max_length=2000)
     # When the start task of a pending run was last sent (NULL: not yet; see services.leases).
     enqueued_at = models.DateTimeField(null=True, blank=True)
+    # The run finished and its top K still await deployment jobs (an outbox row: the
+    # deploy_top_k task clears it; see services.execution.DEPLOY_TOP_K), and when that task was
+    # last sent.
+    deploy_pending = models.BooleanField(default=False)
+    deploy_enqueued_at = models.DateTimeField(null=True, blank=True)
     created = models.DateTimeField(auto_now_add=True)
     started = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True)
@@ -558,7 +563,7 @@ class DeploymentJobQuerySet(models.QuerySet):
         return self.filter(source__run__owner=user)
 
 
-class DeploymentJob(models.Model):
+class DeploymentJob(LeasedWork):
     """Training one trained candidate for deployment (searches.services.deployment)."""
 
     class Status(models.TextChoices):

@@ -8,9 +8,12 @@ success adds the model to the source's run as a new candidate "trained for deplo
 #N" (weights, int8 model quantised with the QAT ranges, resources), downloadable and
 verifiable like any other.
 
-The job checkpoints every epoch to a local file and copies it to the artifact store (so a
-worker on another machine finds it too): a task delivered again after its worker died finds
-the job still *running* and resumes after the last finished epoch; it never starts over.
+The job is leased work (:mod:`searches.services.leases`): its worker holds a lease renewed by a
+heartbeat, only the current attempt writes progress or a result, and when the worker dies the
+reaper queues the job again (or, after ``NASWEB_MAX_ATTEMPTS`` lost attempts, fails it with the
+reason).  It checkpoints every epoch to a local file and copies it to the artifact store (so a
+worker on another machine finds it too): the next attempt resumes after the last finished
+epoch; it never starts over.
 :func:`deploy_top_k` starts jobs for the best Pareto candidates of a finished run (the run
 form's "train the top K for deployment").
 
@@ -47,7 +50,7 @@ from searches.engine.training.deployment import (
 from searches.engine.training.model import build_model
 from searches.engine.training.train import TrainingStopped, split_indices
 from searches.models import UPLOAD_PREFIX, Candidate, DeploymentJob, SearchRun
-from searches.services import artifacts, files
+from searches.services import artifacts, files, leases
 from searches.services.execution import throttled_stop
 from searches.services.runs import get_dataset
 
@@ -105,9 +108,15 @@ def start_deployment(candidate: Candidate, recipe: Recipe, *, enqueue: bool = Tr
     _check_trained(candidate)
     _architecture(candidate)
     with transaction.atomic():
-        job = DeploymentJob.objects.create(source=candidate, config=recipe.to_json())
         if enqueue:
-            transaction.on_commit(functools.partial(queue.train_for_deployment, job.pk))
+            job = DeploymentJob.objects.create(source=candidate, config=recipe.to_json())
+            leases.enqueue_on_commit(DEPLOYMENT, job.pk)
+        else:
+            # Run in the foreground by the caller: stamped as sent, so the reaper leaves it to
+            # the caller (unless it is lost: then its lease runs out and a worker resumes it).
+            job = DeploymentJob.objects.create(
+                source=candidate, config=recipe.to_json(), enqueued_at=timezone.now()
+            )
     return job
 
 
@@ -128,23 +137,27 @@ def cancel_deployment(job: DeploymentJob) -> bool:
 def deploy_top_k(run_id: int, *, enqueue: bool = True) -> list[DeploymentJob]:
     """Start deployment training of the run's top K Pareto candidates (K from its config).
 
-    Safe to call twice: a candidate with a job already gets none.
+    Safe to call twice: a candidate with a job already gets none.  The jobs and the cleared
+    ``deploy_pending`` (the run's outbox row, see services.execution) commit together.
     """
-    run = SearchRun.objects.filter(pk=run_id).first()
-    if run is None or run.status != SearchRun.Status.DONE:
-        return []
-    k = int((run.config or {}).get("deploy_top_k") or 0)
-    already = set(DeploymentJob.objects.filter(source__run=run).values_list("source_id", flat=True))
-    front = run.candidates.filter(on_pareto=True, status=Candidate.Status.DONE, for_deployment=False)
-    chosen = [c for c in front.order_by("-val_accuracy", "index")[:k] if c.pk not in already]
-    jobs = []
-    for candidate in chosen:
-        try:
-            jobs.append(start_deployment(candidate, recipe_for(candidate), enqueue=enqueue))
-        except DeploymentUnavailable as exc:
-            logger.warning(
-                "run %s: candidate %s not trained for deployment: %s", run.pk, candidate.index, exc
-            )
+    with transaction.atomic():
+        run = SearchRun.objects.select_for_update().filter(pk=run_id).first()
+        if run is None or run.status != SearchRun.Status.DONE:
+            return []
+        k = int((run.config or {}).get("deploy_top_k") or 0)
+        already = set(DeploymentJob.objects.filter(source__run=run).values_list("source_id", flat=True))
+        front = run.candidates.filter(on_pareto=True, status=Candidate.Status.DONE, for_deployment=False)
+        chosen = [c for c in front.order_by("-val_accuracy", "index")[:k] if c.pk not in already]
+        jobs = []
+        for candidate in chosen:
+            try:
+                jobs.append(start_deployment(candidate, recipe_for(candidate), enqueue=enqueue))
+            except DeploymentUnavailable as exc:
+                logger.warning(
+                    "run %s: candidate %s not trained for deployment: %s", run.pk, candidate.index, exc
+                )
+        if run.deploy_pending:
+            SearchRun.objects.filter(pk=run.pk).update(deploy_pending=False)
     return jobs
 
 
@@ -194,18 +207,23 @@ def _drop_checkpoint(job: DeploymentJob) -> None:
 def run_deployment(
     job_id: int, on_epoch: Callable[[DeployEpoch], None] | None = None
 ) -> DeploymentJob | None:
-    """Run a queued job to its end, or resume a running one whose worker died; safe to deliver twice."""
+    """Run a queued job to its end, or resume one whose lease ran out; safe to deliver twice.
+
+    The job's lease is renewed until its result is stored (services.leases): a worker that dies
+    leaves it to the reaper, which queues it again; the next attempt resumes from the checkpoint.
+    """
     job = _claim(job_id)
     if job is None:
         return None
-    try:
-        result = _train(job, on_epoch)
-        _store_result(job, result)
-    except TrainingStopped:
-        logger.info("deployment job %s cancelled", job_id)
-    except Exception as exc:
-        logger.exception("deployment job %s failed", job_id)
-        _finish(job, Status.FAILED, error=f"{type(exc).__name__}: {exc}")
+    with leases.Heartbeat(DEPLOYMENT, job.pk, job.attempts) as beat:
+        try:
+            result = _train(job, on_epoch, beat.lost.is_set)
+            _store_result(job, result)
+        except TrainingStopped:
+            logger.info("deployment job %s stopped: cancelled, or its lease was taken away", job_id)
+        except Exception as exc:
+            logger.exception("deployment job %s failed", job_id)
+            _finish(job, Status.FAILED, error=f"{type(exc).__name__}: {exc}")
     job.refresh_from_db()
     if not job.is_active:
         _drop_checkpoint(job)
@@ -216,24 +234,26 @@ def _claim(job_id: int) -> DeploymentJob | None:
     with transaction.atomic():
         rows = DeploymentJob.objects.select_for_update().select_related("source__run")
         job = rows.filter(pk=job_id).first()
-        if job is None or not job.is_active:
+        if job is None or not leases.take(DEPLOYMENT, job):
             logger.info("deployment job %s is %s: skipped", job_id, job and job.status)
             return None
-        if job.status == Status.RUNNING:
-            logger.info("deployment job %s delivered again: resuming from its checkpoint", job_id)
-        job.status = Status.RUNNING
+        if job.attempts > 1:
+            logger.info("deployment job %s, attempt %d: resuming from its checkpoint", job_id, job.attempts)
         job.started = job.started or timezone.now()
-        job.save(update_fields=["status", "started"])
+        job.save(update_fields=["started"])
         events.deployment_changed(job, job.source.run_id)
     return job
 
 
-def _train(job: DeploymentJob, on_epoch: Callable[[DeployEpoch], None] | None) -> DeployResult:
+def _train(
+    job: DeploymentJob, on_epoch: Callable[[DeployEpoch], None] | None, lost: Callable[[], bool]
+) -> DeployResult:
     arch = _architecture(job.source)
     dataset = get_dataset(job.source.run.dataset)
 
     path = checkpoint_path(job)
     _fetch_checkpoint(job)
+    cancelled = _cancel_poll(job.pk)
 
     def record(stats: DeployEpoch) -> None:
         if path.exists():
@@ -249,7 +269,7 @@ def _train(job: DeploymentJob, on_epoch: Callable[[DeployEpoch], None] | None) -
             Recipe.from_json(job.config),
             path,
             callback=record,
-            stop=_cancel_poll(job.pk),
+            stop=lambda: lost() or cancelled(),
         )
 
 
@@ -258,7 +278,9 @@ def _record_progress(job: DeploymentJob, stats: DeployEpoch) -> None:
     by_epoch = {int(p["epoch"]): p for p in job.progress} | {stats.epoch: stats.to_json()}
     job.progress = [by_epoch[e] for e in sorted(by_epoch)]
     with transaction.atomic():
-        DeploymentJob.objects.filter(pk=job.pk, status=Status.RUNNING).update(progress=job.progress)
+        DeploymentJob.objects.filter(leases.holds(DEPLOYMENT, job.pk, job.attempts)).update(
+            progress=job.progress
+        )
         events.deployment_changed(job, job.source.run_id)
 
 
@@ -270,10 +292,10 @@ def _cancel_poll(job_id: int) -> Callable[[], bool]:
 
 
 def _finish(job: DeploymentJob, status: str, **fields: Any) -> bool:
-    """End a running job; False if it was cancelled (or deleted) meanwhile."""
-    fields |= {"status": status, "finished": timezone.now()}
+    """End a running job; False if it was cancelled (or deleted, or its lease taken away) meanwhile."""
+    fields |= {"status": status, "finished": timezone.now(), "lease_expires": None}
     with transaction.atomic():
-        if not DeploymentJob.objects.filter(pk=job.pk, status=Status.RUNNING).update(**fields):
+        if not DeploymentJob.objects.filter(leases.holds(DEPLOYMENT, job.pk, job.attempts)).update(**fields):
             return False
         for name, value in fields.items():
             setattr(job, name, value)
@@ -317,6 +339,41 @@ def _store_result(job: DeploymentJob, result: DeployResult) -> None:
 
 class _Cancelled(Exception):
     """The job was cancelled while its result was being saved: nothing is kept."""
+
+
+def _give_up(job: DeploymentJob, reason: str) -> None:
+    """The reaper's verdict on a job whose worker was lost too often (its checkpoint goes too)."""
+    DeploymentJob.objects.filter(pk=job.pk).update(
+        status=Status.FAILED, error=reason, finished=timezone.now(), lease_expires=None
+    )
+    job.status, job.error = Status.FAILED, reason
+    events.deployment_changed(job, job.source.run_id)
+    transaction.on_commit(functools.partial(_drop_stored_checkpoint, job))
+
+
+def _drop_stored_checkpoint(job: DeploymentJob) -> None:
+    try:
+        _drop_checkpoint(job)
+    except Exception:
+        logger.warning("could not delete the checkpoint of deployment job %s", job.pk, exc_info=True)
+
+
+def _requeued(job: DeploymentJob) -> None:
+    events.deployment_changed(job, job.source.run_id)
+
+
+DEPLOYMENT = leases.register(
+    leases.WorkKind(
+        name="deployment",
+        model=DeploymentJob,
+        send=lambda pk: queue.train_for_deployment(pk),
+        queued=Status.QUEUED,
+        running=Status.RUNNING,
+        # Nothing is reset: lost work resumes from its checkpoint, its finished epochs kept.
+        give_up=_give_up,
+        on_requeued=_requeued,
+    )
+)
 
 
 def _same_resources(arch: Architecture, source: Candidate) -> dict[str, int]:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -228,7 +227,10 @@ def _fill_locked(run: SearchRun, strategy: SearchStrategy) -> None:
     if strategy.is_done():
         _finish_locked(run, strategy)
         if run.status == SearchRun.Status.DONE and (run.config or {}).get("deploy_top_k"):
-            transaction.on_commit(functools.partial(queue.deploy_top_k, run.pk))
+            # An outbox row like any other: a lost or unsent task is sent again by the reaper.
+            run.deploy_pending = True
+            run.save(update_fields=["deploy_pending"])
+            leases.enqueue_on_commit(DEPLOY_TOP_K, run.pk)
     events.run_changed(run)
     for candidate_id in queued:
         leases.enqueue_on_commit(TRAINING, candidate_id)
@@ -386,6 +388,19 @@ START = leases.register(
         send=lambda pk: queue.start_run(pk),
         queued=SearchRun.Status.PENDING,
         running=None,
+    )
+)
+# Starting deployment training of a finished run's top K (services.deployment.deploy_top_k):
+# a single transaction, so an outbox without a lease; the task clears ``deploy_pending``.
+DEPLOY_TOP_K = leases.register(
+    leases.WorkKind(
+        name="deploy_top_k",
+        model=SearchRun,
+        send=lambda pk: queue.deploy_top_k(pk),
+        status_field="deploy_pending",
+        queued=True,
+        running=None,
+        enqueued_field="deploy_enqueued_at",
     )
 )
 TRAINING = leases.register(

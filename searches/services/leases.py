@@ -1,7 +1,8 @@
 """Work that survives dead workers and broker outages: leases, attempts, an outbox and a reaper.
 
-Every kind of background work (training a candidate, pruning, verifying an export, starting a
-run, and any future job such as training for deployment) is a database row with a status.  Its
+Every kind of background work (training a candidate, pruning, training for deployment,
+verifying an export, starting a run, starting a finished run's top-K deployment jobs, and any
+future job) is a database row with a status.  Its
 service registers a :class:`WorkKind` saying which columns hold the state; this module then
 gives every kind the same guarantees:
 
@@ -82,7 +83,7 @@ class WorkKind:
     model: type[models.Model]
     send: Callable[[int], bool | None]
     status_field: str = "status"
-    queued: str = "queued"
+    queued: str | bool = "queued"
     running: str | None = "running"
     attempts_field: str = "attempts"
     lease_field: str = "lease_expires"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import timedelta
 from pathlib import Path
 from unittest import mock
 
 import pytest
 from django.core.management import call_command
 from django.urls import reverse
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from searches import events
@@ -17,7 +19,7 @@ from searches import queue as task_queue
 from searches.engine.deploy.reference import int8_accuracy
 from searches.engine.training.deployment import Recipe
 from searches.models import Candidate, DeploymentJob
-from searches.services import artifacts, deployment, files, runs
+from searches.services import artifacts, deployment, files, leases, runs
 from tests.web.exports import make_trained_candidate
 from tests.web.factories import make_candidate, make_run
 
@@ -75,7 +77,7 @@ def test_it_trains_into_a_new_candidate(user, client):
     assert payload["for_deployment"] is True
 
 
-def test_a_task_delivered_again_resumes_from_the_last_epoch(user):
+def test_a_lost_job_is_queued_again_and_resumes_from_the_last_epoch(user, django_capture_on_commit_callbacks):
     source = make_trained_candidate(make_run(user))
     job = _start(source)
     finished: list[int] = []
@@ -91,9 +93,21 @@ def test_a_task_delivered_again_resumes_from_the_last_epoch(user):
     assert files.exists(deployment.checkpoint_name(job))  # also where another machine finds it
     deployment.checkpoint_path(job).unlink()  # the task comes back on another machine
 
+    assert deployment.run_deployment(job.pk) is None  # refused while the dead worker's lease holds
+    # Its lease runs out: the reaper queues it again, keeping its finished epoch.
+    later = timezone.now() + timedelta(seconds=leases.lease_seconds() + 1)
+    with (
+        mock.patch.object(task_queue, "train_for_deployment") as send,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        assert leases.reap(later)["deployment_lost"] == 1
+    job.refresh_from_db()
+    assert send.call_args_list == [mock.call(job.pk)]
+    assert job.status == DeploymentJob.Status.QUEUED and [p["epoch"] for p in job.progress] == [1]
+
     job = deployment.run_deployment(job.pk)  # the broker delivers the task again
     assert job is not None and job.status == DeploymentJob.Status.DONE, job and job.error
-    assert job.result["resumed_from"] == 1
+    assert job.attempts == 2 and job.result["resumed_from"] == 1
     assert [p["epoch"] for p in job.progress] == [1, 2, 3]
 
 

@@ -21,7 +21,7 @@ from searches import events
 from searches import queue as task_queue
 from searches.engine.strategies.base import EvalFailure
 from searches.middleware import ServiceUnavailableMiddleware
-from searches.models import Candidate, Dataset, PruningJob, SearchRun
+from searches.models import Candidate, Dataset, DeploymentJob, PruningJob, SearchRun
 from searches.services import execution, leases
 from tests.faults.conftest import free_port
 from tests.web.factories import make_candidate, make_project, make_run
@@ -180,6 +180,112 @@ def test_a_lost_pruning_job_is_queued_again_then_failed(
     assert job.status == PruningJob.Status.FAILED and "lost 3 times" in job.error
     assert sent == [job.pk, job.pk]  # queued again twice
     assert pruning._claim(job.pk) is None
+
+
+def test_a_lost_deployment_job_is_queued_again_keeping_its_epochs_then_failed(
+    user, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
+) -> None:
+    from searches.services import deployment
+
+    sent: list[int] = []
+    monkeypatch.setattr(task_queue, "train_for_deployment", sent.append)
+    source = make_candidate(make_run(user), status=Candidate.Status.DONE)
+    job = DeploymentJob.objects.create(source=source, config={})
+    for attempt in (1, 2, 3):
+        assert deployment._claim(job.pk) is not None
+        job.refresh_from_db()
+        assert job.attempts == attempt and job.status == DeploymentJob.Status.RUNNING
+        DeploymentJob.objects.filter(pk=job.pk).update(progress=[{"epoch": 1}])
+        with django_capture_on_commit_callbacks(execute=True):
+            counts = leases.reap(_after_lease())
+        assert counts["deployment_lost"] == 1
+        job.refresh_from_db()
+        if attempt < 3:
+            # Queued again, its finished epochs kept: the next attempt resumes from the checkpoint.
+            assert job.status == DeploymentJob.Status.QUEUED and job.lease_expires is None
+            assert job.progress == [{"epoch": 1}] and job.attempts == attempt
+    assert job.status == DeploymentJob.Status.FAILED and "lost 3 times" in job.error
+    assert job.finished is not None
+    assert sent == [job.pk, job.pk]  # queued again twice
+    assert deployment._claim(job.pk) is None
+
+
+def test_a_held_deployment_lease_is_not_taken_twice_and_fences_the_old_attempt(
+    user, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
+) -> None:
+    from searches.engine.training.deployment import DeployEpoch
+    from searches.services import deployment
+
+    monkeypatch.setattr(task_queue, "train_for_deployment", lambda pk: True)
+    source = make_candidate(make_run(user), status=Candidate.Status.DONE)
+    job = DeploymentJob.objects.create(source=source, config={})
+    first = deployment._claim(job.pk)
+    assert first is not None and first.attempts == 1
+    assert deployment._claim(job.pk) is None  # a duplicate delivery while the lease is valid
+    assert not leases.take(deployment.DEPLOYMENT, DeploymentJob.objects.get(pk=job.pk))
+    assert leases.reap()["deployment_lost"] == 0
+
+    with django_capture_on_commit_callbacks(execute=True):
+        leases.reap(_after_lease())
+    second = deployment._claim(job.pk)
+    assert second is not None and second.attempts == 2
+    # The lost attempt, still going somewhere, can neither record an epoch nor finish.
+    stats = DeployEpoch(
+        epoch=5, phase="float", loss=0.0, val_accuracy=0.0, int8_val_accuracy=0.0, seconds=0.0
+    )
+    deployment._record_progress(first, stats)
+    assert not deployment._finish(first, DeploymentJob.Status.FAILED, error="late")
+    job.refresh_from_db()
+    assert job.progress == [] and job.status == DeploymentJob.Status.RUNNING and job.attempts == 2
+    assert deployment._finish(second, DeploymentJob.Status.FAILED, error="x")
+
+
+def test_unsent_deployment_jobs_are_sent_by_the_reaper(
+    user, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
+) -> None:
+    from searches.engine.training.deployment import Recipe
+    from searches.services import deployment
+
+    sent: list[int] = []
+    monkeypatch.setattr(task_queue, "train_for_deployment", lambda pk: False)  # the broker refuses
+    source = make_candidate(make_run(user), status=Candidate.Status.DONE, weights="w.pt")
+    with django_capture_on_commit_callbacks(execute=True):
+        job = deployment.start_deployment(source, Recipe(epochs=1, qat_epochs=0))
+    job.refresh_from_db()
+    assert job.status == DeploymentJob.Status.QUEUED and job.enqueued_at is None
+
+    monkeypatch.setattr(task_queue, "train_for_deployment", sent.append)  # the broker is back
+    assert leases.reap()["deployment_sent"] == 1
+    assert sent == [job.pk]
+    assert leases.reap()["deployment_sent"] == 0  # sent once, not every pass
+
+
+def test_a_finished_runs_top_k_goes_through_the_outbox(
+    user, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
+) -> None:
+    from searches.services import deployment
+
+    monkeypatch.setattr(task_queue, "deploy_top_k", lambda pk: False)  # the broker refuses
+    jobs_sent: list[int] = []
+    monkeypatch.setattr(task_queue, "train_for_deployment", jobs_sent.append)
+    run = make_run(user, status=SearchRun.Status.DONE)
+    run.config = {**run.config, "deploy_top_k": 1}
+    run.save()
+    make_candidate(run, status=Candidate.Status.DONE, weights="w.pt", on_pareto=True)
+    with django_capture_on_commit_callbacks(execute=True):
+        SearchRun.objects.filter(pk=run.pk).update(deploy_pending=True)
+        leases.enqueue_on_commit(execution.DEPLOY_TOP_K, run.pk)
+    run.refresh_from_db()
+    assert run.deploy_pending and run.deploy_enqueued_at is None  # unsent
+
+    top_k: list[int] = []
+    monkeypatch.setattr(task_queue, "deploy_top_k", top_k.append)  # the broker is back
+    assert leases.reap()["deploy_top_k_sent"] == 1 and top_k == [run.pk]
+    with django_capture_on_commit_callbacks(execute=True):
+        jobs = deployment.deploy_top_k(run.pk)  # the task
+    run.refresh_from_db()
+    assert len(jobs) == 1 and not run.deploy_pending and jobs_sent == [jobs[0].pk]
+    assert leases.reap(timezone.now() + timedelta(days=1))["deploy_top_k_sent"] == 0
 
 
 def test_a_lost_verification_is_queued_again(
