@@ -348,6 +348,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "RunStatusEnum": "searches.models.SearchRun.Status",
         "CandidateStatusEnum": "searches.models.Candidate.Status",
+        # Pruning and deployment-training jobs share one set of states.
+        "JobStatusEnum": "searches.models.PruningJob.Status",
     },
 }
 
