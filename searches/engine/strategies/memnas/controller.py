@@ -136,7 +136,7 @@ class Controller:
 
     def __init__(self, hidden: int, seed: int) -> None:
         with _torch_cpu(seed):
-            self.net = _AccuracyNet(hidden)
+            self.net: nn.Module = _AccuracyNet(hidden)
 
     def predict(self, sequences: Sequence[list[list[float]]]) -> list[float]:
         """The estimated accuracy of each sequence."""
@@ -263,15 +263,13 @@ class _ListNet(nn.Module):
         return torch.sigmoid(self.head(torch.cat([features, context[0]], dim=1)).squeeze(-1))
 
 
-class ListController:
-    """Scores the candidates of one list jointly; same contract as :class:`Controller`.
+class ListController(Controller):
+    """Scores the candidates of one list jointly; scoring and JSON weights as :class:`Controller`.
 
     ``groups`` (one label per sequence) says which sequences formed one list (a round); without
     it all sequences are one list.  The loss is the pairwise logistic ranking loss on ŷ over the
     pairs *within* each list, plus the squared error that keeps â an accuracy.
     """
-
-    TAU = Controller.TAU
 
     def __init__(self, hidden: int, seed: int) -> None:
         with _torch_cpu(seed):
@@ -288,16 +286,6 @@ class ListController:
                 for i, v in zip(members, values, strict=True):
                     out[i] = float(v)
         return out
-
-    def score(
-        self,
-        sequences: Sequence[list[list[float]]],
-        weight: float = 1.0,
-        offsets: Sequence[float] | None = None,
-    ) -> list[float]:
-        """ŷ = weight·â + offset per sequence, the sequences taken as one list."""
-        offsets = offsets if offsets is not None else [0.0] * len(sequences)
-        return [weight * a + o for a, o in zip(self.predict(sequences), offsets, strict=True)]
 
     def fit(
         self,
@@ -336,13 +324,6 @@ class ListController:
                 _adam_step(params, grads, moments, step, lr)
                 loss_value = float(loss.detach())
         return loss_value
-
-    def to_json(self) -> dict[str, Any]:
-        """The weights as plain lists (see :func:`weights_to_json`)."""
-        return weights_to_json(self.net)
-
-    def load_json(self, data: dict[str, Any]) -> None:
-        weights_from_json(self.net, data)
 
 
 def _lists(n: int, groups: Sequence[int] | None) -> list[list[int]]:

@@ -177,7 +177,7 @@ class MemNAS(SearchStrategy):
         super().__init__(config)
         self.options = MemNASConfig.from_json(config.strategy_options)
         ranker = ListController if self.options.ranker == "list" else Controller
-        self.controller: Controller | ListController = ranker(self.options.hidden, config.seed)
+        self.controller: Controller = ranker(self.options.hidden, config.seed)
         self._queue: list[_Queued] = []
         self._round_active = False
         self._round: list[Member] = []  # this round's told members
