@@ -22,6 +22,7 @@ from searches.engine.deploy.int8 import QuantModel
 from searches.engine.resources.opgraph import Op
 from searches.engine.resources.report import ResourceReport, analyze
 from searches.engine.space.arch import same_padding
+from searches.engine.training.int8_scheme import add_chain
 
 KERNELS_PATH = Path(__file__).resolve().parent / "c" / "kernels.h"
 VALUES_PER_LINE = 20
@@ -170,19 +171,27 @@ class _Writer:
             args = f"{self.ptr(src)}, {iw}, {ic}, {self.ptr(dst)}, {oh}, {ow}, {kh}, {kw}"
             return f"{comment}    {self.name}_{op.kind}({args});\n"
         if op.kind == "add":
-            a = self.qm.adds[op.id]
-            n = len(op.inputs)
-            ins = ", ".join(self.ptr(t) for t in op.inputs)
-            lines = [
-                "    {\n",
-                f"        const int8_t *const ins[{n}] = {{{ins}}};\n",
-                f"        const int32_t zps[{n}] = {{{', '.join(str(zp[t]) for t in op.inputs)}}};\n",
-                f"        const int32_t mults[{n}] = {{{', '.join(map(_c_int, a.multipliers))}}};\n",
-                f"        const int32_t shifts[{n}] = {{{', '.join(map(_c_int, a.shifts))}}};\n",
-                f"        {self.name}_add(ins, zps, mults, shifts, {n}, {self.ptr(dst)}, {oh * ow * oc}, "
-                f"{zp[dst]}, {a.out_multiplier}, {a.out_shift});\n",
-                "    }\n",
-            ]
+            # The chain of binary Adds (int8_scheme.add_chain), each partial sum written in
+            # place in the output buffer: element i of a link reads element i of the partial
+            # sum before writing it, and the output never shares bytes with an input (arena.py).
+            size = oh * ow * oc
+            for t in op.inputs:
+                if abs(self.offsets[t] - self.offsets[dst]) < size:
+                    raise ExportError(f"{op.id}: its output shares arena bytes with its input {t}")
+            lines = []
+            for (a, b, link_out), params in zip(add_chain(op), self.qm.adds[op.id], strict=True):
+                a_ptr = self.ptr(a) if a in self.offsets else self.ptr(dst)  # a partial sum
+                ins = f"{a_ptr}, {self.ptr(b)}"
+                lines += [
+                    "    {\n",
+                    f"        const int8_t *const ins[2] = {{{ins}}};\n",
+                    f"        const int32_t zps[2] = {{{zp[a]}, {zp[b]}}};\n",
+                    f"        const int32_t mults[2] = {{{', '.join(map(_c_int, params.multipliers))}}};\n",
+                    f"        const int32_t shifts[2] = {{{', '.join(map(_c_int, params.shifts))}}};\n",
+                    f"        {self.name}_add(ins, zps, mults, shifts, 2, {self.ptr(dst)}, {size}, "
+                    f"{zp[link_out]}, {params.out_multiplier}, {params.out_shift});\n",
+                    "    }\n",
+                ]
             return comment + "".join(lines)
         raise ExportError(f"{op.id}: no kernel for op kind {op.kind!r}")  # pragma: no cover
 

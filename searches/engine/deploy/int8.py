@@ -31,7 +31,9 @@ FORMAT = "nasweb.int8"
 # v2: scales are float32 values (as TFLite stores them), weights carry their per-channel
 # scales, multipliers come from the float32 scales and dense layers round once.  Older files
 # are re-quantised on demand by the web layer.
-VERSION = 2
+# v3: an Add of n > 2 inputs is a chain of binary Adds (one AddParams per link, partial sums
+# with their own qparams).  v2 files whose Adds all have two inputs mean the same and load.
+VERSION = 3
 
 
 @dataclass
@@ -41,7 +43,8 @@ class QuantModel:
     arch: Architecture
     qparams: dict[str, QParams]
     weighted: dict[str, WeightedOp]
-    adds: dict[str, AddParams] = field(default_factory=dict)
+    # Per Add op, the constants of each binary link of its chain (int8_scheme.add_chain).
+    adds: dict[str, tuple[AddParams, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.graph: OpGraph = build_graph(self.arch)[0]
@@ -92,8 +95,8 @@ class QuantModel:
             "qparams": {t: [q.scale, q.zero_point] for t, q in self.qparams.items()},
             "weighted": {op: [w.act_min, w.act_max] for op, w in self.weighted.items()},
             "adds": {
-                op: [list(a.multipliers), list(a.shifts), a.out_multiplier, a.out_shift]
-                for op, a in self.adds.items()
+                op: [[list(a.multipliers), list(a.shifts), a.out_multiplier, a.out_shift] for a in links]
+                for op, links in self.adds.items()
             },
         }
         arrays: dict[str, Any] = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
@@ -113,8 +116,10 @@ class QuantModel:
                 meta = json.loads(bytes(data["meta"]).decode())
             except (KeyError, ValueError) as exc:
                 raise ValueError("not a nasweb int8 model: missing or unreadable meta") from exc
-            if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+            if meta.get("format") != FORMAT or meta.get("version") not in (2, VERSION):
                 raise ValueError(f"not a nasweb int8 model v{VERSION}")
+            if meta["version"] == 2:
+                meta["adds"] = _adds_from_v2(meta["adds"])
             weighted = {
                 op: WeightedOp(
                     weights=data[f"{op}.weights"].astype(np.int8),
@@ -128,8 +133,18 @@ class QuantModel:
                 for op, (lo, hi) in meta["weighted"].items()
             }
         adds = {
-            op: AddParams(tuple(m), tuple(s), int(om), int(os_))
-            for op, (m, s, om, os_) in meta["adds"].items()
+            op: tuple(AddParams(tuple(m), tuple(s), int(om), int(os_)) for m, s, om, os_ in links)
+            for op, links in meta["adds"].items()
         }
         qparams = {t: QParams(float(s), int(z)) for t, (s, z) in meta["qparams"].items()}
         return cls(from_json(meta["arch"]), qparams, weighted, adds)
+
+
+def _adds_from_v2(adds: dict[str, Any]) -> dict[str, Any]:
+    """v2's one-rounding n-input Adds as v3 chains: the same for two inputs, else refused."""
+    for op, (multipliers, *_) in adds.items():
+        if len(multipliers) != 2:
+            raise ValueError(
+                f"v2 int8 model: {op} adds {len(multipliers)} inputs in one rounding (v3 chains them)"
+            )
+    return {op: [entry] for op, entry in adds.items()}

@@ -7,7 +7,8 @@ tensor asymmetric activations, folded batchnorm and bias, float32 scales, requan
 rounded as LiteRT does: twice for convolutions, once for dense layers; ReLU as the clamp) are
 in :mod:`searches.engine.training.int8_scheme`, shared with quantisation-aware training;
 activation ranges here are min/max on calibration samples unless a QAT model's learnt ranges
-are given.
+are given.  An Add of n > 2 inputs is a chain of binary Adds whose partial sums are
+activations like any other: calibrated, with their own scale and zero point.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from searches.engine.training.int8_scheme import (
     QuantizationError,
     WeightedOp,
     activation_qparams,
-    add_params,
+    add_chain,
+    add_chain_params,
     float_forward,
     float_params,
     quantize_weighted,
@@ -75,14 +77,17 @@ def quantize(
         out = op.outputs[0]
         if op.kind in ("maxpool", "avgpool"):
             qparams[out] = qparams[op.inputs[0]]  # pooling keeps its input's quantisation
+        elif op.kind == "add":  # the output and every partial sum of the chain
+            for _, _, link_out in add_chain(op):
+                qparams[link_out] = activation_qparams(*ranges[link_out])
         else:
             qparams[out] = activation_qparams(*ranges[out])
     weighted: dict[str, WeightedOp] = {}
-    adds: dict[str, AddParams] = {}
+    adds: dict[str, tuple[AddParams, ...]] = {}
     for op in graph.ops:
         if op.kind in WEIGHTED:
             w, b = params[op.id]
             weighted[op.id] = quantize_weighted(op, w, b, qparams[op.inputs[0]], qparams[op.outputs[0]])
         elif op.kind == "add":
-            adds[op.id] = add_params([qparams[t] for t in op.inputs], qparams[op.outputs[0]])
+            adds[op.id] = add_chain_params(op, qparams)
     return QuantModel(arch, qparams, weighted, adds)

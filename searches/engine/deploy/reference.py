@@ -13,12 +13,12 @@ import numpy as np
 import numpy.typing as npt
 
 from searches.engine.deploy.int8 import REFERENCE_BATCH, QuantizationError, QuantModel
-from searches.engine.training.int8_scheme import IntArray, add_int, conv_int, dense_int, pool_int
+from searches.engine.training.int8_scheme import IntArray, add_chain_int, conv_int, dense_int, pool_int
 
 
 def _run_batch(qm: QuantModel, x: IntArray) -> IntArray:
     values = {"input": x}
-    zp = {t: q.zero_point for t, q in qm.qparams.items()}
+    zp = {t: q.zero_point for t, q in qm.qparams.items()}  # partial sums of Adds included
     for op in qm.graph.ops:
         src, out = values[op.inputs[0]], op.outputs[0]
         if op.kind in ("conv2d", "conv1x1", "dwconv2d"):
@@ -28,8 +28,7 @@ def _run_batch(qm: QuantModel, x: IntArray) -> IntArray:
         elif op.kind in ("maxpool", "avgpool"):
             values[out] = pool_int(op, src)
         elif op.kind == "add":
-            xs = [values[t] for t in op.inputs]
-            values[out] = add_int(qm.adds[op.id], xs, [zp[t] for t in op.inputs], zp[out])
+            add_chain_int(op, qm.adds[op.id], values, zp)
         else:  # pragma: no cover
             raise QuantizationError(f"{op.id}: unsupported op kind {op.kind!r}")
     return values["logits"]

@@ -15,7 +15,8 @@ execution order:
 * dense → RESHAPE to (1, features) where its input is 4-D, then FULLY_CONNECTED;
 * maxpool / avgpool → MAX_POOL_2D / AVERAGE_POOL_2D with stride = window, VALID padding
   (global pooling: the window is the whole feature map);
-* add → ADD of two inputs (TFLite's ADD takes exactly two; see :class:`TFLiteExportError`);
+* add → one ADD per link of its chain (``int8_scheme.add_chain``): an Add of n inputs is
+  n - 1 ADDs whose partial sums are int8 tensors with nasweb's calibrated scale and zero point;
 * ReLU → fused activation RELU, whose clamp [max(-128, zp_out), 127] is nasweb's.
 """
 
@@ -32,6 +33,7 @@ import tflite as T
 from searches.engine.deploy.int8 import QuantModel
 from searches.engine.resources.opgraph import Op
 from searches.engine.resources.report import analyze
+from searches.engine.training.int8_scheme import add_chain
 
 SCHEMA_VERSION = 3
 # Builtin operator → the version this file declares (TFLite's op_version rules for int8
@@ -210,13 +212,13 @@ class _Writer:
         )
 
     def add(self, op: Op) -> None:
-        if len(op.inputs) != 2:
-            raise TFLiteExportError(
-                f"{op.id} merges {len(op.inputs)} branches: TFLite's ADD takes two inputs, and a chain "
-                "of ADDs would round an intermediate sum that nasweb's single Add never rounds"
+        """One ADD per link of the Add's chain; partial sums are tensors with their own qparams."""
+        oh, ow, oc = self.shapes[op.outputs[0]]
+        for left, right, out in add_chain(op):
+            ins = [self.activation(t, (1, oh, ow, oc)) for t in (left, right)]
+            self.add_op(
+                "ADD", ins, [self.activation(out, (1, oh, ow, oc))], T.BuiltinOptions.AddOptions, ("add",)
             )
-        ins = [self.activation(t) for t in op.inputs]
-        self.add_op("ADD", ins, [self.activation(op.outputs[0])], T.BuiltinOptions.AddOptions, ("add",))
 
     def add_op(
         self,

@@ -16,7 +16,10 @@ QAT model (:mod:`searches.engine.training.qat`) cannot drift apart:
   (:func:`requantize_dense`, the one place that says which);
   ReLU is the clamp ``[max(-128, zp_out), 127]``;
 * max/avg pooling keep their input's scale and zero point; Add rescales its inputs to a
-  common scale with a 2^20 headroom shift, as TFLite's int8 Add does.
+  common scale with a 2^20 headroom shift, as TFLite's int8 Add does;
+* an Add of n > 2 inputs is a chain of n - 1 such binary Adds (:func:`add_chain`):
+  ``x0 + x1``, then ``+ x2``, ... each link rounded to int8 at the calibrated scale and zero
+  point of its own partial sum (:func:`partial_sum_id`), as n - 1 TFLite ADD ops compute it.
 
 The integer kernels take NHWC int64 arrays.  Integer sums are exact in float64 (every partial
 sum stays far below 2^53), and in float32 where a layer's weights bound them below 2^24, so dot
@@ -90,7 +93,7 @@ class WeightedOp:
 
 @dataclass(frozen=True)
 class AddParams:
-    """Rescaling of an n-input Add (TFLite int8 scheme)."""
+    """Rescaling of one binary int8 Add, TFLite's ADD (a link of an Add's chain)."""
 
     multipliers: tuple[int, ...]
     shifts: tuple[int, ...]
@@ -275,12 +278,39 @@ def quantize_weighted(op: Op, w: torch.Tensor, b: torch.Tensor, s_in: QParams, s
 
 
 def add_params(inputs: list[QParams], out: QParams) -> AddParams:
-    """The rescaling constants of an int8 Add of ``inputs`` into ``out``."""
-    # LiteRT's int8 ADD, in double from the float32 scales (nasweb's n-input form generalises it).
+    """The rescaling constants of a binary int8 Add of ``inputs`` into ``out``."""
+    if len(inputs) != 2:
+        raise QuantizationError(f"an int8 Add link takes two inputs, got {len(inputs)}")
+    # LiteRT's int8 ADD, in double from the float32 scales.
     twice_max = 2 * max(q.scale for q in inputs)
     pairs = [quantize_multiplier(q.scale / twice_max) for q in inputs]
     out_m, out_s = quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * out.scale))
     return AddParams(tuple(m for m, _ in pairs), tuple(s for _, s in pairs), out_m, out_s)
+
+
+def partial_sum_id(op: Op, k: int) -> str:
+    """The tensor id of an Add's k-th partial sum ``x0 + ... + xk`` (1 <= k <= n - 2)."""
+    if not 1 <= k <= len(op.inputs) - 2:
+        raise ValueError(f"{op.id} has no partial sum {k} ({len(op.inputs)} inputs)")
+    return f"{op.outputs[0]}/sum{k}"
+
+
+def add_chain(op: Op) -> list[tuple[str, str, str]]:
+    """The binary Adds an n-input Add runs, in order: ``(left, right, out)`` tensor ids.
+
+    Link k adds input k + 1 to the partial sum of inputs 0..k; the last link writes the
+    Add's output.  A two-input Add is one link.
+    """
+    if op.kind != "add" or len(op.inputs) < 2:
+        raise ValueError(f"{op.id} is not an Add of two or more inputs")
+    n = len(op.inputs)
+    sums = [op.inputs[0], *(partial_sum_id(op, k) for k in range(1, n - 1)), op.outputs[0]]
+    return [(sums[k], op.inputs[k + 1], sums[k + 1]) for k in range(n - 1)]
+
+
+def add_chain_params(op: Op, qparams: dict[str, QParams]) -> tuple[AddParams, ...]:
+    """The constants of every link of ``op``'s chain, from the qparams of its tensors."""
+    return tuple(add_params([qparams[a], qparams[b]], qparams[out]) for a, b, out in add_chain(op))
 
 
 def float_forward(
@@ -301,7 +331,10 @@ def float_forward(
             pool = F.max_pool2d if op.kind == "maxpool" else F.avg_pool2d
             out = pool(src, (kh, kw), (kh, kw))
         elif op.kind == "add":
-            out = sum((values[t] for t in op.inputs[1:]), values[op.inputs[0]])
+            # Every partial sum is a tensor of its own: calibration gives it a range.
+            for left_id, right_id, link_out in add_chain(op):
+                values[link_out] = values[left_id] + values[right_id]
+            continue
         elif op.kind == "dense":
             w, b = params[op.id]
             y = F.linear(src.permute(0, 2, 3, 1).flatten(1) if src.dim() == 4 else src, w, b)
@@ -386,8 +419,17 @@ def pool_int(op: Op, x: IntArray) -> IntArray:
 
 
 def add_int(params: AddParams, xs: list[IntArray], zps: list[int], zp_out: int) -> IntArray:
-    """An n-input Add on int8 codes, rescaled as TFLite's int8 Add."""
+    """A binary Add on int8 codes, rescaled as TFLite's int8 ADD."""
     total = np.zeros_like(xs[0])
     for x, zp, m, s in zip(xs, zps, params.multipliers, params.shifts, strict=True):
         total = total + requantize((x - zp) * (1 << ADD_LEFT_SHIFT), m, s)
     return np.clip(requantize(total, params.out_multiplier, params.out_shift) + zp_out, -128, 127)
+
+
+def add_chain_int(
+    op: Op, links: tuple[AddParams, ...], codes: dict[str, IntArray], zero_points: dict[str, int]
+) -> IntArray:
+    """An n-input Add on int8 codes: its chain of binary Adds, partial sums stored in ``codes``."""
+    for (a, b, out), p in zip(add_chain(op), links, strict=True):
+        codes[out] = add_int(p, [codes[a], codes[b]], [zero_points[a], zero_points[b]], zero_points[out])
+    return codes[op.outputs[0]]

@@ -35,8 +35,9 @@ from searches.engine.training.int8_scheme import (
     IntArray,
     QParams,
     activation_qparams,
-    add_int,
-    add_params,
+    add_chain,
+    add_chain_int,
+    add_chain_params,
     conv_int,
     dense_int,
     float_forward,
@@ -64,6 +65,10 @@ class QATModel(nn.Module):
         self.net = net
         self.graph = build_graph(arch)[0]
         self._ranges: Ranges = dict(ranges or {})
+        if ranges is not None:
+            missing = [t for op in self.graph.ops for t in _quantised_outputs(op) if t not in ranges]
+            if missing:
+                raise ValueError(f"no activation range for {', '.join(missing)} (given {len(ranges)} ranges)")
         self._modules_by_op: dict[str, nn.Module] = {}
         for b, block in enumerate(arch.conv_blocks):
             for i, layer in enumerate(block.layers):
@@ -82,12 +87,10 @@ class QATModel(nn.Module):
         """Per-tensor int8 parameters, as the exporter derives them from :meth:`ranges`."""
         qp = {"input": activation_qparams(*self._ranges["input"])}
         for op in self.graph.ops:
-            out = op.outputs[0]
-            qp[out] = (
-                qp[op.inputs[0]]
-                if op.kind in ("maxpool", "avgpool")
-                else activation_qparams(*self._ranges[out])
-            )
+            for out in _quantised_outputs(op):
+                qp[out] = activation_qparams(*self._ranges[out])
+            if op.kind in ("maxpool", "avgpool"):
+                qp[op.outputs[0]] = qp[op.inputs[0]]
         return qp
 
     @torch.no_grad()
@@ -144,9 +147,14 @@ class QATModel(nn.Module):
         for op in self.graph.ops:
             out = op.outputs[0]
             y = self._float(op, values)
-            if op.kind not in ("maxpool", "avgpool"):
-                self._track(out, y.detach())
-                qp[out] = activation_qparams(*self._ranges[out])
+            if op.kind == "add":  # the partial sums of its chain are activations too
+                for a, b, link_out in add_chain(op)[:-1]:
+                    values[link_out] = values[a] + values[b]
+                    self._track(link_out, values[link_out].detach())
+            for tensor in _quantised_outputs(op):
+                if tensor == out:
+                    self._track(out, y.detach())
+                qp[tensor] = activation_qparams(*self._ranges[tensor])
             codes[out] = self._integer(op, codes, qp, exact)
             values[out] = _straight_through(y, codes[out], qp[out], bool(op.attrs.get("relu")))
         return values["logits"], codes["logits"]
@@ -195,13 +203,21 @@ class QATModel(nn.Module):
         if op.kind in ("maxpool", "avgpool"):
             return pool_int(op, codes[src])
         if op.kind == "add":
-            ins = [qp[t] for t in op.inputs]
-            zps = [q.zero_point for q in ins]
-            return add_int(add_params(ins, qp[out]), [codes[t] for t in op.inputs], zps, qp[out].zero_point)
+            zero_points = {t: q.zero_point for t, q in qp.items()}
+            return add_chain_int(op, add_chain_params(op, qp), codes, zero_points)
         raise ValueError(f"{op.id}: unsupported op kind {op.kind!r}")  # pragma: no cover
 
 
 # ---- helpers ------------------------------------------------------------------------------
+
+
+def _quantised_outputs(op: Op) -> list[str]:
+    """The tensors ``op`` gives qparams of their own: pooling none, an Add its partial sums too."""
+    if op.kind in ("maxpool", "avgpool"):
+        return []
+    if op.kind == "add":
+        return [out for _, _, out in add_chain(op)]
+    return [op.outputs[0]]
 
 
 def _fold(unit: ConvUnit) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ import torch
 from searches.engine.deploy.int8 import QParams, QuantizationError, QuantModel
 from searches.engine.deploy.quantize import quantize
 from searches.engine.deploy.reference import run_int8
-from searches.engine.space.arch import loads
+from searches.engine.space.arch import Architecture, ConvBlock, ConvLayer, loads
 from searches.engine.space.sampling import SpaceConfig, random_architecture
 from searches.engine.training.int8_scheme import (
     activation_qparams,
@@ -182,6 +184,50 @@ def test_save_and_load_round_trip() -> None:
     assert again.arch == qm.arch and again.qparams == qm.qparams and again.adds == qm.adds
     xq = qm.quantize_input(x[:20])
     assert np.array_equal(run_int8(again, xq), run_int8(qm, xq))
+
+
+def _as_v2(qm: QuantModel, drop_partials: bool) -> io.BytesIO:
+    """``qm`` saved, then its meta rewritten the way format v2 stored Adds (one entry per op)."""
+    buffer = io.BytesIO()
+    qm.save(buffer)
+    buffer.seek(0)
+    with np.load(buffer) as data:
+        arrays = {k: data[k] for k in data.files}
+    meta = json.loads(bytes(arrays["meta"]).decode())
+    meta["version"] = 2
+    meta["adds"] = {op: links[0] for op, links in meta["adds"].items()}
+    if drop_partials:
+        meta["qparams"] = {t: q for t, q in meta["qparams"].items() if "/sum" not in t}
+        meta["adds"] = {op: [[*a[0], 1], [*a[1], 0], *a[2:]] for op, a in meta["adds"].items()}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    out = io.BytesIO()
+    np.savez(out, **arrays)
+    out.seek(0)
+    return out
+
+
+def test_v2_files_load_when_every_add_has_two_inputs() -> None:
+    qm, _, x = _model()
+    assert all(len(links) == 1 for links in qm.adds.values())
+    again = QuantModel.load(_as_v2(qm, drop_partials=False))
+    assert again.adds == qm.adds and again.qparams == qm.qparams
+    xq = qm.quantize_input(x[:20])
+    assert np.array_equal(run_int8(again, xq), run_int8(qm, xq))
+
+
+def test_v2_files_with_an_n_input_add_are_refused() -> None:
+    """v2 rounded a 3-input Add once; v3 chains it, so the old constants mean something else."""
+    one_by_one = ConvBlock((ConvLayer("conv1x1", 1, 4),))
+    blocks = (one_by_one, replace(one_by_one, branch=True), replace(one_by_one, branch=True))
+    arch = Architecture((8, 8, 1), 3, blocks, None, ())
+    qm = quantize(arch, build_model(arch).eval(), np.random.default_rng(0).random((8, 8, 8, 1)))
+    assert [len(links) for links in qm.adds.values()] == [2]
+    again = io.BytesIO()
+    qm.save(again)
+    again.seek(0)
+    assert QuantModel.load(again).adds == qm.adds and "add0/sum1" in qm.qparams
+    with pytest.raises(ValueError, match="add0 adds 3 inputs in one rounding"):
+        QuantModel.load(_as_v2(qm, drop_partials=True))
 
 
 def test_load_rejects_other_files() -> None:

@@ -27,7 +27,8 @@ def layer(op: str, filters: int | None, stride: int = 1, kernel: int = 3, **kw: 
     return ConvLayer(op, kernel, filters, stride, "same", kw.get("pre_pool", False), kw.get("bn", True), True)  # type: ignore[arg-type]
 
 
-# Every op kind the int8 scheme has: conv, 1x1, depthwise, a branch (Add), pre-pool, avg pool, dense.
+# Every op kind the int8 scheme has: conv, 1x1, depthwise, a three-way branch (an Add chain with
+# a partial sum), pre-pool, avg pool, dense.
 ARCH = Architecture(
     (8, 8, 1),
     10,
@@ -35,6 +36,7 @@ ARCH = Architecture(
         ConvBlock((layer("conv2d", 6), layer("dwconv2d", None, stride=2))),
         ConvBlock((layer("conv1x1", 6, kernel=1, bn=False, pre_pool=True),), branch=False),
         ConvBlock((layer("conv2d", 6, stride=2, bn=False), layer("conv1x1", 6, kernel=1)), branch=True),
+        ConvBlock((layer("dwconv2d", None, stride=2),), branch=True),
     ),
     Pooling("max", 2),
     (Dense(12),),
@@ -67,6 +69,7 @@ def test_the_qat_model_computes_exactly_what_the_integer_reference_does() -> Non
         optimizer.step()
     qat.eval()
     assert qat.ranges() != QATModel(ARCH, model, None).ranges()
+    assert "add1/sum1" in qat.ranges()  # the partial sum of the three-way Add has its own range
 
     qm = quantize(ARCH, model, calibration, ranges=qat.ranges())
     simulated = qat.int8_logits(data.x_test)
@@ -87,6 +90,15 @@ def test_post_training_quantisation_of_the_qat_model_equals_the_exporter() -> No
     np.testing.assert_array_equal(
         qat.int8_logits(data.x_test[:200]), run_int8(qm, qm.quantize_input(data.x_test[:200]))
     )
+
+
+def test_ranges_without_an_add_partial_sum_are_refused() -> None:
+    qat = QATModel(ARCH, build_model(ARCH).eval())
+    qat.calibrate(digits().x_train[:64])
+    ranges = qat.ranges()
+    del ranges["add1/sum1"]
+    with pytest.raises(ValueError, match="no activation range for add1/sum1"):
+        QATModel(ARCH, qat.net, ranges)
 
 
 def test_augmentation_suits_the_data_set() -> None:

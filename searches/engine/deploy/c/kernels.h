@@ -580,7 +580,9 @@ static void nnk_avgpool(const int8_t *in, int32_t iw, int32_t c, int8_t *out,
 /* @end */
 
 /* @kernel add */
-/* Element-wise sum of n tensors rescaled to a common scale (TFLite's int8 Add, 2^20 headroom). */
+/* Element-wise sum of n tensors rescaled to a common scale (TFLite's int8 Add, 2^20 headroom).
+ * The header calls it with n = 2 per link of an Add's chain; out may be ins[0] (the partial
+ * sum, kept in the output buffer): element i is read before it is written. */
 static void nnk_add(const int8_t *const *ins, const int32_t *zps, const int32_t *mults, const int32_t *shifts,
                     int32_t n, int8_t *out, int32_t size, int32_t out_zp, int32_t out_mult, int32_t out_shift)
 {
