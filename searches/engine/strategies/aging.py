@@ -75,7 +75,7 @@ class AgingEvolution(SearchStrategy):
         best_fitness = -math.inf
         for _ in range(self.config.sample_size):
             member = self._rng.choice(self._population)
-            value = fitness(member.objectives, self.config.bounds, lambdas, self.config.cap)
+            value = fitness(self.objectives(member), self.config.bounds, lambdas, self.config.cap)
             if best is None or value > best_fitness:
                 best, best_fitness = member, value
         assert best is not None

@@ -20,6 +20,18 @@ Decisions worth knowing:
 - *Warm-up*: while told members plus outstanding random proposals are fewer than
   ``population``, ``ask()`` proposes random architectures; afterwards each told child joins
   the population and the oldest member leaves.  Parent selection only sees told members.
+- *Multi-fidelity* (``fidelity_schedule="asha"``, :mod:`.asha`): ``ask()`` first offers a
+  *promotion* when one is due (a proposal with the candidate's own id, ``rung`` > 0 and the
+  weights to continue from; not counted in the budget), else a new rung-0 candidate.  Its
+  ``tell()`` updates the member in place: the member keeps its id, its age (``born``) and its
+  place in the population (one that has aged out stays out), and from then on every decision
+  (parent selection, the Pareto archive, later promotions from the higher rung) sees its
+  highest-rung result; the metrics it does not replace (a pruned candidate's measured
+  resources) carry over.  A failed promotion leaves the member as it was.  The search is done
+  once the budget's candidates are told and no promotion is due.
+- *Error objective*: ``error_objective="int8"`` makes the first objective the int8 model's
+  validation error (``metrics["int8_val_accuracy"]``; a candidate that could not be quantised
+  counts as error 1, it cannot be deployed); "float" uses the float model's.
 - The state (RNG included) serialises to plain JSON; saving and loading at any point gives
   exactly the proposals an uninterrupted run would.  Full history is *not* kept in the state
   (callers store records through events); the population, the Pareto archive, outstanding
@@ -38,8 +50,9 @@ from searches.engine.space import arch as A
 from searches.engine.space.arch import Architecture
 from searches.engine.space.sampling import random_architecture
 from searches.engine.space.sparsity import random_sparsity
-from searches.engine.strategies.config import Limits, SearchConfig, StrategyName
-from searches.engine.strategies.objectives import dominates
+from searches.engine.strategies.asha import Rungs
+from searches.engine.strategies.config import ErrorObjective, Limits, SearchConfig, StrategyName
+from searches.engine.strategies.objectives import dominates, pareto_front
 
 STATE_FORMAT = "nasweb.search-state"
 STATE_VERSION = 1
@@ -67,6 +80,9 @@ class Proposal:
     parent_id: int | None = None
     reject_reason: str | None = None
     sparsity: float | None = None  # DPF target for this candidate when the search prunes
+    # ASHA: the rung this proposal trains to; a promotion (rung > 0) continues from these weights.
+    rung: int = 0
+    resume_weights: str | None = None
 
     @property
     def rejected(self) -> bool:
@@ -86,6 +102,8 @@ class Proposal:
             "parent_id": self.parent_id,
             "reject_reason": self.reject_reason,
             "sparsity": self.sparsity,
+            "rung": self.rung,
+            "resume_weights": self.resume_weights,
         }
 
     @classmethod
@@ -137,10 +155,30 @@ class Member:
         return self.proposal.architecture
 
     @property
+    def rung(self) -> int:
+        """The ASHA rung of its result (0 without multi-fidelity)."""
+        return int(self.result.metrics.get("rung", 0))
+
+    @property
+    def resources(self) -> dict[str, Any]:
+        """Its resources: a pruned candidate's measured ones, else the proposal's."""
+        return self.result.metrics.get("resources") or self.proposal.resources
+
+    def accuracy(self, error_objective: ErrorObjective = "float") -> float:
+        """Validation accuracy of the float model, or of the int8 model (0 when it could not be quantised)."""
+        if error_objective == "int8":
+            return float(self.result.metrics.get("int8_val_accuracy") or 0.0)
+        return self.result.val_accuracy
+
+    def objectives_for(self, error_objective: ErrorObjective) -> tuple[float, ...]:
+        """(val error, peak SRAM, flash, MACs), all minimised, with the float or the int8 error."""
+        r = self.resources
+        return (1.0 - self.accuracy(error_objective), r["peak_sram_bytes"], r["flash_bytes"], r["macs"])
+
+    @property
     def objectives(self) -> tuple[float, ...]:
-        """(val error, peak SRAM, flash, MACs), all minimised; a pruned candidate's measured ones."""
-        r = self.result.metrics.get("resources") or self.proposal.resources
-        return (1.0 - self.result.val_accuracy, r["peak_sram_bytes"], r["flash_bytes"], r["macs"])
+        """(float val error, peak SRAM, flash, MACs), all minimised; a pruned candidate's measured ones."""
+        return self.objectives_for("float")
 
     def to_json(self) -> dict[str, Any]:
         return {"proposal": self.proposal.to_json(), "result": self.result.to_json(), "born": self.born}
@@ -203,6 +241,10 @@ class SearchStrategy:
         self._population: list[Member] = []
         self._archive: list[Member] = []
         self._seen: set[str] = set()
+        # ASHA only: the rungs, and every evaluated member with its highest-rung result (a
+        # promotion may pick a member that has left the population and the archive).
+        self._rungs: Rungs | None = Rungs(config.asha_eta, config.asha_max_rung) if config.asha else None
+        self._members: dict[int, Member] = {}
         self.counters: dict[str, int] = {
             "rejected": 0,
             "random_rejected": 0,
@@ -210,6 +252,8 @@ class SearchStrategy:
             "duplicates": 0,
             "failed": 0,
         }
+        if config.asha:
+            self.counters.update(promotions=0, promotions_failed=0)
 
     # ---- public API ----
 
@@ -241,13 +285,31 @@ class SearchStrategy:
         """Why the search stopped early (no feasible architecture found), else None."""
         return self._stop_reason
 
+    @property
+    def rungs(self) -> Rungs | None:
+        """ASHA's rungs (None without multi-fidelity)."""
+        return self._rungs
+
+    def objectives(self, member: Member) -> tuple[float, ...]:
+        """The member's objectives under this search's error objective."""
+        return member.objectives_for(self.config.error_objective)
+
     def is_done(self) -> bool:
-        """True once the budget (or an early stop) is reached and every evaluation has been told."""
+        """True once the budget (or an early stop) is reached, every evaluation told and no promotion due."""
         exhausted = self._asked >= self.config.budget or self._stop_reason is not None
+        if self._rungs is not None and self._rungs.next_promotion() is not None:
+            return False
         return exhausted and not self._outstanding
 
     def ask(self) -> Proposal | None:
-        """The next proposal (possibly a rejected one: record it and ask again), or None when exhausted."""
+        """The next proposal (possibly a rejected one: record it and ask again), or None when exhausted.
+
+        With ASHA a due promotion comes first; it is outstanding like any proposal.
+        """
+        promotion = self._promote()
+        if promotion is not None:
+            self._outstanding[promotion.id] = promotion
+            return promotion
         if self._asked >= self.config.budget or self._stop_reason is not None:
             return None
         proposal = self._propose()
@@ -262,6 +324,8 @@ class SearchStrategy:
         proposal = self._outstanding.pop(proposal_id, None)
         if proposal is None:
             raise ValueError(f"proposal {proposal_id} is not outstanding")
+        if proposal.rung > 0:
+            return self._tell_promotion(proposal, result)
         self._told += 1
         if isinstance(result, EvalFailure):
             self.counters["failed"] += 1
@@ -269,6 +333,53 @@ class SearchStrategy:
         member = Member(proposal, result, born=self._told)
         self._admit(member)
         self._add_to_archive(member)
+        if self._rungs is not None:
+            self._members[member.id] = member
+            self._rungs.record(0, member.id, self.objectives(member))
+        return member
+
+    # ---- multi-fidelity ----
+
+    def _promote(self) -> Proposal | None:
+        """The due promotion as a proposal (marked promoted), or None."""
+        if self._rungs is None:
+            return None
+        due = self._rungs.next_promotion()
+        if due is None:
+            return None
+        candidate_id, from_rung = due
+        self._rungs.mark_promoted(candidate_id, from_rung)
+        member = self._members[candidate_id]
+        trained = member.result.metrics.get("architecture")
+        return Proposal(
+            candidate_id,
+            # A candidate pruned while training continues as the network it became, unpruned further.
+            A.from_json(trained) if trained is not None else member.architecture,
+            member.proposal.origin,
+            f"promoted to rung {from_rung + 1}",
+            dict(member.resources),
+            parent_id=member.proposal.parent_id,
+            rung=from_rung + 1,
+            resume_weights=member.result.metrics.get("weights"),
+        )
+
+    def _tell_promotion(self, proposal: Proposal, result: EvalResult | EvalFailure) -> Member | None:
+        assert self._rungs is not None
+        old = self._members[proposal.id]
+        if isinstance(result, EvalFailure):
+            self.counters["promotions_failed"] += 1
+            return None
+        self.counters["promotions"] += 1
+        metrics = {**old.result.metrics, **result.metrics, "rung": proposal.rung}
+        better = EvalResult(result.val_accuracy, result.test_accuracy, metrics)
+        member = Member(old.proposal, better, old.born)
+        self._members[member.id] = member
+        self._rungs.record(proposal.rung, member.id, self.objectives(member))
+        self._population = [member if m.id == member.id else m for m in self._population]
+        # Its error may have gone up as well as down: rebuild the front from every member.
+        members = sorted(self._members.values(), key=lambda m: m.born)
+        front = pareto_front([self.objectives(m) for m in members])
+        self._archive = [members[i] for i in front]
         return member
 
     # ---- proposing ----
@@ -311,10 +422,10 @@ class SearchStrategy:
         return None
 
     def _add_to_archive(self, member: Member) -> None:
-        point = member.objectives
-        if any(dominates(other.objectives, point) for other in self._archive):
+        point = self.objectives(member)
+        if any(dominates(self.objectives(other), point) for other in self._archive):
             return
-        self._archive = [m for m in self._archive if not dominates(point, m.objectives)] + [member]
+        self._archive = [m for m in self._archive if not dominates(point, self.objectives(m))] + [member]
 
     # ---- serialisation ----
 
@@ -337,6 +448,8 @@ class SearchStrategy:
             # Sorted: set order follows string hashing, which changes between processes.
             "seen": sorted(self._seen),
             "key_version": KEY_VERSION,
+            "rungs": None if self._rungs is None else self._rungs.to_json(),
+            "members": [m.to_json() for m in sorted(self._members.values(), key=lambda m: m.born)],
         }
 
     def _load_state(self, data: dict[str, Any]) -> None:
@@ -351,10 +464,14 @@ class SearchStrategy:
         self._population = [Member.from_json(m) for m in data["population"]]
         self._archive = [Member.from_json(m) for m in data["archive"]]
         self._seen = set(data["seen"])
+        if data.get("rungs") is not None:
+            self._rungs = Rungs.from_json(data["rungs"])
+        self._members = {m.id: m for m in map(Member.from_json, data.get("members", []))}
         if data.get("key_version") != KEY_VERSION:
             self._seen.update(arch_hash(a) for a in self._held_architectures())
 
     def _held_architectures(self) -> list[Architecture]:
         """Every architecture the state still holds (outstanding, population, archive)."""
         held = [p.architecture for p in self._outstanding.values()]
-        return held + [m.architecture for m in (*self._population, *self._archive)]
+        members = (*self._population, *self._archive, *self._members.values())
+        return held + [m.architecture for m in members]

@@ -14,6 +14,16 @@ OBJECTIVES: tuple[str, ...] = ("error", "peak_sram_bytes", "flash_bytes", "macs"
 STRATEGIES: tuple[str, ...] = ("aging_evolution", "random", "memnas")
 
 StrategyName = Literal["aging_evolution", "random", "memnas"]
+# "off": every candidate trained once at the run's fidelity; "asha": successive-halving rungs
+# (searches.engine.strategies.asha).
+FIDELITY_SCHEDULES: tuple[str, ...] = ("off", "asha")
+FidelitySchedule = Literal["off", "asha"]
+# Which validation error the objectives use: the float model's, or its int8 model's (every
+# trained candidate is quantised right after training, so both are measured).
+ERROR_OBJECTIVES: tuple[str, ...] = ("float", "int8")
+ErrorObjective = Literal["float", "int8"]
+ASHA_MAX_ETA = 10
+ASHA_MAX_RUNG = 4
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,12 @@ class SearchConfig:
     # μNAS's sparsity gene: (low, high) of the DPF target sparsity drawn per candidate, or None
     # (no pruning).  Feasibility is judged on the unpruned architecture, an upper bound.
     sparsity: tuple[float, float] | None = None
+    # Multi-fidelity: rung k trains ``fidelity["epochs"] * asha_eta**k`` epochs in all; the top
+    # 1/asha_eta of a rung are promoted, up to rung ``asha_max_rung``.
+    fidelity_schedule: FidelitySchedule = "off"
+    asha_eta: int = 3
+    asha_max_rung: int = 2
+    error_objective: ErrorObjective = "float"
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -130,10 +146,35 @@ class SearchConfig:
             raise ValueError("lambda_floor must lie in (0, 1]")
         if not self.cap > 0:
             raise ValueError("cap must be positive")
+        self._check_fidelity_schedule()
+        if self.error_objective not in ERROR_OBJECTIVES:
+            raise ValueError(
+                f"unknown error objective {self.error_objective!r}; known: {', '.join(ERROR_OBJECTIVES)}"
+            )
         if self.sparsity is not None:
             low, high = self.sparsity
             if not 0.0 <= low <= high <= MAX_SPARSITY:
                 raise ValueError(f"sparsity range must satisfy 0 <= low <= high <= {MAX_SPARSITY}")
+
+    def _check_fidelity_schedule(self) -> None:
+        if self.fidelity_schedule not in FIDELITY_SCHEDULES:
+            known = ", ".join(FIDELITY_SCHEDULES)
+            raise ValueError(f"unknown fidelity schedule {self.fidelity_schedule!r}; known: {known}")
+        if not 2 <= self.asha_eta <= ASHA_MAX_ETA:
+            raise ValueError(f"ASHA's eta must be an integer from 2 to {ASHA_MAX_ETA}, got {self.asha_eta}")
+        if not 1 <= self.asha_max_rung <= ASHA_MAX_RUNG:
+            raise ValueError(
+                f"ASHA's max rung must be an integer from 1 to {ASHA_MAX_RUNG}, got {self.asha_max_rung}"
+            )
+        if self.fidelity_schedule == "asha" and self.strategy == "memnas":
+            # MemNAS picks each round's backbone from the whole round's results at once; a
+            # candidate changing its accuracy later would silently change a decision already made.
+            raise ValueError("the ASHA schedule works with aging evolution and random search, not MemNAS")
+
+    @property
+    def asha(self) -> bool:
+        """True when candidates are trained in ASHA rungs."""
+        return self.fidelity_schedule == "asha"
 
     def to_json(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}

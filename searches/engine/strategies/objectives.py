@@ -42,3 +42,19 @@ def pareto_front(points: Sequence[Sequence[float]]) -> list[int]:
         if not any(dominates(points[j], points[i]) for j in front):
             front.append(i)
     return sorted(front)
+
+
+def pareto_ranks(points: Sequence[Sequence[float]]) -> list[int]:
+    """Non-dominated sorting: 0 for the Pareto front, 1 for the front once it is removed, and so on."""
+    ranks = [-1] * len(points)
+    remaining = list(range(len(points)))
+    rank = 0
+    while remaining:
+        front = [
+            i for i in remaining if not any(dominates(points[j], points[i]) for j in remaining if j != i)
+        ]
+        for i in front:
+            ranks[i] = rank
+        remaining = [i for i in remaining if ranks[i] < 0]
+        rank += 1
+    return ranks

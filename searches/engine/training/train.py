@@ -201,8 +201,13 @@ def train_and_evaluate(
     stop: Callable[[], bool] | None = None,
     *,
     threads: int | None = None,
+    initial_state: dict[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train ``arch`` on the training split at ``fidelity``; report final-weight val/test accuracy.
+
+    ``initial_state`` (weights of ``arch`` trained before) continues training from them for
+    ``fidelity.epochs`` more epochs, with a fresh warm-up and cosine schedule over those epochs
+    (a warm restart): how an ASHA promotion trains a candidate further.
 
     ``callback`` gets each epoch's stats; ``stop`` is polled at the start of every epoch and
     then at most every ``STOP_POLL_SECONDS``, and makes training raise
@@ -222,6 +227,8 @@ def train_and_evaluate(
     y_val = torch.from_numpy(dataset.y_train[val_idx])
     with torch_state(threads or default_threads(), fidelity.seed):
         model = build_model(arch)
+        if initial_state is not None:
+            model.load_state_dict(initial_state)
         t0 = time.perf_counter()
         history, diverged = _fit(model, x_train, y_train, x_val, y_val, fidelity, callback, stop)
         train_seconds = time.perf_counter() - t0

@@ -61,7 +61,7 @@ from searches.engine.strategies.base import (
     arch_hash,
     measure,
 )
-from searches.engine.strategies.config import SearchConfig, StrategyName
+from searches.engine.strategies.config import ErrorObjective, SearchConfig, StrategyName
 from searches.engine.strategies.memnas.controller import Controller, ListController, encode
 from searches.engine.strategies.memnas.edits import (
     children,
@@ -91,9 +91,9 @@ def efficiency_score(
     return lam * gain + (1 - lam) * memory
 
 
-def _triple(member: Member) -> tuple[float, float, float]:
+def _triple(member: Member, error_objective: ErrorObjective = "float") -> tuple[float, float, float]:
     r = member.proposal.resources
-    return (member.result.val_accuracy, float(r["peak_sram_bytes"]), float(r["flash_bytes"]))
+    return (member.accuracy(error_objective), float(r["peak_sram_bytes"]), float(r["flash_bytes"]))
 
 
 # ---- the strategy -----------------------------------------------------------------------------------
@@ -354,9 +354,9 @@ class MemNAS(SearchStrategy):
             return
         backbone = self.backbone
         assert backbone is not None
-        reference = _triple(backbone)
+        reference = self._triple(backbone)
         opts = self.options
-        scores = {m.id: efficiency_score(*_triple(m), reference, opts.lam, opts.beta) for m in self._round}
+        scores = {m.id: self._score(m, reference) for m in self._round}
         self._children.extend(self._round)
         best = max(self._round, key=lambda m: scores[m.id], default=None)
         why = None
@@ -365,10 +365,7 @@ class MemNAS(SearchStrategy):
         else:
             self._stall += 1
             if self._stall >= opts.patience and self._children:
-                ys = {
-                    m.id: efficiency_score(*_triple(m), reference, opts.lam, opts.beta)
-                    for m in self._children
-                }
+                ys = {m.id: self._score(m, reference) for m in self._children}
                 best = max(self._children, key=lambda m: ys[m.id])
                 why = f"no Y > 0 in {self._stall} rounds: best child taken"
         entry: dict[str, Any] = {"round": self._rounds + 1, "scores": {str(k): v for k, v in scores.items()}}
@@ -392,12 +389,11 @@ class MemNAS(SearchStrategy):
             beta = self.options.beta
 
             def memory(m: Member) -> float:
-                _, r, p = _triple(m)
+                _, r, p = self._triple(m)
                 return beta * r + (1 - beta) * p
 
-            reference = _triple(min(members, key=memory))
-            opts = self.options
-            scores = {m.id: efficiency_score(*_triple(m), reference, opts.lam, opts.beta) for m in members}
+            reference = self._triple(min(members, key=memory))
+            scores = {m.id: self._score(m, reference) for m in members}
             best = max(members, key=lambda m: scores[m.id])
             self._population = [best]
             entry.update(
@@ -408,13 +404,21 @@ class MemNAS(SearchStrategy):
         self.trajectory.append(entry)
         self._retrain()
 
+    def _triple(self, member: Member) -> tuple[float, float, float]:
+        """(accuracy under the search's error objective, peak SRAM, flash) of a member."""
+        return _triple(member, self.config.error_objective)
+
+    def _score(self, member: Member, reference: tuple[float, float, float]) -> float:
+        """MemNAS's Y of a member relative to ``reference``."""
+        return efficiency_score(*self._triple(member), reference, self.options.lam, self.options.beta)
+
     def _label(self, member: Member) -> None:
         self._history.append(
             Labelled(
                 member.id,
                 pack(member.architecture),
                 dict(member.proposal.resources),
-                member.result.val_accuracy,
+                member.accuracy(self.config.error_objective),
                 -1 if member.proposal.parent_id is None else member.proposal.parent_id,
             )
         )
@@ -424,7 +428,7 @@ class MemNAS(SearchStrategy):
         """Y relative to the backbone as weight·accuracy + offset: the exact memory part is the offset."""
         backbone = self.backbone
         assert backbone is not None
-        a_ref, r_ref, p_ref = _triple(backbone)
+        a_ref, r_ref, p_ref = self._triple(backbone)
         lam, beta = self.options.lam, self.options.beta
         weight = lam / max(a_ref, 1e-6)
         offsets = [
