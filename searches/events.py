@@ -124,6 +124,7 @@ def candidate_payload(c: Candidate) -> dict[str, Any]:
         "latency_ms": c.latency_ms,
         "params": c.params,
         "train_seconds": c.train_seconds,
+        "rung": c.rung,
         "for_deployment": c.for_deployment,
         "reject_reason": c.reject_reason,
         "notes": c.notes,

@@ -9,6 +9,7 @@ from django.conf import settings
 from django.contrib.auth.forms import UserCreationForm
 from django.core.validators import MaxValueValidator, MinValueValidator
 
+from searches.engine.strategies.config import ASHA_MAX_ETA, ASHA_MAX_RUNG
 from searches.engine.training.datasets import fashion_mnist_available
 from searches.models import Dataset, HardwareProfile, Project, SearchRun
 from searches.services.datasets import IDX_FIELDS
@@ -205,6 +206,30 @@ class NewRunForm(forms.Form):
         required=False,
         help_text="Children of each backbone trained per round, picked by the ranking model.",
     )
+    fidelity_schedule = forms.ChoiceField(
+        label="Fidelity schedule",
+        choices=[("off", "Single fidelity"), ("asha", "ASHA rungs (multi-fidelity)")],
+        initial="off",
+        required=False,
+        help_text="ASHA trains every candidate at the epochs above first, then continues the best "
+        "1/η of each rung η times longer from their weights.",
+    )
+    asha_eta = _count("ASHA η", 2, ASHA_MAX_ETA, initial=3, required=False, help_text="Blank: 3.")
+    asha_max_rung = _count(
+        "ASHA max rung",
+        1,
+        ASHA_MAX_RUNG,
+        initial=2,
+        required=False,
+        help_text="Blank: 2 (rung k trains η^k times the epochs).",
+    )
+    error_objective = forms.ChoiceField(
+        label="Error objective",
+        choices=[("float", "Float validation error"), ("int8", "int8 validation error")],
+        initial="float",
+        required=False,
+        help_text="int8: rank candidates by the accuracy of the int8 model they deploy as.",
+    )
     pruning = forms.BooleanField(
         label="Structured pruning (DPF)",
         required=False,
@@ -264,6 +289,8 @@ class NewRunForm(forms.Form):
             self.add_error("sample_size", "The sample size cannot exceed the population.")
         if data.get("pruning"):
             self._clean_sparsity(data, evolution)
+        if data.get("fidelity_schedule") == "asha" and not evolution:
+            self.add_error("fidelity_schedule", ASHA_NOT_MEMNAS)
         return data
 
     def _clean_sparsity(self, data: dict[str, Any], evolution: bool) -> None:
@@ -286,6 +313,7 @@ def _dataset_label(dataset: Dataset) -> str:
     return f"{dataset.name} ({dataset.shape_label}, {dataset.classes} classes)"
 
 
+ASHA_NOT_MEMNAS = "ASHA rungs work with aging evolution and random search, not MemNAS."
 PRUNING_NOT_MEMNAS = "Structured pruning is a gene of aging evolution and random search, not MemNAS."
 
 

@@ -341,6 +341,11 @@ class Candidate(LeasedWork):
     params = models.PositiveBigIntegerField(null=True, blank=True)
     train_seconds = models.FloatField(null=True, blank=True)
     reject_reason = models.TextField(blank=True)
+    # ASHA: the rung of the results above (0 without multi-fidelity), and one entry per rung
+    # trained ({"rung", "epochs", "val_accuracy", "test_accuracy", "int8_val_accuracy",
+    # "int8_test_accuracy", "train_seconds"}, or {"rung", "epochs", "error"} for a failed promotion).
+    rung = models.PositiveSmallIntegerField(default=0)
+    rung_results = models.JSONField(default=list, blank=True)
     # The run's sequence number when this row last changed: a client that saw up to N asks for seq > N.
     seq = models.PositiveBigIntegerField(default=0, db_index=True)
     # Empty until trained weights are stored (weights/run-<id>/ in the artifact store).

@@ -7,6 +7,8 @@ from typing import Any
 from rest_framework import serializers
 
 from searches import forms as limits
+from searches.engine.strategies.config import ASHA_MAX_ETA, ASHA_MAX_RUNG
+from searches.forms import ASHA_NOT_MEMNAS
 from searches.models import Candidate, Dataset, HardwareProfile, Project, SearchRun
 from searches.services import reports
 
@@ -202,6 +204,26 @@ class RunCreateSerializer(serializers.Serializer):
         default=None,
         help_text="MemNAS only: children trained per round (default 4).",
     )
+    fidelity_schedule = serializers.ChoiceField(
+        choices=["off", "asha"],
+        default="off",
+        help_text="off: every candidate trained once; asha: successive-halving rungs, the top 1/eta "
+        "of each rung trained eta times longer from its weights.",
+    )
+    asha_eta = serializers.IntegerField(
+        min_value=2, max_value=ASHA_MAX_ETA, default=3, help_text="ASHA: reduction factor (default 3)."
+    )
+    asha_max_rung = serializers.IntegerField(
+        min_value=1,
+        max_value=ASHA_MAX_RUNG,
+        default=2,
+        help_text="ASHA: highest rung; rung k trains eta**k times the epochs (default 2).",
+    )
+    error_objective = serializers.ChoiceField(
+        choices=["float", "int8"],
+        default="float",
+        help_text="Validation error the search minimises: the float model's or its int8 model's.",
+    )
 
     def validate_dataset(self, value: str) -> Dataset:
         for dataset in Dataset.objects.for_user(_owner(self)):
@@ -233,6 +255,8 @@ class RunCreateSerializer(serializers.Serializer):
             given = [name for name in MEMNAS_FIELDS if attrs.get(name) is not None]
             if given:
                 raise serializers.ValidationError(dict.fromkeys(given, "Only MemNAS runs take this setting."))
+        if attrs.get("fidelity_schedule") == "asha" and attrs.get("strategy") == SearchRun.Strategy.MEMNAS:
+            raise serializers.ValidationError({"fidelity_schedule": ASHA_NOT_MEMNAS})
         sparsity = attrs.get("sparsity")
         if sparsity is not None:
             if attrs.get("strategy") == SearchRun.Strategy.MEMNAS:
@@ -271,6 +295,8 @@ CANDIDATE_FIELDS = [
     "latency_ms",
     "params",
     "train_seconds",
+    "rung",
+    "rung_results",
     "reject_reason",
     "notes",
     "export_status",

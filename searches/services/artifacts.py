@@ -47,8 +47,14 @@ def run_folder(run_id: int) -> str:
     return f"weights/run-{run_id}"
 
 
-def weights_name(run: SearchRun, candidate_index: int) -> str:
-    return f"{run_folder(run.pk)}/candidate-{candidate_index}.pt"
+def _rung_suffix(rung: int) -> str:
+    # Each ASHA rung's files under their own names: a promotion always resumes from the weights
+    # its rung below stored, even when a lost attempt is trained again after saving.
+    return f".rung-{rung}" if rung else ""
+
+
+def weights_name(run: SearchRun, candidate_index: int, rung: int = 0) -> str:
+    return f"{run_folder(run.pk)}/candidate-{candidate_index}{_rung_suffix(rung)}.pt"
 
 
 def calibration_images(dataset: Dataset, fidelity: Fidelity) -> np.ndarray:
@@ -88,9 +94,9 @@ def evaluation_threads() -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def int8_name(run: SearchRun, candidate_index: int) -> str:
+def int8_name(run: SearchRun, candidate_index: int, rung: int = 0) -> str:
     """Where a candidate's int8 model is stored: beside its weights, so run deletion removes both."""
-    return f"{run_folder(run.pk)}/candidate-{candidate_index}.int8.npz"
+    return f"{run_folder(run.pk)}/candidate-{candidate_index}{_rung_suffix(rung)}.int8.npz"
 
 
 def save_quant_model(qm: QuantModel, name: str) -> str:
@@ -123,6 +129,7 @@ def int8_metrics(
     state_dict: dict[str, torch.Tensor],
     dataset: Dataset,
     fidelity: Fidelity,
+    rung: int = 0,
 ) -> dict[str, Any]:
     """Quantise a freshly trained candidate and save its int8 model; the metrics to store.
 
@@ -135,7 +142,7 @@ def int8_metrics(
         with evaluation_threads():
             qm = quantize_trained(arch, model.eval(), dataset, fidelity)
             val, test = int8_accuracies(qm, dataset, fidelity)
-        name = save_quant_model(qm, int8_name(run, candidate_index))
+        name = save_quant_model(qm, int8_name(run, candidate_index, rung))
     except Exception:
         logger.warning("could not quantise candidate %s of run %s", candidate_index, run.pk, exc_info=True)
         return {}
@@ -149,7 +156,11 @@ def save_trained(
     state_dict: dict[str, torch.Tensor],
     dataset: Dataset,
     fidelity: Fidelity,
+    rung: int = 0,
 ) -> tuple[str, dict[str, Any]]:
-    """Store a trained candidate's weights and int8 model: (weights name, int8 metrics to store)."""
-    name = save_weights_file(state_dict, weights_name(run, index))
-    return name, int8_metrics(run, index, arch, state_dict, dataset, fidelity)
+    """Store a trained candidate's weights and int8 model: (weights name, int8 metrics to store).
+
+    ``rung`` > 0 (an ASHA promotion) stores them under that rung's names.
+    """
+    name = save_weights_file(state_dict, weights_name(run, index, rung))
+    return name, int8_metrics(run, index, arch, state_dict, dataset, fidelity, rung)

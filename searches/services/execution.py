@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator
 from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from searches import events, queue
@@ -188,7 +188,7 @@ def evaluate(candidate_id: int) -> None:
                     else:
                         _abandon(candidate_id)
                     return
-            _tell(run_id, proposal.id, result, attempt)
+            _tell(run_id, proposal, result, attempt)
         except ObjectDoesNotExist:
             # The user deleted the run (and so its candidates) while this one queued or trained;
             # what the training saved after the deletion removed the run's files goes too.
@@ -334,27 +334,32 @@ def _cancel_poll(run_id: int) -> Callable[[], bool]:
     )
 
 
-def _tell(run_id: int, proposal_id: int, result: EvalResult | EvalFailure, attempt: int) -> None:
+def _tell(run_id: int, proposal: Proposal, result: EvalResult | EvalFailure, attempt: int) -> None:
     with transaction.atomic():
         run = _lock(run_id)
-        candidate = Candidate.objects.select_for_update().get(run=run, index=proposal_id)
+        candidate = Candidate.objects.select_for_update().get(run=run, index=proposal.id)
         if candidate.status != Candidate.Status.RUNNING or candidate.attempts != attempt:
             # Cancelled meanwhile, or this attempt's lease ran out and the candidate went back
             # to the queue: the current attempt (or nobody) tells.
-            logger.info("dropping attempt %s of candidate %s of run %s", attempt, proposal_id, run_id)
+            logger.info("dropping attempt %s of candidate %s of run %s", attempt, proposal.id, run_id)
             return
-        _tell_locked(run, proposal_id, result)
+        _tell_locked(run, proposal.id, result, proposal.rung)
 
 
-def _tell_locked(run: SearchRun, proposal_id: int, result: EvalResult | EvalFailure) -> None:
+def _tell_locked(
+    run: SearchRun, proposal_id: int, result: EvalResult | EvalFailure, rung: int | None = None
+) -> None:
+    """Tell the outstanding proposal ``proposal_id`` (of ``rung``, when the caller trained one)."""
     if run.status != SearchRun.Status.RUNNING:
         logger.info("dropping the result of candidate %s of run %s", proposal_id, run.pk)
         return
     strategy = load_strategy(run)
-    if _outstanding(strategy, proposal_id) is None:
+    outstanding = _outstanding(strategy, proposal_id)
+    if outstanding is None or (rung is not None and outstanding.rung != rung):
+        # An attempt at an ASHA rung the candidate has moved past (attempts restart per rung).
         return
     strategy.tell(proposal_id, result)
-    store_result(run, strategy, proposal_id, result)
+    store_result(run, strategy, proposal_id, result, outstanding.rung)
     _fill_locked(run, strategy)
 
 
@@ -364,9 +369,10 @@ def _give_up(candidate: Candidate, reason: str) -> None:
     if run.status == SearchRun.Status.RUNNING:
         _tell_locked(run, candidate.index, EvalFailure(reason))
     # Whether or not the strategy still waited for it, the row must not stay running.
-    if Candidate.objects.filter(pk=candidate.pk, status__in=_UNFINISHED).update(
-        status=Candidate.Status.FAILED, reject_reason=reason, lease_expires=None
-    ):
+    rows = Candidate.objects.filter(pk=candidate.pk, status__in=_UNFINISHED)
+    if rows.exists():
+        _back_to_done(rows)
+        rows.update(status=Candidate.Status.FAILED, reject_reason=reason, lease_expires=None)
         events.candidates_changed(run.pk, [candidate.pk])
 
 
@@ -423,9 +429,10 @@ def _abandon(candidate_id: int) -> None:
     with transaction.atomic():
         candidate = Candidate.objects.get(pk=candidate_id)
         _lock(candidate.run_id)
-        changed = Candidate.objects.filter(pk=candidate_id, status__in=_UNFINISHED).update(
-            status=Candidate.Status.CANCELLED, reject_reason="cancelled"
-        )
+        rows = Candidate.objects.filter(pk=candidate_id, status__in=_UNFINISHED)
+        changed = rows.count()
+        _back_to_done(rows)
+        rows.update(status=Candidate.Status.CANCELLED, reject_reason="cancelled")
         if changed:
             events.candidates_changed(candidate.run_id, [candidate_id])
 
@@ -433,8 +440,17 @@ def _abandon(candidate_id: int) -> None:
 def _mark_unfinished(run: SearchRun, status: str, reason: str) -> None:
     rows = Candidate.objects.filter(run=run, status__in=_UNFINISHED)
     ids = list(rows.values_list("pk", flat=True))
+    _back_to_done(rows)
     rows.update(status=status, reject_reason=reason)
     events.candidates_changed(run.pk, ids)
+
+
+def _back_to_done(rows: QuerySet[Candidate]) -> None:
+    """Unfinished ASHA promotions keep their earlier rung's result: done, not cancelled or failed.
+
+    A resumed run queues the promotion again (it is still outstanding in the strategy).
+    """
+    rows.filter(val_accuracy__isnull=False).update(status=Candidate.Status.DONE, lease_expires=None)
 
 
 @contextlib.contextmanager

@@ -42,6 +42,13 @@ class RunRequest:
     sparsity: tuple[float, float] | None = None
     # When the search ends, train its top K Pareto candidates for deployment (0: do not).
     deploy_top_k: int = 3
+    # "off" (one training per candidate) or "asha" (successive-halving rungs: the top 1/eta of
+    # a rung are trained eta times longer, up to rung asha_max_rung).
+    fidelity_schedule: str = "off"
+    asha_eta: int = 3
+    asha_max_rung: int = 2
+    # Validation error the search minimises: the float model's or the int8 model's.
+    error_objective: str = "float"
 
 
 def fidelity_for(request: RunRequest) -> Fidelity:
@@ -81,6 +88,10 @@ def launch_run(owner: Any, project: Project | None, request: RunRequest) -> Sear
         fidelity=fidelity_for(request),
         strategy_options=strategy_options_for(request),
         sparsity=request.sparsity,
+        fidelity_schedule=request.fidelity_schedule,
+        asha_eta=request.asha_eta,
+        asha_max_rung=request.asha_max_rung,
+        error_objective=request.error_objective,
     )
     with transaction.atomic():
         run = runs.create_run(

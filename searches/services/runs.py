@@ -8,6 +8,7 @@ run can be resumed by any process.  This module drives a run in one process (the
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import asdict
@@ -21,6 +22,7 @@ from django.utils import timezone
 from searches import events
 from searches.engine.space.arch import Architecture
 from searches.engine.space.sampling import SpaceConfig
+from searches.engine.strategies.asha import rung_epochs
 from searches.engine.strategies.base import EvalFailure, EvalResult, Proposal, SearchStrategy, measure
 from searches.engine.strategies.config import Bounds, Limits, SearchConfig
 from searches.engine.strategies.driver import SearchEvent, run_search
@@ -29,7 +31,7 @@ from searches.engine.training.datasets import Dataset, load_dataset
 from searches.engine.training.model import build_model
 from searches.engine.training.train import Fidelity, train_and_evaluate
 from searches.models import UPLOAD_PREFIX, Candidate, HardwareProfile, SearchRun
-from searches.services.artifacts import save_trained
+from searches.services.artifacts import load_weights_file, save_trained
 from searches.services.datasets import load_uploaded
 
 # μNAS-style soft bounds on (error, MACs) per dataset; SRAM and flash bounds come from the
@@ -95,11 +97,17 @@ def make_config(
     fidelity: Fidelity | None = None,
     strategy_options: dict[str, Any] | None = None,
     sparsity: tuple[float, float] | None = None,
+    fidelity_schedule: str = "off",
+    asha_eta: int = 3,
+    asha_max_rung: int = 2,
+    error_objective: str = "float",
 ) -> SearchConfig:
     """A search config whose μNAS bounds are the profile's limits plus per-dataset defaults.
 
     ``strategy_options`` are settings only one strategy reads (MemNAS: lambda, beta, top_k);
-    ``sparsity`` turns on μNAS's structured-pruning gene with that (low, high) range.
+    ``sparsity`` turns on μNAS's structured-pruning gene with that (low, high) range;
+    ``fidelity_schedule="asha"`` trains in ASHA rungs (``fidelity`` is rung 0);
+    ``error_objective`` is "float" or "int8" validation error.
     """
     error_bound, macs_bound = DATASET_BOUNDS.get(dataset.name, DATASET_BOUNDS[""])
     population = population or max(4, min(100, budget // 3))
@@ -121,6 +129,10 @@ def make_config(
         fidelity=asdict(fidelity) | {"seed": seed},
         strategy_options=dict(strategy_options or {}),
         sparsity=sparsity,
+        fidelity_schedule=fidelity_schedule,  # type: ignore[arg-type]
+        asha_eta=asha_eta,
+        asha_max_rung=asha_max_rung,
+        error_objective=error_objective,  # type: ignore[arg-type]
     )
 
 
@@ -162,7 +174,13 @@ def load_strategy(run: SearchRun) -> SearchStrategy:
 
 
 def store_proposal(run: SearchRun, proposal: Proposal, status: str | None = None) -> Candidate:
-    """Write ``proposal`` as a Candidate row (pending, or rejected with its reason) and announce it."""
+    """Write ``proposal`` as a Candidate row (pending, or rejected with its reason) and announce it.
+
+    An ASHA promotion only queues the candidate's existing row again: it keeps its description
+    and its results so far (the dashboard shows them, with the rung, while it trains further).
+    """
+    if proposal.rung > 0:
+        return _store_promotion(run, proposal, status or Candidate.Status.PENDING)
     if status is None:
         status = Candidate.Status.REJECTED if proposal.rejected else Candidate.Status.PENDING
     resources = proposal.resources
@@ -190,21 +208,51 @@ def store_proposal(run: SearchRun, proposal: Proposal, status: str | None = None
     return candidate
 
 
+def _store_promotion(run: SearchRun, proposal: Proposal, status: str) -> Candidate:
+    rows = Candidate.objects.filter(run=run, index=proposal.id)
+    # A fresh attempt count: the fencing in execution also checks the rung, so no attempt of
+    # the rung below can tell this one's result.
+    rows.update(status=status, reject_reason="", attempts=0, lease_expires=None, enqueued_at=None)
+    candidate = rows.get()
+    events.candidate_changed(candidate)
+    return candidate
+
+
 def store_result(
-    run: SearchRun, strategy: SearchStrategy, proposal_id: int, result: EvalResult | EvalFailure
+    run: SearchRun,
+    strategy: SearchStrategy,
+    proposal_id: int,
+    result: EvalResult | EvalFailure,
+    rung: int = 0,
 ) -> None:
-    """Write a told result on its row, refresh the run's Pareto flags and announce every changed row."""
+    """Write a told result on its row, refresh the run's Pareto flags and announce every changed row.
+
+    ``rung`` > 0 is an ASHA promotion's result: it replaces the row's results (the earlier
+    rungs' stay in ``rung_results``); a failed promotion leaves them and records why.
+    """
     rows = Candidate.objects.filter(run=run, index=proposal_id)
-    if isinstance(result, EvalFailure):
+    candidate = rows.first()
+    if candidate is None:
+        return
+    entry = _rung_entry(run, rung, result)
+    history = [e for e in candidate.rung_results if e.get("rung") != rung] + [entry]
+    if isinstance(result, EvalFailure) and rung > 0:
+        rows.update(status=Candidate.Status.DONE, rung_results=history)
+        changed = [candidate.pk]
+    elif isinstance(result, EvalFailure):
         rows.update(status=Candidate.Status.FAILED, reject_reason=result.reason)
-        changed = list(rows.values_list("pk", flat=True))
+        changed = [candidate.pk]
     else:
         metrics = result.metrics
+        seconds = [e["train_seconds"] for e in history if e.get("train_seconds") is not None]
         rows.update(
             status=Candidate.Status.DONE,
+            rung=rung,
+            rung_results=history,
             val_accuracy=result.val_accuracy,
             test_accuracy=result.test_accuracy,
-            train_seconds=metrics.get("train_seconds"),
+            # Every rung's training: what the candidate cost in all.
+            train_seconds=sum(seconds) if seconds else None,
             weights=metrics.get("weights", ""),
             **_pruned_fields(metrics),
             int8_model=metrics.get("int8_model", ""),
@@ -214,9 +262,27 @@ def store_result(
             export_status=Candidate.ExportStatus.NONE,
             export_report=None,
         )
-        changed = list(rows.values_list("pk", flat=True))
+        changed = [candidate.pk]
         changed += [pk for pk in _update_pareto_flags(run, strategy) if pk not in changed]
     events.candidates_changed(run.pk, changed)
+
+
+def _rung_entry(run: SearchRun, rung: int, result: EvalResult | EvalFailure) -> dict[str, Any]:
+    """One rung's line of a candidate's ``rung_results``."""
+    config = search_config(run)
+    epochs = rung_epochs(int(config.fidelity.get("epochs", 1)), config.asha_eta, rung)
+    if isinstance(result, EvalFailure):
+        return {"rung": rung, "epochs": epochs, "error": result.reason}
+    metrics = result.metrics
+    return {
+        "rung": rung,
+        "epochs": epochs,
+        "val_accuracy": result.val_accuracy,
+        "test_accuracy": result.test_accuracy,
+        "int8_val_accuracy": metrics.get("int8_val_accuracy"),
+        "int8_test_accuracy": metrics.get("int8_test_accuracy"),
+        "train_seconds": metrics.get("train_seconds"),
+    }
 
 
 def _pruned_fields(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -270,7 +336,7 @@ class RunRecorder:
                 store_proposal(self.run, proposal, Candidate.Status.RUNNING)
             else:
                 assert event.result is not None
-                store_result(self.run, self.strategy, proposal.id, event.result)
+                store_result(self.run, self.strategy, proposal.id, event.result, proposal.rung)
             save_state(self.run, self.strategy)
             if event.kind in ("evaluated", "failed"):
                 events.run_changed(self.run)
@@ -295,6 +361,8 @@ def train_proposal(
     stop: Callable[[], bool] | None = None,
 ) -> EvalResult:
     """Train a proposal, save its weights and int8 model; raises on divergence, TrainingStopped if stopped."""
+    if proposal.rung > 0:
+        return _train_promotion(run, dataset, fidelity, proposal, stop)
     if proposal.sparsity is not None:
         return _train_pruned(run, dataset, fidelity, proposal, stop)
     result = train_and_evaluate(proposal.architecture, dataset, fidelity, stop=stop)
@@ -311,6 +379,35 @@ def train_proposal(
             "weights": weights,
             **int8,
         },
+    )
+
+
+def _train_promotion(
+    run: SearchRun, dataset: Dataset, fidelity: Fidelity, proposal: Proposal, stop: Callable[[], bool] | None
+) -> EvalResult:
+    """An ASHA promotion: continue from the rung below's weights up to this rung's epochs, quantise again."""
+    config = search_config(run)
+    before = rung_epochs(fidelity.epochs, config.asha_eta, proposal.rung - 1)
+    total = rung_epochs(fidelity.epochs, config.asha_eta, proposal.rung)
+    if not proposal.resume_weights:
+        raise RuntimeError(f"rung {proposal.rung - 1} stored no weights to continue from")
+    state = load_weights_file(proposal.architecture, proposal.resume_weights).state_dict()
+    result = train_and_evaluate(
+        proposal.architecture,
+        dataset,
+        dataclasses.replace(fidelity, epochs=total - before),
+        stop=stop,
+        initial_state=state,
+    )
+    if result.diverged:
+        raise RuntimeError("training diverged (loss is not finite)")
+    weights, int8 = save_trained(
+        run, proposal.id, proposal.architecture, result.state_dict, dataset, fidelity, proposal.rung
+    )
+    return EvalResult(
+        result.val_accuracy,
+        result.test_accuracy,
+        metrics={"train_seconds": result.train_seconds, "epochs": total, "weights": weights, **int8},
     )
 
 

@@ -38,6 +38,7 @@ CSV_COLUMNS = (
     "latency_ms_estimate",
     "params",
     "train_seconds",
+    "rung",
     "parent_index",
     "mutation",
     "reject_reason",
@@ -104,6 +105,10 @@ def _request_from(form: NewRunForm) -> RunRequest:
         memnas_beta=data["memnas_beta"],
         memnas_top_k=data["memnas_top_k"],
         sparsity=(data["sparsity_low"], data["sparsity_high"]) if data["pruning"] else None,
+        fidelity_schedule=data["fidelity_schedule"] or "off",
+        asha_eta=data["asha_eta"] or 3,
+        asha_max_rung=data["asha_max_rung"] or 2,
+        error_objective=data["error_objective"] or "float",
     )
 
 
@@ -152,6 +157,9 @@ def dashboard_config(run: SearchRun) -> dict[str, Any]:
         "cancel_url": reverse("run_cancel", args=[run.pk]),
         "extend_url": reverse("run_extend", args=[run.pk]),
         "status": run.status,
+        # The plots' error axis is the error the search minimises; the table shows rungs for ASHA.
+        "error_objective": (run.config or {}).get("error_objective", "float"),
+        "fidelity_schedule": (run.config or {}).get("fidelity_schedule", "off"),
     }
 
 

@@ -357,6 +357,8 @@ def test_detail_works(client, user):
         "cancel_url": f"/runs/{run.pk}/cancel/",
         "extend_url": f"/runs/{run.pk}/extend/",
         "status": "running",
+        "error_objective": "float",
+        "fidelity_schedule": "off",
     }
 
 

@@ -54,9 +54,14 @@
 
   // ------------------------------------------------------------------ metrics and groups
 
+  const ASHA = config.fidelity_schedule === "asha";
+
   const METRICS = {
     index: { label: "candidate #", value: (c) => c.index },
-    error: { label: "validation error (%)", value: (c) => 100 * finite(c.error) },
+    // The error the search minimises: the float model's, or its int8 model's.
+    error: config.error_objective === "int8"
+      ? { label: "int8 validation error (%)", value: (c) => 100 * finite(c.int8_val_accuracy === null ? null : 1 - c.int8_val_accuracy) }
+      : { label: "validation error (%)", value: (c) => 100 * finite(c.error) },
     sram: { label: "peak SRAM (KB)", value: (c) => kb(c.peak_sram_bytes), limit: limits.sram_bytes, scale: KB },
     flash: { label: "flash (KB)", value: (c) => kb(c.flash_bytes), limit: limits.flash_bytes, scale: KB },
     macs: { label: "MACs (log scale)", value: (c) => finite(c.macs), log: true },
@@ -88,7 +93,7 @@
     let text = hoverCache.get(c);
     if (text === undefined) {
       text =
-        `<b>${escapeHtml(c.label)}</b> ${c.status}${c.on_pareto ? " · Pareto front" : ""}${c.for_deployment ? " · trained for deployment" : ""}<br>` +
+        `<b>${escapeHtml(c.label)}</b> ${c.status}${ASHA ? ` · rung ${c.rung}` : ""}${c.on_pareto ? " · Pareto front" : ""}${c.for_deployment ? " · trained for deployment" : ""}<br>` +
         `val acc ${fmtPct(c.val_accuracy)} (int8 ${fmtPct(c.int8_val_accuracy)}) · SRAM ${fmtBytes(c.peak_sram_bytes)} · flash ${fmtBytes(c.flash_bytes)}<br>` +
         `MACs ${fmtCount(c.macs)} · latency ${fmtMs(c.latency_ms)}` +
         (c.mutation ? `<br>${escapeHtml(c.mutation.slice(0, 60))}` : "");
@@ -407,6 +412,8 @@
   const COLUMNS = [
     { key: "status", label: "status", get: (c) => c.status, first: 1 },
     { key: "index", label: "#", get: (c) => c.index, first: -1 },
+    // ASHA runs: the rung of the shown results (a promoted candidate training further shows the rung below).
+    ...(ASHA ? [{ key: "rung", label: "rung", get: (c) => c.rung, show: String, first: -1 }] : []),
     { key: "val_accuracy", label: "val acc", get: (c) => c.val_accuracy, show: fmtPct, first: -1 },
     { key: "test_accuracy", label: "test acc", get: (c) => c.test_accuracy, show: fmtPct, first: -1 },
     { key: "int8_val_accuracy", label: "int8 val", get: (c) => c.int8_val_accuracy, show: fmtPct, first: -1 },

@@ -8,7 +8,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from searches.engine.strategies.config import STRATEGIES
+from searches.engine.strategies.config import ERROR_OBJECTIVES, FIDELITY_SCHEDULES, STRATEGIES
 from searches.engine.strategies.driver import SearchEvent
 from searches.engine.training.datasets import DATASETS, DatasetError
 from searches.engine.training.train import Fidelity
@@ -36,6 +36,25 @@ class Command(BaseCommand):
         parser.add_argument("--train-subset", type=int, help="train on at most this many samples")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument(
+            "--fidelity-schedule",
+            choices=FIDELITY_SCHEDULES,
+            default="off",
+            help="off: one training per candidate; asha: successive-halving rungs (default off)",
+        )
+        parser.add_argument("--asha", action="store_true", help="same as --fidelity-schedule asha")
+        parser.add_argument(
+            "--eta", type=int, default=3, help="ASHA: promote the top 1/ETA of a rung to ETA times the epochs"
+        )
+        parser.add_argument(
+            "--max-rung", type=int, default=2, help="ASHA: highest rung (rung k trains ETA**k x the epochs)"
+        )
+        parser.add_argument(
+            "--error-objective",
+            choices=ERROR_OBJECTIVES,
+            default="float",
+            help="validation error the search minimises: the float model's or the int8 model's",
+        )
+        parser.add_argument(
             "--deploy-top-k",
             type=int,
             default=0,
@@ -53,7 +72,8 @@ class Command(BaseCommand):
         ) as bar:
 
             def progress(event: SearchEvent) -> None:
-                if event.kind in ("evaluated", "failed"):
+                # The bar counts candidates; ASHA's promotions train ones already counted.
+                if event.kind in ("evaluated", "failed") and event.proposal.rung == 0:
                     bar.update(1)
                     acc = getattr(event.result, "val_accuracy", None)
                     if acc is not None:
@@ -116,6 +136,10 @@ class Command(BaseCommand):
                 population=options["population"],
                 sample_size=options["sample_size"],
                 fidelity=fidelity,
+                fidelity_schedule="asha" if options["asha"] else options["fidelity_schedule"],
+                asha_eta=options["eta"],
+                asha_max_rung=options["max_rung"],
+                error_objective=options["error_objective"],
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
@@ -157,17 +181,19 @@ class Command(BaseCommand):
         if run.error:
             self.stdout.write(f"note: {run.error}")
         front = run.candidates.filter(on_pareto=True).order_by("-val_accuracy")
-        self.stdout.write("\nPareto front (val error, peak SRAM, flash, MACs):")
+        objective = "int8 val error" if run.config.get("error_objective") == "int8" else "val error"
+        self.stdout.write(f"\nPareto front ({objective}, peak SRAM, flash, MACs):")
         header = (
-            f"{'#':>4}  {'val acc':>7}  {'test acc':>8}  {'int8 test':>9}  {'SRAM B':>7}  {'flash B':>7}  "
-            f"{'MACs':>9}  mutation"
+            f"{'#':>4}  {'rung':>4}  {'val acc':>7}  {'int8 val':>8}  {'test acc':>8}  {'int8 test':>9}  "
+            f"{'SRAM B':>7}  {'flash B':>7}  {'MACs':>9}  mutation"
         )
         self.stdout.write(header)
         for c in front:
             int8 = "—" if c.int8_test_accuracy is None else f"{c.int8_test_accuracy:.3f}"
+            int8_val = "—" if c.int8_val_accuracy is None else f"{c.int8_val_accuracy:.3f}"
             self.stdout.write(
-                f"{c.index:>4}  {c.val_accuracy:>7.3f}  {c.test_accuracy:>8.3f}  {int8:>9}  "
-                f"{c.peak_sram_bytes:>7,}  {c.flash_bytes:>7,}  {c.macs:>9,}  {c.mutation}"
+                f"{c.index:>4}  {c.rung:>4}  {c.val_accuracy:>7.3f}  {int8_val:>8}  {c.test_accuracy:>8.3f}  "
+                f"{int8:>9}  {c.peak_sram_bytes:>7,}  {c.flash_bytes:>7,}  {c.macs:>9,}  {c.mutation}"
             )
         if front:
             self.stdout.write(f"\nExport one: python manage.py verify_export {front[0].pk}  (or its page)")

@@ -21,11 +21,16 @@
     document.getElementById("memnas-options").hidden = !memnas;
     document.getElementById("pruning-options").hidden = memnas;
     document.getElementById("sparsity-range").hidden = !form.elements.pruning.checked;
+    // ASHA rungs need a strategy that tolerates a candidate's result improving later.
+    form.elements.fidelity_schedule.querySelector('option[value="asha"]').disabled = memnas;
+    if (memnas) form.elements.fidelity_schedule.value = "off";
+    document.getElementById("asha-options").hidden = form.elements.fidelity_schedule.value !== "asha";
   }
 
   form.elements.dataset.addEventListener("change", showDefaults);
   form.elements.strategy.addEventListener("change", showStrategyOptions);
   form.elements.pruning.addEventListener("change", showStrategyOptions);
+  form.elements.fidelity_schedule.addEventListener("change", showStrategyOptions);
   showDefaults();
   showStrategyOptions();
 })();
