@@ -93,3 +93,43 @@ def test_a_worker_runs_a_search_and_announces_it(
             candidate.on_pareto,
             candidate.val_accuracy,
         )
+
+
+def test_a_worker_runs_an_asha_search_to_its_top_rung(
+    user, worker: tuple[subprocess.Popen, Path], redis_url: str
+) -> None:
+    process, log_path = worker
+    dataset = runs.get_dataset("digits")
+    config = runs.make_config(
+        dataset,
+        runs.limits_for(None, sram_kb=2, flash_kb=4),
+        budget=4,
+        population=2,
+        fidelity=Fidelity(epochs=1),
+        fidelity_schedule="asha",
+        asha_eta=2,
+        asha_max_rung=2,
+        error_objective="int8",
+    )
+    run = runs.create_run(user, "digits", config)
+    run.config = {**run.config, "parallel": 2}
+    run.save(update_fields=["config"])
+
+    send_task(redis_url, tasks.start_run_task, run.pk)
+    deadline = time.monotonic() + 2 * TIMEOUT_S
+    while time.monotonic() < deadline and process.poll() is None:
+        run.refresh_from_db()
+        if run.status not in ("pending", "running"):
+            break
+        time.sleep(1)
+
+    assert run.status == SearchRun.Status.DONE, f"run is {run.status} {run.error!r}:\n{tail(log_path)}"
+    rows = list(run.candidates.order_by("index"))
+    assert run.evaluated == 4 and all(c.status == Candidate.Status.DONE for c in rows)
+    # Four results at rung 0, eta 2: at least two promoted, the best of those to rung 2.
+    assert sum(c.rung >= 1 for c in rows) >= 2 and any(c.rung == 2 for c in rows)
+    media = Path(log_path.parent / "data" / "media")
+    for c in rows:
+        assert [r["rung"] for r in c.rung_results] == list(range(c.rung + 1))
+        assert [r["epochs"] for r in c.rung_results] == [2**k for k in range(c.rung + 1)]
+        assert (media / c.weights.name).is_file() and (media / c.int8_model.name).is_file()

@@ -601,6 +601,7 @@ def test_csv_works(client, user):
         "latency_ms_estimate",
         "params",
         "train_seconds",
+        "rung",
         "parent_index",
         "mutation",
         "reject_reason",
@@ -623,6 +624,7 @@ def test_csv_works(client, user):
     )
     assert (rows[2]["status"], rows[2]["val_accuracy"], rows[2]["feasible"]) == ("rejected", "", "False")
     assert rows[2]["reject_reason"] == "peak SRAM 5000 B > limit 2048 B"
+    assert [r["rung"] for r in rows] == ["0", "0", "0"]
 
 
 def test_csv_checks_owner(client, user, other_user):

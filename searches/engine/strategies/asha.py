@@ -52,6 +52,8 @@ class Rungs:
     results: list[list[tuple[int, Objectives]]] = field(default_factory=list)
     # promoted[k]: ids handed out for rung k + 1, for k = 0..max_rung - 1.
     promoted: list[set[int]] = field(default_factory=list)
+    # promotion_order() of each rung, until its next result: ask() and is_done() look often.
+    _order: dict[int, list[int]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.results = self.results or [[] for _ in range(self.max_rung + 1)]
@@ -60,6 +62,13 @@ class Rungs:
     def record(self, rung: int, candidate_id: int, objectives: Objectives) -> None:
         """A candidate completed ``rung`` with these objectives."""
         self.results[rung].append((candidate_id, tuple(objectives)))
+        self._order.pop(rung, None)
+
+    def ranked(self, rung: int) -> list[int]:
+        """The rung's candidate ids, best first (see :func:`promotion_order`)."""
+        if rung not in self._order:
+            self._order[rung] = promotion_order(self.results[rung])
+        return self._order[rung]
 
     def next_promotion(self) -> tuple[int, int] | None:
         """(candidate id, rung it is promoted from) of the next promotion, highest rung first, or None."""
@@ -68,7 +77,7 @@ class Rungs:
             quota = len(results) // self.eta
             if quota == 0:
                 continue
-            for candidate_id in promotion_order(results)[:quota]:
+            for candidate_id in self.ranked(rung)[:quota]:
                 if candidate_id not in self.promoted[rung]:
                     return candidate_id, rung
         return None

@@ -46,15 +46,11 @@ def pareto_front(points: Sequence[Sequence[float]]) -> list[int]:
 
 def pareto_ranks(points: Sequence[Sequence[float]]) -> list[int]:
     """Non-dominated sorting: 0 for the Pareto front, 1 for the front once it is removed, and so on."""
-    ranks = [-1] * len(points)
-    remaining = list(range(len(points)))
-    rank = 0
-    while remaining:
-        front = [
-            i for i in remaining if not any(dominates(points[j], points[i]) for j in remaining if j != i)
-        ]
-        for i in front:
-            ranks[i] = rank
-        remaining = [i for i in remaining if ranks[i] < 0]
-        rank += 1
+    # A point's front is one past the highest front of the points dominating it, and those all
+    # come before it in lexicographic order: one pass in that order ranks every point.
+    order = sorted(range(len(points)), key=lambda i: tuple(points[i]))
+    ranks = [0] * len(points)
+    for n, i in enumerate(order):
+        above = [ranks[j] for j in order[:n] if dominates(points[j], points[i])]
+        ranks[i] = max(above) + 1 if above else 0
     return ranks

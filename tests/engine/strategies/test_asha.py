@@ -286,3 +286,16 @@ def test_a_resumed_asha_run_continues_identically(strategy: str) -> None:
     resumed = drive(make_strategy(cfg), parallel=3, seed=5, resume_every_step=True)
     assert resumed == straight
     assert any(isinstance(e, dict) and e.get("rung") == 2 for e in straight)
+
+
+def test_pareto_ranks_peel_fronts_one_after_another() -> None:
+    from searches.engine.strategies.objectives import pareto_ranks
+
+    rng = random.Random(3)
+    points = [(rng.randint(0, 5), rng.randint(0, 5), rng.randint(0, 5)) for _ in range(60)]
+    ranks = pareto_ranks(points)
+    remaining, rank = list(range(len(points))), 0
+    while remaining:
+        front = [remaining[i] for i in pareto_front([points[j] for j in remaining])]
+        assert sorted(i for i in remaining if ranks[i] == rank) == front
+        remaining, rank = [i for i in remaining if i not in front], rank + 1
