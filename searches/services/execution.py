@@ -188,7 +188,7 @@ def evaluate(candidate_id: int) -> None:
                     else:
                         _abandon(candidate_id)
                     return
-            _tell(run_id, proposal, result, attempt)
+            _tell(run_id, proposal.id, result, attempt, proposal.rung)
         except ObjectDoesNotExist:
             # The user deleted the run (and so its candidates) while this one queued or trained;
             # what the training saved after the deletion removed the run's files goes too.
@@ -334,16 +334,19 @@ def _cancel_poll(run_id: int) -> Callable[[], bool]:
     )
 
 
-def _tell(run_id: int, proposal: Proposal, result: EvalResult | EvalFailure, attempt: int) -> None:
+def _tell(
+    run_id: int, proposal_id: int, result: EvalResult | EvalFailure, attempt: int, rung: int = 0
+) -> None:
+    """Tell the result of attempt ``attempt`` at ASHA rung ``rung``, if both are still the current ones."""
     with transaction.atomic():
         run = _lock(run_id)
-        candidate = Candidate.objects.select_for_update().get(run=run, index=proposal.id)
+        candidate = Candidate.objects.select_for_update().get(run=run, index=proposal_id)
         if candidate.status != Candidate.Status.RUNNING or candidate.attempts != attempt:
             # Cancelled meanwhile, or this attempt's lease ran out and the candidate went back
             # to the queue: the current attempt (or nobody) tells.
-            logger.info("dropping attempt %s of candidate %s of run %s", attempt, proposal.id, run_id)
+            logger.info("dropping attempt %s of candidate %s of run %s", attempt, proposal_id, run_id)
             return
-        _tell_locked(run, proposal.id, result, proposal.rung)
+        _tell_locked(run, proposal_id, result, rung)
 
 
 def _tell_locked(

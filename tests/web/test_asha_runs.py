@@ -6,7 +6,6 @@ test_execution.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 from typing import Any
 
@@ -127,8 +126,7 @@ def test_an_attempt_at_the_rung_below_cannot_tell_the_promotion(user, queue: Que
     _, promotion, attempt = claimed
     assert promotion.rung == 1 and attempt == 1
     # A rung-0 attempt of this candidate with the same attempt number (counts restart per rung).
-    stale = dataclasses.replace(promotion, rung=0, resume_weights=None)
-    execution._tell(run.pk, stale, EvalResult(0.01, 0.01), attempt)
+    execution._tell(run.pk, promotion.id, EvalResult(0.01, 0.01), attempt, rung=0)
     candidate.refresh_from_db()
     assert candidate.status == Candidate.Status.RUNNING and candidate.rung == 0
     assert [p.rung for p in _strategy(run).outstanding] == [1]
