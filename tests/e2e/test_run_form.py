@@ -46,3 +46,30 @@ def test_the_run_form_shows_memnas_settings_for_memnas_only(page: Page, live_sta
     page.select_option("select[name=strategy]", "random")
     expect(population).to_be_visible()
     expect(memnas_lambda).to_be_hidden()
+
+
+def test_the_run_form_shows_asha_settings_only_for_asha(page: Page, live_stack: LiveStack) -> None:
+    base = live_stack.base_url
+    page.goto(f"{base}/accounts/login/")
+    page.fill("input[name=username]", USERNAME)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("main form button[type=submit]")
+    page.goto(f"{base}/projects/new/")
+    page.fill("input[name=name]", "ASHA form project")
+    page.click("main form button[type=submit]")
+    expect(page).to_have_url(re.compile(r"/projects/\d+/$"))
+    page.goto(page.url + "runs/new/")
+
+    eta, schedule = page.locator("input[name=asha_eta]"), page.locator("select[name=fidelity_schedule]")
+    expect(schedule).to_have_value("off")
+    expect(page.locator("select[name=error_objective]")).to_have_value("float")
+    expect(eta).to_be_hidden()
+    page.select_option("select[name=fidelity_schedule]", "asha")
+    expect(eta).to_be_visible()
+    expect(eta).to_have_value("3")
+    expect(page.locator("input[name=asha_max_rung]")).to_have_value("2")
+    # MemNAS cannot take rungs: choosing it turns them off and hides their settings.
+    page.select_option("select[name=strategy]", "memnas")
+    expect(schedule).to_have_value("off")
+    expect(eta).to_be_hidden()
+    expect(schedule.locator("option[value=asha]")).to_be_disabled()
