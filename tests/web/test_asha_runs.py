@@ -191,6 +191,21 @@ def test_the_api_validates_the_new_settings(client, user, fields, field, message
     assert message in str(response.json()[field])
 
 
+def test_the_api_refuses_a_top_rung_too_long(user):
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    body = {"profile": make_profile(user).pk, "dataset": "digits", "fidelity_schedule": "asha"}
+    response = api.post(
+        "/api/runs/", body | {"epochs": 100, "asha_eta": 5, "asha_max_rung": 3}, format="json"
+    )
+    assert response.status_code == 400
+    assert "100 x 5^3 = 12,500 epochs per candidate; at most 2,000" in str(response.json())
+    assert not SearchRun.objects.exists()
+
+
 def test_the_api_creates_an_asha_run_and_shows_rungs(user, monkeypatch, django_capture_on_commit_callbacks):
     from rest_framework.authtoken.models import Token
     from rest_framework.test import APIClient

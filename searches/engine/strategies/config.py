@@ -24,6 +24,8 @@ ERROR_OBJECTIVES: tuple[str, ...] = ("float", "int8")
 ErrorObjective = Literal["float", "int8"]
 ASHA_MAX_ETA = 10
 ASHA_MAX_RUNG = 4
+# The most epochs ASHA's top rung may train one candidate for (epochs x eta ** max_rung).
+ASHA_MAX_EPOCHS = 2000
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,12 @@ class SearchConfig:
         if not 1 <= self.asha_max_rung <= ASHA_MAX_RUNG:
             raise ValueError(
                 f"ASHA's max rung must be an integer from 1 to {ASHA_MAX_RUNG}, got {self.asha_max_rung}"
+            )
+        epochs, eta, rung = self.fidelity.get("epochs"), self.asha_eta, self.asha_max_rung
+        if self.asha and isinstance(epochs, int) and epochs * eta**rung > ASHA_MAX_EPOCHS:
+            raise ValueError(
+                f"ASHA's top rung would train {epochs} x {eta}^{rung} = {epochs * eta**rung:,} epochs "
+                f"per candidate; at most {ASHA_MAX_EPOCHS:,}: lower the epochs, eta or max rung"
             )
         if self.fidelity_schedule == "asha" and self.strategy == "memnas":
             # MemNAS picks each round's backbone from the whole round's results at once; a

@@ -130,6 +130,10 @@ def test_rungs_json_round_trip() -> None:
         ({"fidelity_schedule": "asha", "asha_max_rung": 5}, "max rung must be an integer from 1 to 4, got 5"),
         ({"fidelity_schedule": "asha", "strategy": "memnas"}, "not MemNAS"),
         ({"error_objective": "int4"}, "unknown error objective 'int4'; known: float, int8"),
+        (
+            {"fidelity_schedule": "asha", "asha_eta": 10, "asha_max_rung": 3, "fidelity": {"epochs": 10}},
+            "top rung would train 10 x 10\\^3 = 10,000 epochs per candidate; at most 2,000",
+        ),
     ],
 )
 def test_bad_settings_are_refused_with_the_reason(overrides: dict[str, object], message: str) -> None:
