@@ -23,7 +23,7 @@ from searches.engine.deploy.header import ExportError
 from searches.engine.deploy.int8 import QuantizationError
 from searches.engine.deploy.tflite import TFLiteExportError
 from searches.models import Candidate, Dataset, HardwareProfile, Project, SearchRun
-from searches.services import execution, export
+from searches.services import downloads, execution, export
 from searches.services.launch import RunRequest, launch_run
 
 # ---- profiles, projects, datasets ------------------------------------------------------------
@@ -291,12 +291,6 @@ def _refuse_suffix(format: str | None) -> None:
         raise NotFound(f"Downloads take no format suffix: drop the '.{format}'.")
 
 
-def _attachment(body: bytes | str, content_type: str, filename: str) -> HttpResponse:
-    response = HttpResponse(body, content_type=content_type)
-    response["Content-Disposition"] = f'attachment; filename="{filename}"'
-    return response
-
-
 class CandidateViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """One candidate with its architecture and resources; its exports and their verification."""
 
@@ -305,10 +299,10 @@ class CandidateViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     def get_queryset(self) -> QuerySet[Candidate]:
         return Candidate.objects.for_user(self.request.user).select_related("parent", "run", "run__profile")
 
-    def _export(self, make: Any) -> HttpResponse | Response:
+    def _export(self, format_name: str) -> HttpResponse | Response:
         candidate = self.get_object()
         try:
-            return make(candidate)
+            return downloads.file_response(downloads.stored_export(candidate, format_name))
         except export.ExportUnavailable as exc:
             return Response({"detail": f"Cannot export: {exc}."}, status=status.HTTP_409_CONFLICT)
         except (QuantizationError, ExportError, TFLiteExportError) as exc:
@@ -323,12 +317,7 @@ class CandidateViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
         self, request: Request, pk: str | None = None, format: str | None = None
     ) -> HttpResponse | Response:
         _refuse_suffix(format)
-
-        def make(candidate: Candidate) -> HttpResponse:
-            header = export.header_for(candidate)
-            return _attachment(header.text, "text/x-c; charset=utf-8", header.filename)
-
-        return self._export(make)
+        return self._export("header")
 
     @extend_schema(
         responses={(200, "application/zip"): OpenApiTypes.BINARY, 409: OpenApiTypes.OBJECT},
@@ -339,12 +328,7 @@ class CandidateViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
         self, request: Request, pk: str | None = None, format: str | None = None
     ) -> HttpResponse | Response:
         _refuse_suffix(format)
-
-        def make(candidate: Candidate) -> HttpResponse:
-            filename, data = export.bundle_for(candidate)
-            return _attachment(data, "application/zip", filename)
-
-        return self._export(make)
+        return self._export("bundle")
 
     @extend_schema(
         responses={(200, "application/octet-stream"): OpenApiTypes.BINARY, 409: OpenApiTypes.OBJECT},
@@ -358,12 +342,7 @@ class CandidateViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
         self, request: Request, pk: str | None = None, format: str | None = None
     ) -> HttpResponse | Response:
         _refuse_suffix(format)
-
-        def make(candidate: Candidate) -> HttpResponse:
-            filename, data = export.tflite_for(candidate)
-            return _attachment(data, "application/octet-stream", filename)
-
-        return self._export(make)
+        return self._export("tflite")
 
     @extend_schema(
         responses={(200, "application/octet-stream"): OpenApiTypes.BINARY, 409: OpenApiTypes.OBJECT},
@@ -374,12 +353,7 @@ class CandidateViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
         self, request: Request, pk: str | None = None, format: str | None = None
     ) -> HttpResponse | Response:
         _refuse_suffix(format)
-
-        def make(candidate: Candidate) -> HttpResponse:
-            filename, data = export.onnx_for(candidate)
-            return _attachment(data, "application/octet-stream", filename)
-
-        return self._export(make)
+        return self._export("onnx")
 
     @extend_schema(request=None, responses={202: s.CandidateDetailSerializer, 409: OpenApiTypes.OBJECT})
     @action(detail=True, methods=["post"])

@@ -1,7 +1,9 @@
-"""Deleting runs and projects together with every file their candidates stored (weights, int8 models).
+"""Deleting runs and projects together with every file their candidates stored.
 
-The files live in the artifact store (:mod:`searches.services.files`), under one folder per run,
-so they go wherever they are: on this machine's disk or in the shared object storage.
+The files live in the artifact store (:mod:`searches.services.files`) in two folders per run:
+the weights and int8 models under ``weights/run-<id>/``, the built downloads under
+``artifacts/run-<id>/`` (:mod:`searches.services.downloads`), so they go wherever they are: on
+this machine's disk or in the shared object storage.
 """
 
 from __future__ import annotations
@@ -9,15 +11,16 @@ from __future__ import annotations
 from django.db import transaction
 
 from searches.models import Project, SearchRun
-from searches.services import files
+from searches.services import downloads, files
 from searches.services.artifacts import run_folder
 
 ACTIVE = (SearchRun.Status.PENDING, SearchRun.Status.RUNNING)
 
 
 def remove_run_files(run_id: int) -> None:
-    """Remove every file the run's candidates stored (weights, int8 models)."""
+    """Remove every file the run's candidates stored (weights, int8 models, built downloads)."""
     files.delete_tree(run_folder(run_id))
+    downloads.remove_run_artifacts(run_id)
 
 
 def _remove_after_commit(run_ids: list[int]) -> None:

@@ -11,7 +11,8 @@ module decides what it runs on and stores what comes out:
   (:func:`quant_model_for`) from their weights, with the same calibration images, so they
   get the very model an evaluation would have stored.
 - **downloads.**  The header, the zip bundle, the int8 .tflite file and the float ONNX model
-  are built per request from the stored model; their C names are ``nasweb_r<run>_c<index>``.
+  are built here from the stored models; their C names are ``nasweb_r<run>_c<index>``.
+  :mod:`searches.services.downloads` builds each once and serves the stored file after that.
 - **verification.**  :func:`request_verification` marks the candidate queued and queues a
   Celery task once the transaction commits (through the outbox of
   :mod:`searches.services.leases`; the worker holds a lease on it while it runs, so a dead
@@ -25,6 +26,7 @@ module decides what it runs on and stores what comes out:
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import pickle  # only for its exception: torch.load(weights_only=True) raises it
 import warnings
@@ -50,7 +52,7 @@ from searches.engine.deploy.verify import verify_export
 from searches.engine.space.arch import Architecture, ArchitectureError, from_json
 from searches.engine.training.datasets import Dataset, DatasetError
 from searches.engine.training.model import ArchNet
-from searches.engine.training.train import Fidelity
+from searches.engine.training.train import Fidelity, load_weights
 from searches.models import Candidate, SearchRun
 from searches.services import datasets, files, leases
 from searches.services.artifacts import (
@@ -79,7 +81,8 @@ class ExportUnavailable(Exception):
     """This candidate cannot be exported (not trained, weights or dataset gone); says why."""
 
 
-def _check_trained(candidate: Candidate) -> None:
+def check_trained(candidate: Candidate) -> None:
+    """ExportUnavailable, saying why, unless the candidate is trained and its weights are stored."""
     if candidate.status != Candidate.Status.DONE:
         status = candidate.get_status_display().lower()
         raise ExportUnavailable(
@@ -101,10 +104,21 @@ def _architecture(candidate: Candidate) -> Architecture:
 
 def float_model_for(candidate: Candidate) -> tuple[Architecture, ArchNet]:
     """The trained float model of a candidate, from its weights file."""
-    _check_trained(candidate)
+    check_trained(candidate)
     arch = _architecture(candidate)
     try:
         return arch, load_weights_file(arch, candidate.weights.name)
+    except (pickle.UnpicklingError, OSError, RuntimeError, ValueError) as exc:
+        raise ExportUnavailable(
+            f"the weights file {candidate.weights.name} cannot be read: {_load_error(exc)}"
+        ) from exc
+
+
+def float_model_from(candidate: Candidate, weights: bytes) -> tuple[Architecture, ArchNet]:
+    """The candidate's float model with ``weights``, the bytes of its weights file."""
+    arch = _architecture(candidate)
+    try:
+        return arch, load_weights(arch, io.BytesIO(weights))
     except (pickle.UnpicklingError, OSError, RuntimeError, ValueError) as exc:
         raise ExportUnavailable(
             f"the weights file {candidate.weights.name} cannot be read: {_load_error(exc)}"
@@ -143,7 +157,7 @@ def quant_model_for(candidate: Candidate, *, with_accuracy: bool = False) -> Qua
     ``with_accuracy`` also fills in missing int8 accuracies (slow on large test sets: the
     verification task asks for it, page downloads do not).
     """
-    _check_trained(candidate)
+    check_trained(candidate)
     qm = _stored_quant_model(candidate)
     # A stored file that could not be used (damaged, or an older format) had its accuracies
     # measured on a model that is about to be replaced: they go with it.
@@ -216,17 +230,18 @@ def target_for(run: SearchRun) -> Target:
     return DEFAULT_TARGET
 
 
-def header_for(candidate: Candidate) -> CHeader:
-    """The candidate's C header."""
-    return generate_header(quant_model_for(candidate), c_name(candidate), input_note(candidate.run))
+def header_for(candidate: Candidate, qm: QuantModel | None = None) -> CHeader:
+    """The candidate's C header (from ``qm``, its int8 model, when the caller has it already)."""
+    qm = qm if qm is not None else quant_model_for(candidate)
+    return generate_header(qm, c_name(candidate), input_note(candidate.run))
 
 
-def bundle_for(candidate: Candidate) -> tuple[str, bytes]:
+def bundle_for(candidate: Candidate, qm: QuantModel | None = None) -> tuple[str, bytes]:
     """(file name, zip bytes) of the candidate's bundle for its run's target."""
     target = target_for(candidate.run)
     name = c_name(candidate)
     data = bundle_zip(
-        quant_model_for(candidate),
+        qm if qm is not None else quant_model_for(candidate),
         name,
         core=target.core,
         flash_limit_bytes=target.flash_bytes,
@@ -236,13 +251,18 @@ def bundle_for(candidate: Candidate) -> tuple[str, bytes]:
     return f"{name}.zip", data
 
 
-def tflite_for(candidate: Candidate) -> tuple[str, bytes]:
-    """(file name, bytes) of the int8 model as a .tflite file: the header's numbers, for LiteRT."""
-    description = (
+def tflite_description(candidate: Candidate) -> str:
+    """The description written into the candidate's .tflite file."""
+    return (
         f"nasweb run {candidate.run_id}, candidate {candidate.index} ({candidate.run.dataset}), full-integer "
         "int8: input (1, H, W, C) int8 NHWC, output (1, classes) int8 logits"
     )
-    return f"{c_name(candidate)}.tflite", tflite_model(quant_model_for(candidate), description)
+
+
+def tflite_for(candidate: Candidate, qm: QuantModel | None = None) -> tuple[str, bytes]:
+    """(file name, bytes) of the int8 model as a .tflite file: the header's numbers, for LiteRT."""
+    qm = qm if qm is not None else quant_model_for(candidate)
+    return f"{c_name(candidate)}.tflite", tflite_model(qm, tflite_description(candidate))
 
 
 def input_note(run: SearchRun) -> str:
@@ -269,9 +289,20 @@ def _quiet_onnx_exporter() -> Iterator[None]:
         quiet.setLevel(level)
 
 
-def onnx_for(candidate: Candidate) -> tuple[str, bytes]:
+def onnx_description(candidate: Candidate, arch: Architecture) -> str:
+    """The doc string written into the candidate's ONNX model."""
+    h, w, c = arch.input_shape
+    return (
+        f"nasweb run {candidate.run_id}, candidate {candidate.index} ({candidate.run.dataset}), float32. "
+        f"input: (N, {c}, {h}, {w}) NCHW pixels scaled to [0, 1]; output: (N, {arch.classes}) logits."
+    )
+
+
+def onnx_for(
+    candidate: Candidate, float_model: tuple[Architecture, ArchNet] | None = None
+) -> tuple[str, bytes]:
     """(file name, bytes) of the float model in ONNX: input ``input`` NCHW float32 in [0, 1]."""
-    arch, model = float_model_for(candidate)
+    arch, model = float_model if float_model is not None else float_model_for(candidate)
     h, w, c = arch.input_shape
     example = torch.zeros((1, c, h, w))
     batch = torch.export.Dim("batch", min=1)
@@ -286,10 +317,7 @@ def onnx_for(candidate: Candidate) -> tuple[str, bytes]:
             verbose=False,
         )
     proto = program.model_proto
-    proto.doc_string = (
-        f"nasweb run {candidate.run_id}, candidate {candidate.index} ({candidate.run.dataset}), float32. "
-        f"input: (N, {c}, {h}, {w}) NCHW pixels scaled to [0, 1]; output: (N, {arch.classes}) logits."
-    )
+    proto.doc_string = onnx_description(candidate, arch)
     return f"{c_name(candidate)}.onnx", proto.SerializeToString()
 
 
@@ -322,7 +350,7 @@ def _busy(candidate: Candidate) -> bool:
 
 def request_verification(candidate: Candidate) -> bool:
     """Queue a verification (after the transaction commits); False if one is already under way."""
-    _check_trained(candidate)
+    check_trained(candidate)
     with transaction.atomic():
         candidate = Candidate.objects.select_for_update().get(pk=candidate.pk)
         if _busy(candidate):

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import posixpath
 import shutil
+import tempfile
+from pathlib import Path
 from typing import IO
 
+from django.conf import settings
 from django.core.files.base import ContentFile, File
 from django.core.files.storage import Storage, default_storage
 
@@ -35,6 +39,47 @@ def save_file(name: str, content: File) -> str:
     if store.exists(name):
         store.delete(name)
     return store.save(name, content)
+
+
+def save_whole(name: str, data: bytes) -> str:
+    """Store ``data`` under ``name`` so that no reader ever sees part of it; the stored name.
+
+    On local disk the bytes go to a hidden temporary file in the same folder, renamed over
+    ``name`` once written (two writers of one name: the last rename wins, each file whole).
+    An object store makes an object visible only once its upload completed, so one upload is
+    atomic already; it must store under ``name`` itself (``file_overwrite``), never beside it.
+    """
+    store = storage()
+    try:
+        path = Path(store.path(name))
+    except NotImplementedError:
+        path = None
+    if path is not None:
+        _replace_local(path, data)
+        return name
+    stored = store.save(name, ContentFile(data))
+    if stored != name:
+        delete(stored)
+        raise RuntimeError(f"the store saved {name} as {stored}: enable its file_overwrite option")
+    return stored
+
+
+def _replace_local(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        mode = settings.FILE_UPLOAD_PERMISSIONS
+        if mode is not None:
+            os.chmod(tmp, mode)  # mkstemp's 0600 is stricter than the store's own files
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def read_bytes(name: str) -> bytes:

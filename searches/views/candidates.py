@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from django.contrib import messages
@@ -22,7 +21,7 @@ from searches.engine.resources.latency import latency_ms
 from searches.engine.space.arch import ArchitectureError
 from searches.forms import PruneForm
 from searches.models import Candidate
-from searches.services import export, pruning, reports
+from searches.services import downloads, export, pruning, reports
 from searches.views.deployment import curves_config, deploy_form_for, result_rows
 
 logger = logging.getLogger(__name__)
@@ -115,17 +114,11 @@ def candidate_export(request: HttpRequest, pk: int) -> HttpResponse:
 # ---- downloads -----------------------------------------------------------------------------
 
 
-def _attachment(body: bytes | str, content_type: str, filename: str) -> HttpResponse:
-    response = HttpResponse(body, content_type=content_type)
-    response["Content-Disposition"] = f'attachment; filename="{filename}"'
-    return response
-
-
-def _download(request: HttpRequest, pk: int, make: Callable[[Candidate], HttpResponse]) -> HttpResponse:
-    """``make(candidate)``, or back to the candidate page saying why the export is impossible."""
+def _download(request: HttpRequest, pk: int, format_name: str) -> HttpResponse:
+    """The stored export (built first if need be), or back to the candidate page saying why not."""
     candidate = _get_candidate_for_user(request, pk)
     try:
-        return make(candidate)
+        return downloads.file_response(downloads.stored_export(candidate, format_name))
     except export.ExportUnavailable as exc:
         messages.error(request, f"Cannot export: {exc}.")
     except (QuantizationError, ExportError, TFLiteExportError) as exc:
@@ -134,52 +127,32 @@ def _download(request: HttpRequest, pk: int, make: Callable[[Candidate], HttpRes
     return redirect("candidate_detail", pk=candidate.pk)
 
 
-def _header_response(candidate: Candidate) -> HttpResponse:
-    header = export.header_for(candidate)
-    return _attachment(header.text, "text/x-c; charset=utf-8", header.filename)
-
-
-def _bundle_response(candidate: Candidate) -> HttpResponse:
-    filename, data = export.bundle_for(candidate)
-    return _attachment(data, "application/zip", filename)
-
-
-def _tflite_response(candidate: Candidate) -> HttpResponse:
-    filename, data = export.tflite_for(candidate)
-    return _attachment(data, "application/octet-stream", filename)
-
-
-def _onnx_response(candidate: Candidate) -> HttpResponse:
-    filename, data = export.onnx_for(candidate)
-    return _attachment(data, "application/octet-stream", filename)
-
-
 @login_required
 @require_GET
 def candidate_header(request: HttpRequest, pk: int) -> HttpResponse:
     """The int8 C header (``nasweb_r<run>_c<index>.h``)."""
-    return _download(request, pk, _header_response)
+    return _download(request, pk, "header")
 
 
 @login_required
 @require_GET
 def candidate_bundle(request: HttpRequest, pk: int) -> HttpResponse:
     """The header with an example, Makefile and README, for the run's target, as a zip."""
-    return _download(request, pk, _bundle_response)
+    return _download(request, pk, "bundle")
 
 
 @login_required
 @require_GET
 def candidate_tflite(request: HttpRequest, pk: int) -> HttpResponse:
     """The int8 model as a .tflite file (LiteRT, TFLite Micro): the header's exact numbers."""
-    return _download(request, pk, _tflite_response)
+    return _download(request, pk, "tflite")
 
 
 @login_required
 @require_GET
 def candidate_onnx(request: HttpRequest, pk: int) -> HttpResponse:
     """The trained float model in ONNX."""
-    return _download(request, pk, _onnx_response)
+    return _download(request, pk, "onnx")
 
 
 # ---- verification --------------------------------------------------------------------------

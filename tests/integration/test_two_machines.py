@@ -134,9 +134,9 @@ def test_a_worker_on_another_machine_trains_exports_prunes_and_deletes(
         header = client.get(reverse("candidate_header", args=[candidate.pk]))
         bundle = client.get(reverse("candidate_bundle", args=[candidate.pk]))
         onnx = client.get(reverse("candidate_onnx", args=[candidate.pk]))
-        assert header.status_code == 200 and b"_IMPLEMENTATION" in header.content
-        assert bundle.status_code == 200 and zipfile.is_zipfile(io.BytesIO(bundle.content))
-        assert onnx.status_code == 200 and onnx.content[:2] != b"<!"
+        assert header.status_code == 200 and b"_IMPLEMENTATION" in header.getvalue()
+        assert bundle.status_code == 200 and zipfile.is_zipfile(io.BytesIO(bundle.getvalue()))
+        assert onnx.status_code == 200 and onnx.getvalue()[:2] != b"<!"
 
         # Verify on the worker.
         client.post(reverse("candidate_verify", args=[candidate.pk]))

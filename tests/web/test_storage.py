@@ -40,9 +40,9 @@ def test_trained_files_are_stored_read_and_deleted_in_the_bucket(
     bundle = client.get(reverse("candidate_bundle", args=[candidate.pk]))
     onnx = client.get(reverse("candidate_onnx", args=[candidate.pk]))
 
-    assert header.status_code == 200 and b"_IMPLEMENTATION" in header.content
-    assert bundle.status_code == 200 and zipfile.is_zipfile(io.BytesIO(bundle.content))
-    assert onnx.status_code == 200 and len(onnx.content) > 100
+    assert header.status_code == 200 and b"_IMPLEMENTATION" in header.getvalue()
+    assert bundle.status_code == 200 and zipfile.is_zipfile(io.BytesIO(bundle.getvalue()))
+    assert onnx.status_code == 200 and len(onnx.getvalue()) > 100
     folder = f"weights/run-{run.pk}"
     # The header quantised the model on demand and stored the int8 model beside the weights.
     assert s3_storage.keys(folder) == [f"{folder}/candidate-0.int8.npz", f"{folder}/candidate-0.pt"]

@@ -74,7 +74,7 @@ def test_downloads_work(client, user, candidate: Candidate, url_name: str, conte
 def test_the_header_is_the_c_model(client, user, candidate: Candidate):
     client.force_login(user)
 
-    text = client.get(reverse("candidate_header", args=[candidate.pk])).content.decode()
+    text = client.get(reverse("candidate_header", args=[candidate.pk])).getvalue().decode()
 
     name = _name(candidate)
     assert f"#define {name.upper()}_ARENA_SIZE 320" in text
@@ -115,8 +115,8 @@ def test_the_input_scaling_follows_an_uploads_dtype(user, tmp_path, settings):
 def test_the_bundle_and_onnx_are_what_they_say(client, user, candidate: Candidate):
     client.force_login(user)
 
-    bundle = client.get(reverse("candidate_bundle", args=[candidate.pk])).content
-    model = client.get(reverse("candidate_onnx", args=[candidate.pk])).content
+    bundle = client.get(reverse("candidate_bundle", args=[candidate.pk])).getvalue()
+    model = client.get(reverse("candidate_onnx", args=[candidate.pk])).getvalue()
 
     assert f"{_name(candidate)}/main.c" in zipfile.ZipFile(io.BytesIO(bundle)).namelist()
     onnx.checker.check_model(onnx.load_from_string(model))

@@ -1,7 +1,9 @@
 """``manage.py export CANDIDATE_ID --format {header,bundle,onnx,tflite} --output PATH``.
 
-Writes the same file the candidate page offers for download.  The file appears whole or not at
-all: it is written to a temporary file beside PATH and renamed into place.
+Writes the same file the candidate page offers for download: the stored one when it was built
+before (:mod:`searches.services.downloads`), else built and stored now, so the next download is
+instant too.  The file appears whole or not at all: it is written to a temporary file beside
+PATH and renamed into place.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +20,13 @@ from searches.engine.deploy.header import ExportError
 from searches.engine.deploy.int8 import QuantizationError
 from searches.engine.deploy.tflite import TFLiteExportError
 from searches.models import Candidate
-from searches.services import export
+from searches.services import downloads, export
 
 
-def _header(candidate: Candidate) -> tuple[str, bytes]:
-    header = export.header_for(candidate)
-    return header.filename, header.text.encode()
-
-
-FORMATS: dict[str, Callable[[Candidate], tuple[str, bytes]]] = {
-    "header": _header,
-    "bundle": export.bundle_for,
-    "onnx": export.onnx_for,
-    "tflite": export.tflite_for,
-}
+def _stored(candidate: Candidate, format_name: str) -> tuple[str, bytes]:
+    stored = downloads.stored_export(candidate, format_name)
+    with stored.open() as f:
+        return stored.filename, f.read()
 
 
 class Command(BaseCommand):
@@ -40,7 +34,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("candidate_id", type=int, help="the candidate's id (in its page's address)")
-        parser.add_argument("--format", required=True, choices=sorted(FORMATS), help="what to write")
+        parser.add_argument(
+            "--format", required=True, choices=sorted(downloads.FORMATS), help="what to write"
+        )
         parser.add_argument(
             "--output",
             required=True,
@@ -55,7 +51,7 @@ class Command(BaseCommand):
         if candidate is None:
             raise CommandError(f"no candidate with id {options['candidate_id']}")
         try:
-            filename, data = FORMATS[options["format"]](candidate)
+            filename, data = _stored(candidate, options["format"])
         except export.ExportUnavailable as exc:
             raise CommandError(f"cannot export: {exc}") from exc
         except (QuantizationError, ExportError, TFLiteExportError) as exc:
