@@ -7,6 +7,8 @@ never through a local path; workers read an upload from the store once, then fro
 from __future__ import annotations
 
 import io
+import logging
+import time
 import zipfile
 from pathlib import Path
 
@@ -52,6 +54,39 @@ def test_trained_files_are_stored_read_and_deleted_in_the_bucket(
         client.post(reverse("run_delete", args=[run.pk]))
 
     assert s3_storage.keys(folder) == []
+
+
+def test_downloads_are_built_once_into_the_bucket(
+    client, user, settings, s3_storage: Bucket, caplog, django_capture_on_commit_callbacks
+):
+    caplog.set_level(logging.INFO, logger="searches.services.downloads")
+    run = make_run(user)
+    candidate = make_trained_candidate(run)
+    client.force_login(user)
+    urls = [reverse(name, args=[candidate.pk]) for name in ("candidate_header", "candidate_onnx")]
+
+    first = [client.get(url).getvalue() for url in urls]
+    folder = f"artifacts/run-{run.pk}/candidate-{candidate.pk}"
+    keys = s3_storage.keys(folder)
+    stamps = [_last_modified(s3_storage, key) for key in keys]
+    time.sleep(1.1)  # S3 times have whole seconds: a rewrite would show
+    second = [client.get(url).getvalue() for url in urls]
+
+    assert first == second
+    assert sorted(key.rsplit(".", 1)[1] for key in keys) == ["h", "onnx"]
+    assert [_last_modified(s3_storage, key) for key in keys] == stamps
+    assert sum(r.getMessage().startswith("built the ") for r in caplog.records) == 2
+    assert _local_files(settings.MEDIA_ROOT) == []
+
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(reverse("run_delete", args=[run.pk]))
+
+    assert s3_storage.keys("artifacts/") == []
+
+
+def _last_modified(bucket: Bucket, key: str) -> object:
+    head = bucket.client().head_object(Bucket=bucket.name, Key=key)
+    return (head["LastModified"], head["ETag"])
 
 
 def test_a_weights_file_missing_from_the_bucket_is_named(client, user, s3_storage: Bucket):
