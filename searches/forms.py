@@ -14,6 +14,7 @@ from searches.engine.training.datasets import fashion_mnist_available
 from searches.models import Dataset, HardwareProfile, Project, SearchRun
 from searches.services.datasets import IDX_FIELDS
 from searches.services.launch import default_parallel
+from searches.services.notes import MAX_LENGTH as NOTES_MAX_LENGTH
 
 # Sane maxima: the largest MCUs have a few MB of SRAM and 16 MB of flash; anything far beyond
 # is a typo (bytes entered as KB) rather than a target.
@@ -403,7 +404,7 @@ class NotesForm(forms.Form):
     """The user's free-text notes on a run or a candidate."""
 
     notes = forms.CharField(
-        required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}), label="Notes"
+        required=False, max_length=NOTES_MAX_LENGTH, widget=forms.Textarea(attrs={"rows": 2}), label="Notes"
     )
 
 

@@ -10,7 +10,7 @@ from searches import forms as limits
 from searches.engine.strategies.config import ASHA_MAX_ETA, ASHA_MAX_RUNG
 from searches.forms import ASHA_NOT_MEMNAS
 from searches.models import Candidate, Dataset, HardwareProfile, Project, SearchRun
-from searches.services import reports
+from searches.services import notes, reports
 
 
 def _owner(serializer: serializers.Serializer) -> Any:
@@ -116,6 +116,24 @@ class SearchRunSerializer(serializers.ModelSerializer):
             "finished",
         ]
         read_only_fields = fields
+
+
+class NotesSerializer(serializers.Serializer):
+    """What PUT and PATCH change on a run or a candidate: its notes, and nothing else."""
+
+    notes = serializers.CharField(
+        max_length=notes.MAX_LENGTH,
+        allow_blank=True,
+        help_text=f"Free text (at most {notes.MAX_LENGTH} characters), shown in the lists and the CSV.",
+    )
+
+    def to_internal_value(self, data: Any) -> Any:
+        if hasattr(data, "keys"):
+            others = sorted(set(data.keys()) - {"notes"})
+            if others:
+                message = "Cannot be changed through the API: only notes can."
+                raise serializers.ValidationError({name: [message] for name in others})
+        return super().to_internal_value(data)
 
 
 class _OwnedPrimaryKey(serializers.PrimaryKeyRelatedField):

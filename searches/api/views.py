@@ -25,6 +25,7 @@ from searches.engine.deploy.tflite import TFLiteExportError
 from searches.models import Candidate, Dataset, HardwareProfile, Project, SearchRun
 from searches.services import downloads, execution, export
 from searches.services.launch import RunRequest, launch_run
+from searches.services.notes import set_notes
 
 # ---- profiles, projects, datasets ------------------------------------------------------------
 
@@ -72,6 +73,31 @@ class DatasetViewSet(viewsets.ReadOnlyModelViewSet):
         return Dataset.objects.for_user(self.request.user)
 
 
+class NotesUpdateMixin:
+    """PUT or PATCH ``{"notes": "..."}``: the one thing the API edits on runs and candidates."""
+
+    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        row = self.get_object()  # type: ignore[attr-defined]
+        form = s.NotesSerializer(data=request.data, partial=kwargs.get("partial", False))
+        form.is_valid(raise_exception=True)
+        if "notes" in form.validated_data:
+            set_notes(row, form.validated_data["notes"])
+        return Response(self.get_serializer(row).data)  # type: ignore[attr-defined]
+
+    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return self.update(request, *args, partial=True, **kwargs)
+
+
+_NOTES_SCHEMA = {
+    "update": extend_schema(
+        request=s.NotesSerializer, description='Replace the notes: the body is {"notes": "..."}.'
+    ),
+    "partial_update": extend_schema(
+        request=s.NotesSerializer, description='Change the notes: the body is {"notes": "..."}.'
+    ),
+}
+
+
 # ---- runs ----------------------------------------------------------------------------------------
 
 
@@ -83,11 +109,16 @@ class DatasetViewSet(viewsets.ReadOnlyModelViewSet):
         ]
     ),
     create=extend_schema(request=s.RunCreateSerializer, responses={201: s.SearchRunSerializer}),
+    **_NOTES_SCHEMA,
 )
 class SearchRunViewSet(
-    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
+    NotesUpdateMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    viewsets.GenericViewSet,
 ):
-    """Search runs: create one (it starts at once), follow it, cancel or extend it."""
+    """Search runs: create one (it starts at once), follow it, cancel or extend it, edit its notes."""
 
     serializer_class = s.SearchRunSerializer
 
@@ -291,8 +322,9 @@ def _refuse_suffix(format: str | None) -> None:
         raise NotFound(f"Downloads take no format suffix: drop the '.{format}'.")
 
 
-class CandidateViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    """One candidate with its architecture and resources; its exports and their verification."""
+@extend_schema_view(**_NOTES_SCHEMA)
+class CandidateViewSet(NotesUpdateMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """One candidate with its architecture and resources, its notes; its exports and their verification."""
 
     serializer_class = s.CandidateDetailSerializer
 
