@@ -81,7 +81,7 @@ class StoredExport:
     built: bool
 
     def open(self) -> IO[bytes]:
-        return files.open_stored(self.name)
+        return files.stream(self.name)
 
 
 def file_response(stored: StoredExport) -> FileResponse:
@@ -145,27 +145,54 @@ def _manifest_key(manifest: dict[str, Any]) -> str:
 def _read(name: str, what: str) -> bytes:
     try:
         return files.read_bytes(name)
+    except FileNotFoundError as exc:
+        raise export.ExportUnavailable(f"the {what} {name} is missing") from exc
     except OSError as exc:
         raise export.ExportUnavailable(f"the {what} {name} cannot be read: {exc}") from exc
 
 
-def _int8_bytes(candidate: Candidate) -> bytes:
-    """The stored int8 model's bytes; quantised (and stored) first when there is none."""
-    if not (candidate.int8_model and files.exists(candidate.int8_model.name)):
-        export.quant_model_for(candidate)
-    return _read(candidate.int8_model.name, "int8 model")
+# (stored name, version) -> SHA-256 of its bytes: a source file is read and hashed once per
+# process and version, so a stored download costs a stat (or HEAD) per source, not a read.
+_DIGESTS: dict[tuple[str, str], str] = {}
+_DIGESTS_KEPT = 4096
 
 
-def _manifest(candidate: Candidate, fmt: Format, weights: bytes, int8: bytes | None) -> dict[str, Any]:
+def _digest(name: str, what: str) -> str | None:
+    """SHA-256 of a stored file's bytes (None when it is not stored)."""
+    stat = files.stat(name) if name else None
+    if stat is None:
+        return None
+    known = _DIGESTS.get((name, stat.version))
+    if known is None:
+        if len(_DIGESTS) >= _DIGESTS_KEPT:
+            _DIGESTS.clear()
+        known = _DIGESTS[(name, stat.version)] = _sha256(_read(name, what))
+    return known
+
+
+def _source_digests(candidate: Candidate, fmt: Format) -> dict[str, str]:
+    """The digests of the files the export is made from: the weights, the int8 model if it uses it."""
+    weights = _digest(candidate.weights.name, "weights file")
+    if weights is None:
+        raise export.ExportUnavailable(f"the weights file {candidate.weights.name} is missing")
+    digests = {"weights_sha256": weights}
+    if fmt.int8:
+        int8 = _digest(candidate.int8_model.name, "int8 model")
+        if int8 is None:  # never quantised (older candidates), or the file is gone: quantise now
+            export.quant_model_for(candidate)
+            int8 = _sha256(_read(candidate.int8_model.name, "int8 model"))
+        digests["int8_sha256"] = int8
+    return digests
+
+
+def _manifest(candidate: Candidate, fmt: Format, digests: dict[str, str]) -> dict[str, Any]:
     manifest: dict[str, Any] = {
         "format": fmt.name,
         "generator": generator_fingerprint(),
-        "weights_sha256": _sha256(weights),
+        **digests,
         "architecture": candidate.architecture,
         "c_name": export.c_name(candidate),
     }
-    if int8 is not None:
-        manifest["int8_sha256"] = _sha256(int8)
     if fmt.name in ("header", "bundle"):
         manifest["input_note"] = export.input_note(candidate.run)
     if fmt.name == "bundle":
@@ -180,29 +207,38 @@ def _manifest(candidate: Candidate, fmt: Format, weights: bytes, int8: bytes | N
 def stored_export(candidate: Candidate, format_name: str) -> StoredExport:
     """The candidate's export in ``format_name``, built and stored first unless it is already.
 
-    Raises what building raises: :class:`export.ExportUnavailable` for a candidate that cannot
-    be exported (not trained, files missing), the generators' errors for a model they refuse.
+    A stored one costs a stat (local disk) or a HEAD request (object storage) per source file
+    and one for the export.  Raises what building raises: :class:`export.ExportUnavailable` for
+    a candidate that cannot be exported (not trained, files missing), the generators' errors for
+    a model they refuse.
     """
     fmt = FORMATS[format_name]
-    export.check_trained(candidate)
-    weights = _read(candidate.weights.name, "weights file")
-    int8 = _int8_bytes(candidate) if fmt.int8 else None
-    name = _stored_name(candidate, fmt, weights, int8)
+    export.check_has_weights(candidate)
+    name = _stored_name(candidate, fmt, _source_digests(candidate, fmt))
     filename = f"{export.c_name(candidate)}.{fmt.extension}"
-    if files.exists(name):
-        size = files.storage().size(name)
-        return StoredExport(name, filename, fmt.content_type, _key_of(name), size, built=False)
-    qm = _quant_model(candidate, int8)
-    if qm is not None and int8 is not None and qm.stored_bytes != int8:
-        name = _stored_name(candidate, fmt, weights, qm.stored_bytes)  # the damaged file was replaced
-    data = _build(candidate, fmt, weights, qm.model if qm is not None else None)
+    found = files.stat(name)
+    if found is not None:
+        return StoredExport(name, filename, fmt.content_type, _key_of(name), found.size, built=False)
+    return _build_and_store(candidate, fmt, filename)
+
+
+def _build_and_store(candidate: Candidate, fmt: Format, filename: str) -> StoredExport:
+    """Build from the source bytes read now and store under the key of exactly those bytes."""
+    weights = _read(candidate.weights.name, "weights file")
+    digests = {"weights_sha256": _sha256(weights)}
+    qm = None
+    if fmt.int8:
+        qm, int8 = _quant_model(candidate)
+        digests["int8_sha256"] = _sha256(int8)
+    name = _stored_name(candidate, fmt, digests)
+    data = _build(candidate, fmt, weights, qm)
     files.save_whole(name, data)
     _remove_older(candidate, fmt, keep=name)
     return StoredExport(name, filename, fmt.content_type, _key_of(name), len(data), built=True)
 
 
-def _stored_name(candidate: Candidate, fmt: Format, weights: bytes, int8: bytes | None) -> str:
-    key = _manifest_key(_manifest(candidate, fmt, weights, int8))
+def _stored_name(candidate: Candidate, fmt: Format, digests: dict[str, str]) -> str:
+    key = _manifest_key(_manifest(candidate, fmt, digests))
     return f"{candidate_folder(candidate)}/{key}.{fmt.extension}"
 
 
@@ -223,27 +259,20 @@ def _build(candidate: Candidate, fmt: Format, weights: bytes, qm: QuantModel | N
     return data
 
 
-@dataclass(frozen=True)
-class _LoadedInt8:
-    model: QuantModel
-    stored_bytes: bytes
-
-
-def _quant_model(candidate: Candidate, int8: bytes | None) -> _LoadedInt8 | None:
-    """The int8 model of the bytes the key was made from (None for the float formats).
+def _quant_model(candidate: Candidate) -> tuple[QuantModel, bytes]:
+    """The stored int8 model and its bytes.
 
     A stored file that cannot be read is quantised again and replaced, as the export always
     did; its new bytes make the key.
     """
-    if int8 is None:
-        return None
+    int8 = _read(candidate.int8_model.name, "int8 model")
     try:
-        return _LoadedInt8(QuantModel.load(io.BytesIO(int8)), int8)
+        return QuantModel.load(io.BytesIO(int8)), int8
     except (OSError, ValueError, KeyError):
         logger.warning("int8 model of candidate %s unreadable; quantising again", candidate.pk)
     export.quant_model_for(candidate)
     fresh = _read(candidate.int8_model.name, "int8 model")
-    return _LoadedInt8(QuantModel.load(io.BytesIO(fresh)), fresh)
+    return QuantModel.load(io.BytesIO(fresh)), fresh
 
 
 def _remove_older(candidate: Candidate, fmt: Format, keep: str) -> None:

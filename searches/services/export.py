@@ -83,6 +83,13 @@ class ExportUnavailable(Exception):
 
 def check_trained(candidate: Candidate) -> None:
     """ExportUnavailable, saying why, unless the candidate is trained and its weights are stored."""
+    check_has_weights(candidate)
+    if not files.exists(candidate.weights.name):
+        raise ExportUnavailable(f"the weights file {candidate.weights.name} is missing")
+
+
+def check_has_weights(candidate: Candidate) -> None:
+    """ExportUnavailable, saying why, unless the candidate is trained and names its weights file."""
     if candidate.status != Candidate.Status.DONE:
         status = candidate.get_status_display().lower()
         raise ExportUnavailable(
@@ -91,8 +98,6 @@ def check_trained(candidate: Candidate) -> None:
         )
     if not candidate.weights:
         raise ExportUnavailable(f"candidate {candidate.index} of run {candidate.run_id} has no saved weights")
-    if not files.exists(candidate.weights.name):
-        raise ExportUnavailable(f"the weights file {candidate.weights.name} is missing")
 
 
 def _architecture(candidate: Candidate) -> Architecture:

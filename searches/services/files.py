@@ -14,6 +14,7 @@ import os
 import posixpath
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -95,6 +96,83 @@ def open_stored(name: str) -> IO[bytes]:
     if not name or not storage().exists(name):
         raise FileNotFoundError(f"{name or '(no file)'} is not in the artifact store")
     return storage().open(name, "rb")  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Stat:
+    """A stored file's size and version: the version changes whenever its bytes may have."""
+
+    size: int
+    version: str
+
+
+def stat(name: str) -> Stat | None:
+    """The stored file's size and version (one stat or one HEAD request); None when absent."""
+    store = storage()
+    try:
+        path = store.path(name)
+    except NotImplementedError:
+        return _remote_stat(store, name)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    # A whole write (save_whole, save_file) makes a new inode.
+    return Stat(st.st_size, f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}")
+
+
+def _remote_stat(store: Storage, name: str) -> Stat | None:
+    if _is_s3(store):
+        from botocore.exceptions import ClientError
+
+        # One HEAD for size, ETag and time; Storage's size() and get_modified_time() are one each.
+        obj = store.bucket.Object(_s3_key(store, name))  # type: ignore[attr-defined]
+        try:
+            obj.load()
+        except ClientError as err:
+            if err.response["ResponseMetadata"]["HTTPStatusCode"] == 404:
+                return None
+            raise
+        return Stat(obj.content_length, f"{obj.e_tag}:{obj.last_modified.isoformat()}")
+    if not store.exists(name):
+        return None
+    return Stat(store.size(name), store.get_modified_time(name).isoformat())
+
+
+def stream(name: str) -> IO[bytes]:
+    """The stored file ``name`` to read once, front to back, with the fewest requests.
+
+    On object storage that is one GET (Storage.open adds HEAD requests first); FileNotFoundError
+    when the file is not stored.
+    """
+    store = storage()
+    if _is_s3(store):
+        from botocore.exceptions import ClientError
+
+        try:
+            return store.bucket.Object(_s3_key(store, name)).get()["Body"]  # type: ignore[attr-defined]
+        except ClientError as err:
+            if err.response["ResponseMetadata"]["HTTPStatusCode"] == 404:
+                raise FileNotFoundError(f"{name} is not in the artifact store") from err
+            raise
+    return store.open(name, "rb")  # type: ignore[return-value]
+
+
+def _is_s3(store: Storage) -> bool:
+    # Imported only when the store is one: boto3 is slow to import.
+    module = store.__class__.__module__  # default_storage is a lazy proxy: type() is not the backend
+    if not module.startswith("storages.backends.s3"):
+        return False
+    from storages.backends.s3 import S3Storage
+
+    return isinstance(store, S3Storage)
+
+
+def _s3_key(store: Storage, name: str) -> str:
+    """The object key of ``name`` (under the store's location prefix), as S3Storage makes it."""
+    from storages.utils import clean_name
+
+    return store._normalize_name(clean_name(name))  # type: ignore[attr-defined]
 
 
 def exists(name: str) -> bool:

@@ -234,3 +234,16 @@ def test_a_whole_write_is_all_a_reader_ever_sees():
 
     assert seen and all(data in payloads for data in seen)
     assert [p.name for p in media(name).parent.iterdir()] == ["race.bin"]  # no temporary file left
+
+
+def test_a_damaged_int8_model_is_quantised_again(client, user, candidate):
+    downloads.stored_export(candidate, "tflite")  # quantises and stores the int8 model
+    candidate.refresh_from_db()
+    files.save_whole(candidate.int8_model.name, b"not an npz")
+    client.force_login(user)
+
+    response = client.get(reverse("candidate_header", args=[candidate.pk]))
+
+    assert response.status_code == 200 and b"_IMPLEMENTATION" in response.getvalue()
+    assert files.read_bytes(candidate.int8_model.name).startswith(b"PK")  # a real .npz again
+    assert downloads.stored_export(candidate, "header").built is False
