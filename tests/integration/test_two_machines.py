@@ -137,6 +137,9 @@ def test_a_worker_on_another_machine_trains_exports_prunes_and_deletes(
         assert header.status_code == 200 and b"_IMPLEMENTATION" in header.getvalue()
         assert bundle.status_code == 200 and zipfile.is_zipfile(io.BytesIO(bundle.getvalue()))
         assert onnx.status_code == 200 and onnx.getvalue()[:2] != b"<!"
+        # Built once, stored in the bucket for every machine.
+        built = s3_storage.keys(f"artifacts/run-{run.pk}/candidate-{candidate.pk}/")
+        assert sorted(key.rsplit(".", 1)[1] for key in built) == ["h", "onnx", "zip"]
 
         # Verify on the worker.
         client.post(reverse("candidate_verify", args=[candidate.pk]))
@@ -170,4 +173,4 @@ def test_a_worker_on_another_machine_trains_exports_prunes_and_deletes(
 
         response = client.post(reverse("run_delete", args=[run.pk]))
         assert response.status_code == 302
-        assert s3_storage.keys(folder) == []
+        assert s3_storage.keys(folder) == [] and s3_storage.keys(f"artifacts/run-{run.pk}/") == []
