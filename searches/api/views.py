@@ -334,7 +334,7 @@ class CandidateViewSet(NotesUpdateMixin, mixins.RetrieveModelMixin, viewsets.Gen
     def _export(self, format_name: str) -> HttpResponse | Response:
         candidate = self.get_object()
         try:
-            return downloads.file_response(downloads.stored_export(candidate, format_name))
+            return downloads.file_response(candidate, format_name)
         except export.ExportUnavailable as exc:
             return Response({"detail": f"Cannot export: {exc}."}, status=status.HTTP_409_CONFLICT)
         except (QuantizationError, ExportError, TFLiteExportError) as exc:

@@ -12,9 +12,12 @@ written into the file, and a fingerprint of the code and library versions that g
 (:func:`generator_fingerprint`).  A change to any of them gives another key, so a stale file
 is never served; the folder's older files of that format are removed once the new one is in.
 
-Writes are whole (:func:`files.save_whole`): two first requests at once each build the file and
-the last write wins, and no reader ever sees part of one.  Deleting a run removes its folder
-(:mod:`searches.services.deletion`).
+The source files' hashes are remembered per file version (inode and mtime on disk, ETag and
+time on S3), so a stored download costs a stat or HEAD per source file and one for the export,
+then one read of the export.  Writes are whole (:func:`files.save_whole`): two first requests
+at once each build the file and the last write wins, and no reader ever sees part of one.
+Deleting a run removes its folder (:mod:`searches.services.deletion`).  docs/export.md,
+*Stored downloads*, has the reasons.
 """
 
 from __future__ import annotations
@@ -41,14 +44,24 @@ from searches.services import export, files
 logger = logging.getLogger(__name__)
 
 ROOT = "artifacts"
-# The files whose code decides an export's bytes, relative to the searches package.
-GENERATOR_SOURCES = ("engine/deploy", "engine/training/model.py", "services/export.py")
+# The code that decides an export's bytes, relative to the searches package: the generators and
+# everything they import (the resource planner orders ops and sizes the arena; int8_scheme holds
+# the arithmetic; model.py the float network ONNX exports), and this app's export service.
+GENERATOR_SOURCES = (
+    "engine/deploy",
+    "engine/resources",
+    "engine/space",
+    "engine/training/int8_scheme.py",
+    "engine/training/model.py",
+    "services/export.py",
+    "services/downloads.py",
+)
 GENERATOR_LIBRARIES = ("torch", "onnx", "onnxscript", "numpy")
 
 
 @dataclass(frozen=True)
 class Format:
-    """One download format: its file extension and content type, and how it is built."""
+    """One download format: its file extension, content type and the model it is built from."""
 
     name: str
     extension: str
@@ -84,15 +97,22 @@ class StoredExport:
         return files.stream(self.name)
 
 
-def file_response(stored: StoredExport) -> FileResponse:
-    """The stored file streamed as an attachment under its download name.
+def file_response(candidate: Candidate, format_name: str) -> FileResponse:
+    """The candidate's stored export (built first if need be) streamed as an attachment.
 
     Streamed through this server rather than redirected to a presigned object-store URL: the
     store's endpoint is often reachable only by nasweb's machines, and the files are small.
     The key is the ETag: the same key is the same bytes.
     """
+    stored = stored_export(candidate, format_name)
+    try:
+        body = stored.open()
+    except FileNotFoundError:
+        # Removed since it was found (its run deleted, or a newer build replaced it): build it now.
+        stored = _build_and_store(candidate, FORMATS[format_name], stored.filename)
+        body = stored.open()
     response = FileResponse(
-        stored.open(), as_attachment=True, filename=stored.filename, content_type=stored.content_type
+        body, as_attachment=True, filename=stored.filename, content_type=stored.content_type
     )
     response["Content-Length"] = str(stored.size)
     response["ETag"] = f'"{stored.key}"'

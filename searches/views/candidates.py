@@ -118,7 +118,7 @@ def _download(request: HttpRequest, pk: int, format_name: str) -> HttpResponse:
     """The stored export (built first if need be), or back to the candidate page saying why not."""
     candidate = _get_candidate_for_user(request, pk)
     try:
-        return downloads.file_response(downloads.stored_export(candidate, format_name))
+        return downloads.file_response(candidate, format_name)
     except export.ExportUnavailable as exc:
         messages.error(request, f"Cannot export: {exc}.")
     except (QuantizationError, ExportError, TFLiteExportError) as exc:
