@@ -215,9 +215,31 @@ class RunConsumer(AsyncJsonWebsocketConsumer):
         await self._relay(event["message"])
 
     async def run_events(self, event: dict[str, Any]) -> None:
-        """Several deltas the publisher coalesced into one group message: relayed one by one, in order."""
+        """Several deltas the publisher coalesced: relayed in order as few ``events`` messages,
+        so that the browser parses and draws a burst once, not once per delta."""
+        limit = MAX_MESSAGE_BYTES  # read at call time: tests lower it
+        pending: list[str] = []
+        size = 64
         for message in event["messages"]:
-            await self._relay(message)
+            text = json.dumps(message)
+            length = len(text.encode())
+            if pending and (size + length + 1 > limit or length + 64 > limit):
+                await self._send_events(pending)
+                pending, size = [], 64
+            if length + 64 > limit:
+                await self._relay(message)  # alone (or, too big even alone, as a snapshot)
+                continue
+            pending.append(text)
+            size += length + 1
+        await self._send_events(pending)
+
+    async def _send_events(self, texts: list[str]) -> None:
+        if self.run is None or not texts:
+            return
+        if len(texts) == 1:
+            await self.send(text_data=texts[0])
+        else:
+            await self.send(text_data=f'{{"type": "events", "messages": [{",".join(texts)}]}}')
 
     async def _relay(self, message: dict[str, Any]) -> None:
         if self.run is None:

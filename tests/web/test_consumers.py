@@ -260,3 +260,57 @@ async def test_a_delta_too_big_for_one_message_arrives_as_a_snapshot(run, owner_
     assert replacement["type"] == "snapshot" and replacement["full"] is False
     assert replacement["seq"] == snapshot["seq"] + 1
     await socket.disconnect()
+
+
+async def _group_send(run: SearchRun, event: dict[str, Any]) -> None:
+    from channels.layers import get_channel_layer
+
+    await get_channel_layer().group_send(events.group_name(run.pk), event)
+
+
+def _delta(seq: int, index: int) -> dict[str, Any]:
+    return {"type": "candidate", "seq": seq, "candidate": {"id": index, "index": index, "seq": seq}}
+
+
+async def test_a_coalesced_burst_reaches_the_browser_as_one_message(run, owner_cookie):
+    socket, snapshot = await _connected(run.pk, owner_cookie)
+    deltas = [_delta(snapshot["seq"] + i, i) for i in range(1, 6)]
+
+    await _group_send(run, {"type": "run.events", "messages": deltas})
+    message = await socket.receive_json_from()
+
+    assert message == {"type": "events", "messages": deltas}
+    assert await socket.receive_nothing()
+    await socket.disconnect()
+
+
+async def test_a_burst_too_big_for_one_message_is_split_in_order(run, owner_cookie, monkeypatch):
+    socket, snapshot = await _connected(run.pk, owner_cookie)
+    monkeypatch.setattr(consumers, "MAX_MESSAGE_BYTES", 400)
+    deltas = [_delta(snapshot["seq"] + i, i) for i in range(1, 21)]
+
+    await _group_send(run, {"type": "run.events", "messages": deltas})
+    received = []
+    while sum(len(m.get("messages", [m])) for m in received) < len(deltas):
+        text = await socket.receive_from()
+        assert len(text.encode()) <= 400
+        received.append(json.loads(text))
+
+    assert len(received) > 1
+    assert [d for m in received for d in m.get("messages", [m])] == deltas
+    await socket.disconnect()
+
+
+async def test_a_delta_too_big_within_a_burst_becomes_a_snapshot_in_its_place(run, owner_cookie, monkeypatch):
+    socket, snapshot = await _connected(run.pk, owner_cookie)
+    seq = snapshot["seq"]
+    small = _delta(seq + 1, 0)
+    big = _delta(seq + 2, 1) | {"padding": "x" * 2000}
+    monkeypatch.setattr(consumers, "MAX_MESSAGE_BYTES", 1000)
+
+    await _group_send(run, {"type": "run.events", "messages": [small, big]})
+
+    assert await socket.receive_json_from() == small
+    replacement = await socket.receive_json_from()
+    assert replacement["type"] == "snapshot" and replacement["full"] is False
+    await socket.disconnect()
