@@ -126,3 +126,61 @@ def test_it_stops_when_access_is_revoked(client_page):
     client_page.wait_for_timeout(1500)
     assert client_page.evaluate("sockets.length") == 1
     assert client_page.evaluate("live.state") == "forbidden"
+
+
+def test_a_coalesced_burst_is_applied_in_order_as_one_change(client_page):
+    _deliver(client_page, _snapshot(2, [_row(1, 2)]))
+    burst = {
+        "type": "events",
+        "messages": [
+            {"type": "candidate", "seq": 3, "candidate": _row(2, 3, "running")},
+            {"type": "candidate", "seq": 4, "candidate": _row(2, 4, "done")},
+            {"type": "pruning", "seq": 4, "job": {"id": 9}},  # not the dashboard's: skipped
+            {"type": "candidates", "seq": 5, "candidates": [_row(1, 5, "failed"), _row(3, 5)]},
+            {"type": "run", "seq": 6, "run": {"id": 1, "status": "done"}},
+        ],
+    }
+    _deliver(client_page, burst)
+
+    assert client_page.evaluate("changes.slice(1)") == [{"ids": [2, 1, 3], "run": True, "full": False}]
+    assert client_page.evaluate("live.seq") == 6
+    assert client_page.evaluate("[...live.rows.values()].map((r) => [r.id, r.status])") == [
+        [1, "failed"],
+        [2, "done"],
+        [3, "done"],
+    ]
+    assert client_page.evaluate("live.run.status") == "done"
+
+
+def test_a_burst_of_old_messages_changes_nothing(client_page):
+    _deliver(client_page, _snapshot(5, [_row(1, 5)]))
+    old = [{"type": "candidate", "seq": s, "candidate": _row(1, s, "running")} for s in (3, 4)]
+    _deliver(client_page, {"type": "events", "messages": old})
+
+    assert client_page.evaluate("changes.length") == 1
+    assert client_page.evaluate("live.rows.get(1).status") == "done"
+
+
+def test_a_stream_started_before_its_page_keeps_what_arrived_for_the_listener(chromium: Path) -> None:
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), headless=True)
+        page = browser.new_page()
+        page.add_script_tag(content=FAKE_SOCKET)
+        page.add_script_tag(content=LIVE_JS.read_text())
+        page.evaluate("window.live = new LiveRun('/ws/runs/1/', null).start(); sockets[0].open();")
+        _deliver(page, _snapshot(2, [_row(1, 1)], more=True))
+        _deliver(page, _snapshot(2, [_row(2, 2)], full=False))
+        _deliver(page, {"type": "candidate", "seq": 3, "candidate": _row(3, 3)})
+
+        page.evaluate(
+            "live.listen((c) => changes.push({ids: [...c.ids], run: c.run, full: c.full}),"
+            " (s) => states.push(s))"
+        )
+        _deliver(page, {"type": "candidate", "seq": 4, "candidate": _row(4, 4)})
+
+        assert page.evaluate("changes") == [
+            {"ids": [1, 2, 3], "run": True, "full": True},  # everything before, as one change
+            {"ids": [4], "run": False, "full": False},
+        ]
+        assert page.evaluate("states") == ["live"]  # told the state it is already in
+        browser.close()

@@ -1,7 +1,8 @@
 /* nasweb live run stream: one websocket per dashboard (protocol: searches/events.py).
  *
  * Keeps every candidate in a Map keyed by id and the run's progress, applies the server's
- * snapshot and deltas, and tracks sequence numbers: `seq` is the highest number up to which
+ * snapshot and deltas (a burst coalesced by the server, type "events", as one change), and
+ * tracks sequence numbers: `seq` is the highest number up to which
  * every message has been applied.  A message from further ahead is applied at once (each row
  * carries its own seq, so an older copy never overwrites a newer one) and remembered; if the
  * hole before it is not filled within GAP_WAIT_MS, the client asks for a resync from `seq`.
@@ -18,13 +19,15 @@
   class LiveRun {
     /**
      * @param {string} path websocket path, e.g. "/ws/runs/3/"
-     * @param {(change: {ids: Set<number>, run: boolean, full: boolean}) => void} onChange
+     * @param {((change: {ids: Set<number>, run: boolean, full: boolean, at: number}) => void) | null} onChange
+     *   null: changes are kept until `listen` is called
      * @param {(state: string) => void} onState "connecting" | "live" | "reconnecting" | "forbidden"
      */
     constructor(path, onChange, onState) {
       this.path = path;
-      this.onChange = onChange;
+      this.onChange = onChange || null;
       this.onState = onState || (() => {});
+      this.unheard = null; // changes that arrived before there was a listener
       this.rows = new Map();
       this.run = null;
       this.runSeq = -1;
@@ -83,20 +86,60 @@
         this._applySnapshot(message);
         return;
       }
-      // Already applied, directly or through a snapshot.
-      if (this.seq < 0 || message.seq <= this.seq) return;
+      // A burst the server coalesced ("events") is applied in order and reported as one change.
       const change = { ids: new Set(), run: false, full: false };
+      let applied = false;
+      for (const delta of message.type === "events" ? message.messages : [message]) {
+        if (this._applyDelta(delta, change)) applied = true;
+      }
+      if (applied) this._emit(change);
+    }
+
+    _applyDelta(message, change) {
+      // Already applied, directly or through a snapshot.
+      if (this.seq < 0 || message.seq <= this.seq) return false;
       if (message.type === "candidate") {
         this._put(message.candidate, change.ids);
       } else if (message.type === "candidates") {
         for (const row of message.candidates) this._put(row, change.ids);
       } else if (message.type === "run") {
-        change.run = this._putRun(message.run, message.seq);
+        if (this._putRun(message.run, message.seq)) change.run = true;
       } else {
-        return;
+        return false;
       }
       this._advance(message.seq);
-      this.onChange(change);
+      return true;
+    }
+
+    /** Hand `change` to the listener; before there is one, changes are merged and kept. */
+    _emit(change) {
+      change.at = performance.timeOrigin + performance.now(); // when it arrived (epoch ms)
+      if (this.onChange) {
+        this.onChange(change);
+        return;
+      }
+      const kept = this.unheard || { ids: new Set(), run: false, full: false };
+      for (const id of change.ids) kept.ids.add(id);
+      kept.run = kept.run || change.run;
+      kept.full = kept.full || change.full;
+      kept.at = change.at;
+      this.unheard = kept;
+    }
+
+    /**
+     * Start listening (a stream may be started before its page's scripts are ready: the
+     * snapshot then travels while they load).  Whatever arrived before is one change.
+     */
+    listen(onChange, onState) {
+      this.onChange = onChange;
+      this.onState = onState || (() => {});
+      this.onState(this.state);
+      if (this.unheard) {
+        const change = this.unheard;
+        this.unheard = null;
+        onChange(change);
+      }
+      return this;
     }
 
     _applySnapshot(message) {
@@ -110,7 +153,7 @@
       for (const seq of this.ahead) if (seq <= this.seq) this.ahead.delete(seq);
       this._advance(this.seq);
       this.partial = message.more ? change : null;
-      if (!message.more) this.onChange(change);
+      if (!message.more) this._emit(change);
     }
 
     _put(row, ids) {
