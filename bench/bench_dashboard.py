@@ -14,7 +14,8 @@ headless Chromium).  Measured:
 - a forced full redraw of the loaded dashboard (both plots, table page, progress);
 - a burst: ``--burst`` new candidates announced one event each (one transaction each), as
   fast as this process can commit them; time from the first commit to the last point drawn,
-  to the last event handed to Redis by the publisher, and how many redraws it took.
+  to the last event handed to Redis by the publisher, how many websocket messages carried the
+  burst (the publisher and the consumer coalesce it) and how many redraws it took.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ def _full_redraw(page: Any) -> float:
 
 def _burst(page: Any, run_id: int, first_index: int, count: int) -> dict[str, float]:
     renders = page.evaluate("window.nasweb.renders")
+    messages = page.evaluate("window.nasweb.live.messages")
     ids, started, sent, published = _live.in_writer(_announce_burst, run_id, first_index, count)
     done = " && ".join(f"window.nasweb.drawnAt[{pk}] !== undefined" for pk in (ids[0], ids[-1]))
     page.wait_for_function(done, timeout=60_000)
@@ -113,6 +115,7 @@ def _burst(page: Any, run_id: int, first_index: int, count: int) -> dict[str, fl
         "total_ms": last - started,
         "after_last_send_ms": last - sent,
         "renders": page.evaluate("window.nasweb.renders") - renders,
+        "messages": page.evaluate("window.nasweb.live.messages") - messages,
     }
 
 
@@ -179,19 +182,27 @@ def main() -> None:
             f"| burst: first commit to the last event handed to Redis (the publisher) |"
             f" {col(bursts, 'published_ms'):.0f} ms |",
             f"| burst: last commit to last point drawn | {col(bursts, 'after_last_send_ms'):.0f} ms |",
+            f"| burst: websocket messages that carried the {args.burst} events |"
+            f" {col(bursts, 'messages'):.0f} |",
             f"| burst: redraws needed (coalesced by requestAnimationFrame) | {col(bursts, 'renders'):.0f} |",
             f"| burst goal: last point drawn ≤ 300 ms after the first commit |"
             f" {'met' if col(bursts, 'total_ms') <= 300 else 'not met on this run'} |",
             "",
-            "Where the time goes: the snapshot's server time is mostly reading the rows (the query also",
-            "loads and decodes every candidate's architecture JSON, which the payload does not use).  A",
-            "burst costs one transaction per event; the events go out through the process's one",
-            "publisher thread (`searches.events.Publisher`: one kept Redis connection, and every event",
-            "that arrives during a send is coalesced into the next group message), and the dashboard",
-            "folds whatever arrived into one redraw per frame.  Before the publisher (one",
-            "`async_to_sync` group send, on a new connection, per event) the same burst took 2908 ms,",
-            "2294 ms of it sending.  Headless Chromium draws WebGL in software (SwiftShader): a browser",
-            "with a GPU redraws faster.",
+            "Where the time goes.  First render: the page opens its websocket before plotly.min.js",
+            "(run_stream.js), so the snapshot is read (plain values, not model instances) and sent",
+            "while the browser parses the library; the plots' WebGL programs and marker shapes are",
+            "built on one invisible point per trace while the snapshot travels, which took most of the",
+            "first redraw before (plots 574 ms of a 1464 ms first render on main at 7c4f16c, quiet",
+            "machine); the table draws one page of 25 rows.  Burst: one transaction per event (the",
+            "`seq` bump is one `UPDATE ... RETURNING`); the process's publisher sends at most one group",
+            "message per 20 ms, the consumer relays it as one `events` websocket message, and the",
+            "dashboard applies it as one change and redraws once per frame.  What is left is the",
+            "redraw itself: headless Chromium draws WebGL in software (SwiftShader) and reads every",
+            "changed canvas back for the software compositor, which blocks the page's main thread",
+            "(so also the websocket) for most of a frame; WebGL canvases now have the screen's pixel",
+            "ratio (plotly's default of 2 drew four times the pixels).  A browser with a GPU redraws",
+            "faster.  Before the publisher (one `async_to_sync` group send, on a new connection, per",
+            "event) the same burst took 2908 ms; main at 7c4f16c took 685 ms on a quiet machine.",
         ]
     )
     print(body)

@@ -37,6 +37,7 @@
       this.gapTimer = 0;
       this.retries = 0;
       this.resyncs = 0;
+      this.messages = 0; // websocket messages received (benchmarks count a burst's)
       this.socket = null;
       this.state = "connecting";
     }
@@ -63,6 +64,7 @@
       socket.onopen = () => this._setState("live");
       socket.onmessage = (event) => {
         this.retries = 0;
+        this.messages += 1;
         this._receive(JSON.parse(event.data));
       };
       socket.onclose = (event) => {
