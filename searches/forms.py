@@ -10,6 +10,7 @@ from django.contrib.auth.forms import UserCreationForm
 from django.core.validators import MaxValueValidator, MinValueValidator
 
 from searches.engine.strategies.config import ASHA_MAX_ETA, ASHA_MAX_RUNG
+from searches.engine.strategies.options import MemNASConfig
 from searches.engine.training.datasets import fashion_mnist_available
 from searches.models import Dataset, HardwareProfile, Project, SearchRun
 from searches.services.datasets import IDX_FIELDS
@@ -35,6 +36,18 @@ MAX_TRAIN_SUBSET = 10_000_000
 MAX_PARALLEL = 16
 MAX_EXTEND = 5_000
 MAX_MEMNAS_TOP_K = 16
+# Round 0 trains at most this many single-block networks (the space has 50 op pairs x widths).
+MAX_MEMNAS_ROUND0_SIZE = 32
+# MemNAS's round-0 kinds and ranking models, as the form and the API offer them.
+MEMNAS_SEED_CHOICES = [
+    ("minimal", "One minimal network (a 3x3 conv, 8 filters)"),
+    ("random", "One random network within the limits"),
+    ("single_blocks", "Round 0: several single-block networks, grow the best"),
+]
+MEMNAS_RANKER_CHOICES = [
+    ("candidate", "Per candidate (a GRU scores each child alone)"),
+    ("list", "List (a second GRU reads a round's children together)"),
+]
 
 
 class SignupForm(UserCreationForm):
@@ -187,7 +200,7 @@ class NewRunForm(forms.Form):
         label="MemNAS λ",
         min_value=0,
         max_value=1,
-        initial=0.5,
+        initial=MemNASConfig.lam,
         required=False,
         help_text="Weight of accuracy against memory in the efficiency score (1: accuracy only).",
     )
@@ -195,7 +208,7 @@ class NewRunForm(forms.Form):
         label="MemNAS β",
         min_value=0,
         max_value=1,
-        initial=0.7,
+        initial=MemNASConfig.beta,
         required=False,
         help_text="Weight of peak SRAM against flash in the memory part of the score.",
     )
@@ -203,9 +216,33 @@ class NewRunForm(forms.Form):
         "MemNAS top-k",
         1,
         MAX_MEMNAS_TOP_K,
-        initial=4,
+        initial=MemNASConfig.top_k,
         required=False,
-        help_text="Children of each backbone trained per round, picked by the ranking model.",
+        help_text="Children of each backbone trained per round, picked by the ranking model; "
+        "the best of them by the score becomes the next backbone.",
+    )
+    memnas_seed_backbone = forms.ChoiceField(
+        label="MemNAS start",
+        choices=MEMNAS_SEED_CHOICES,
+        initial=MemNASConfig.seed_backbone,
+        required=False,
+        help_text="The first backbone: one small seed, or a round 0 that trains several one-block "
+        "networks and grows from the best by the score.",
+    )
+    memnas_round0_size = _count(
+        "MemNAS round 0 size",
+        1,
+        MAX_MEMNAS_ROUND0_SIZE,
+        initial=MemNASConfig.round0_size,
+        required=False,
+        help_text="Networks trained in round 0 (the minimal one included); only with round 0.",
+    )
+    memnas_ranker = forms.ChoiceField(
+        label="MemNAS ranking model",
+        choices=MEMNAS_RANKER_CHOICES,
+        initial=MemNASConfig.ranker,
+        required=False,
+        help_text="How the children of a round are ranked before the top-k are trained.",
     )
     fidelity_schedule = forms.ChoiceField(
         label="Fidelity schedule",

@@ -8,6 +8,7 @@ from rest_framework import serializers
 
 from searches import forms as limits
 from searches.engine.strategies.config import ASHA_MAX_ETA, ASHA_MAX_RUNG
+from searches.engine.strategies.options import MemNASConfig
 from searches.forms import ASHA_NOT_MEMNAS
 from searches.models import Candidate, Dataset, HardwareProfile, Project, SearchRun
 from searches.services import notes, reports
@@ -147,7 +148,14 @@ class _OwnedPrimaryKey(serializers.PrimaryKeyRelatedField):
         return self.queryset.model.objects.for_user(self.context["request"].user)
 
 
-MEMNAS_FIELDS = ("memnas_lambda", "memnas_beta", "memnas_top_k")
+MEMNAS_FIELDS = (
+    "memnas_lambda",
+    "memnas_beta",
+    "memnas_top_k",
+    "memnas_seed_backbone",
+    "memnas_round0_size",
+    "memnas_ranker",
+)
 
 
 class RunCreateSerializer(serializers.Serializer):
@@ -204,7 +212,7 @@ class RunCreateSerializer(serializers.Serializer):
         required=False,
         allow_null=True,
         default=None,
-        help_text="MemNAS only: weight of accuracy against memory (default 0.5).",
+        help_text=f"MemNAS only: weight of accuracy against memory (default {MemNASConfig.lam}).",
     )
     memnas_beta = serializers.FloatField(
         min_value=0,
@@ -212,7 +220,7 @@ class RunCreateSerializer(serializers.Serializer):
         required=False,
         allow_null=True,
         default=None,
-        help_text="MemNAS only: weight of peak SRAM against flash (default 0.7).",
+        help_text=f"MemNAS only: weight of peak SRAM against flash (default {MemNASConfig.beta}).",
     )
     memnas_top_k = serializers.IntegerField(
         min_value=1,
@@ -220,7 +228,31 @@ class RunCreateSerializer(serializers.Serializer):
         required=False,
         allow_null=True,
         default=None,
-        help_text="MemNAS only: children trained per round (default 4).",
+        help_text=f"MemNAS only: children trained per round (default {MemNASConfig.top_k}).",
+    )
+    memnas_seed_backbone = serializers.ChoiceField(
+        choices=limits.MEMNAS_SEED_CHOICES,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="MemNAS only: the first backbone, minimal, random or single_blocks (a round 0 of "
+        f"one-block networks); default {MemNASConfig.seed_backbone}.",
+    )
+    memnas_round0_size = serializers.IntegerField(
+        min_value=1,
+        max_value=limits.MAX_MEMNAS_ROUND0_SIZE,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="MemNAS only: networks trained in round 0, with memnas_seed_backbone single_blocks "
+        f"(default {MemNASConfig.round0_size}).",
+    )
+    memnas_ranker = serializers.ChoiceField(
+        choices=limits.MEMNAS_RANKER_CHOICES,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text=f"MemNAS only: ranking model, candidate or list (default {MemNASConfig.ranker}).",
     )
     fidelity_schedule = serializers.ChoiceField(
         choices=["off", "asha"],
@@ -273,6 +305,13 @@ class RunCreateSerializer(serializers.Serializer):
             given = [name for name in MEMNAS_FIELDS if attrs.get(name) is not None]
             if given:
                 raise serializers.ValidationError(dict.fromkeys(given, "Only MemNAS runs take this setting."))
+        elif (
+            attrs.get("memnas_round0_size") is not None
+            and attrs.get("memnas_seed_backbone") != "single_blocks"
+        ):
+            raise serializers.ValidationError(
+                {"memnas_round0_size": 'Round 0 only runs with memnas_seed_backbone "single_blocks".'}
+            )
         if attrs.get("fidelity_schedule") == "asha" and attrs.get("strategy") == SearchRun.Strategy.MEMNAS:
             raise serializers.ValidationError({"fidelity_schedule": ASHA_NOT_MEMNAS})
         sparsity = attrs.get("sparsity")

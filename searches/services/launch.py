@@ -38,6 +38,11 @@ class RunRequest:
     memnas_lambda: float | None = None
     memnas_beta: float | None = None
     memnas_top_k: int | None = None
+    # MemNAS only: the first backbone ("minimal", "random", "single_blocks"), round 0's size and
+    # the ranking model ("candidate", "list"); None takes the engine's default.
+    memnas_seed_backbone: str | None = None
+    memnas_round0_size: int | None = None
+    memnas_ranker: str | None = None
     # μNAS structured pruning: the (low, high) range of each candidate's sparsity gene, or None.
     sparsity: tuple[float, float] | None = None
     # When the search ends, train its top K Pareto candidates for deployment (0: do not).
@@ -62,10 +67,20 @@ def fidelity_for(request: RunRequest) -> Fidelity:
 
 
 def strategy_options_for(request: RunRequest) -> dict[str, Any]:
-    """The engine's ``strategy_options``: the MemNAS settings given, for a MemNAS run only."""
+    """The engine's ``strategy_options``: the MemNAS settings given, for a MemNAS run only.
+
+    ``runs.make_config`` then records every MemNAS setting, the defaults included.
+    """
     if request.strategy != SearchRun.Strategy.MEMNAS:
         return {}
-    options = {"lambda": request.memnas_lambda, "beta": request.memnas_beta, "top_k": request.memnas_top_k}
+    options = {
+        "lambda": request.memnas_lambda,
+        "beta": request.memnas_beta,
+        "top_k": request.memnas_top_k,
+        "seed_backbone": request.memnas_seed_backbone,
+        "round0_size": request.memnas_round0_size,
+        "ranker": request.memnas_ranker,
+    }
     return {key: value for key, value in options.items() if value is not None}
 
 

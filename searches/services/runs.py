@@ -26,6 +26,7 @@ from searches.engine.strategies.asha import rung_epochs
 from searches.engine.strategies.base import EvalFailure, EvalResult, Proposal, SearchStrategy, measure
 from searches.engine.strategies.config import Bounds, Limits, SearchConfig
 from searches.engine.strategies.driver import SearchEvent, run_search
+from searches.engine.strategies.options import MemNASConfig
 from searches.engine.strategies.registry import from_state_json, make_strategy
 from searches.engine.training.datasets import Dataset, load_dataset
 from searches.engine.training.model import build_model
@@ -104,14 +105,20 @@ def make_config(
 ) -> SearchConfig:
     """A search config whose μNAS bounds are the profile's limits plus per-dataset defaults.
 
-    ``strategy_options`` are settings only one strategy reads (MemNAS: lambda, beta, top_k);
+    ``strategy_options`` are settings only one strategy reads (MemNAS: lambda, beta, top_k...);
+    a MemNAS run records all of its settings, the defaults filled in, so that the run page shows
+    what it ran with and a later change of default never changes a stored run.
     ``sparsity`` turns on μNAS's structured-pruning gene with that (low, high) range;
     ``fidelity_schedule="asha"`` trains in ASHA rungs (``fidelity`` is rung 0);
     ``error_objective`` is "float" or "int8" validation error.
+    Raises ValueError (naming the setting) when the engine refuses the configuration.
     """
     error_bound, macs_bound = DATASET_BOUNDS.get(dataset.name, DATASET_BOUNDS[""])
     population = population or max(4, min(100, budget // 3))
     fidelity = fidelity or default_fidelity(dataset.name)
+    options = dict(strategy_options or {})
+    if strategy == "memnas":
+        options = MemNASConfig.from_json(options).to_json()
     return SearchConfig(
         space=SpaceConfig(dataset.input_shape, dataset.classes),
         budget=budget,
@@ -127,13 +134,48 @@ def make_config(
         sample_size=sample_size or max(2, min(25, population // 4)),
         seed=seed,
         fidelity=asdict(fidelity) | {"seed": seed},
-        strategy_options=dict(strategy_options or {}),
+        strategy_options=options,
         sparsity=sparsity,
         fidelity_schedule=fidelity_schedule,  # type: ignore[arg-type]
         asha_eta=asha_eta,
         asha_max_rung=asha_max_rung,
         error_objective=error_objective,  # type: ignore[arg-type]
     )
+
+
+_SEED_LABELS = {"minimal": "minimal seed", "random": "random seed", "single_blocks": "round 0"}
+_RANKER_LABELS = {"candidate": "per candidate", "list": "list"}
+
+
+def strategy_settings(strategy: str, config: dict[str, Any]) -> list[tuple[str, str]]:
+    """A run's strategy settings as (name, value) pairs for its page, from its stored config.
+
+    MemNAS: λ, β, top-k, the start (round 0 with its size) and the ranking model; the other
+    strategies: population and sample size.  Runs stored before every MemNAS setting was
+    recorded show the engine's defaults for the ones they lack.  Random search has none.
+    """
+    if strategy == "aging_evolution":
+        return [
+            ("population", str(config.get("population"))),
+            ("sample size", str(config.get("sample_size"))),
+        ]
+    if strategy != "memnas":
+        return []
+    stored = config.get("strategy_options") or {}
+    try:
+        options = MemNASConfig.from_json(stored)
+    except (TypeError, ValueError):  # a hand-edited config: show it as stored
+        return [(str(name), str(value)) for name, value in stored.items()]
+    start = _SEED_LABELS[options.seed_backbone]
+    if options.seed_backbone == "single_blocks":
+        start += f" of {options.round0_size}"
+    return [
+        ("λ", f"{options.lam:g}"),
+        ("β", f"{options.beta:g}"),
+        ("top-k", str(options.top_k)),
+        ("start", start),
+        ("ranking model", _RANKER_LABELS[options.ranker]),
+    ]
 
 
 def create_run(

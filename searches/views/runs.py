@@ -19,7 +19,7 @@ from searches.models import Candidate, Project, SearchRun, name_datasets
 from searches.services import execution
 from searches.services.deletion import ACTIVE, delete_run
 from searches.services.launch import RunRequest, launch_run
-from searches.services.runs import default_fidelity
+from searches.services.runs import default_fidelity, strategy_settings
 
 # The CSV's columns, in order: every metric a candidate row has.
 CSV_COLUMNS = (
@@ -104,6 +104,13 @@ def _request_from(form: NewRunForm) -> RunRequest:
         memnas_lambda=data["memnas_lambda"],
         memnas_beta=data["memnas_beta"],
         memnas_top_k=data["memnas_top_k"],
+        # A blank choice posts "" (the field is hidden for other strategies): the default.
+        memnas_seed_backbone=data["memnas_seed_backbone"] or None,
+        # Round 0's size only matters with round 0 (the field is hidden otherwise).
+        memnas_round0_size=data["memnas_round0_size"]
+        if data["memnas_seed_backbone"] == "single_blocks"
+        else None,
+        memnas_ranker=data["memnas_ranker"] or None,
         sparsity=(data["sparsity_low"], data["sparsity_high"]) if data["pruning"] else None,
         fidelity_schedule=data["fidelity_schedule"] or "off",
         asha_eta=data["asha_eta"] or 3,
@@ -171,6 +178,7 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "profile": run.profile,
         "candidate_count": run.candidates.count(),
         "dashboard_config": dashboard_config(run),
+        "strategy_settings": strategy_settings(run.strategy, run.config or {}),
         "extend_form": ExtendRunForm(),
         "notes_url": reverse("run_notes", args=[run.pk]),
     }

@@ -6,6 +6,7 @@ import re
 
 from playwright.sync_api import Page, expect
 
+from searches.engine.strategies.options import MemNASConfig
 from tests.e2e.conftest import PASSWORD, USERNAME, LiveStack
 
 
@@ -40,8 +41,20 @@ def test_the_run_form_shows_memnas_settings_for_memnas_only(page: Page, live_sta
     expect(pruning).to_be_hidden()
     expect(population).to_be_hidden()
     expect(memnas_lambda).to_be_visible()
-    expect(memnas_lambda).to_have_value("0.5")
-    expect(page.locator("input[name=memnas_top_k]")).to_have_value("4")
+    expect(memnas_lambda).to_have_value(f"{MemNASConfig.lam:g}")
+    expect(page.locator("input[name=memnas_top_k]")).to_have_value(str(MemNASConfig.top_k))
+    # Round 0's size shows only when the search starts with a round 0.
+    seed, round0 = (
+        page.locator("select[name=memnas_seed_backbone]"),
+        page.locator("input[name=memnas_round0_size]"),
+    )
+    expect(page.locator("select[name=memnas_ranker]")).to_be_visible()
+    page.select_option("select[name=memnas_seed_backbone]", "minimal")
+    expect(round0).to_be_hidden()
+    page.select_option("select[name=memnas_seed_backbone]", "single_blocks")
+    expect(seed).to_have_value("single_blocks")
+    expect(round0).to_be_visible()
+    expect(round0).to_have_value(str(MemNASConfig.round0_size))
 
     page.select_option("select[name=strategy]", "random")
     expect(population).to_be_visible()

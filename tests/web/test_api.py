@@ -5,6 +5,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from searches import queue as task_queue
+from searches.engine.strategies.options import MemNASConfig
 from searches.models import Candidate, HardwareProfile, Project, SearchRun
 from tests.web.factories import SMALL_ARCH, make_candidate, make_profile, make_project, make_run
 
@@ -303,6 +304,9 @@ def test_run_create_takes_memnas_settings(api, user, enqueued, django_capture_on
         "budget": 6,
         "memnas_lambda": 0.2,
         "memnas_top_k": 2,
+        "memnas_seed_backbone": "single_blocks",
+        "memnas_round0_size": 3,
+        "memnas_ranker": "list",
     }
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -311,7 +315,9 @@ def test_run_create_takes_memnas_settings(api, user, enqueued, django_capture_on
     assert response.status_code == 201
     run = SearchRun.objects.get(owner=user)
     assert run.strategy == "memnas"
-    assert run.config["strategy_options"] == {"lambda": 0.2, "top_k": 2}
+    # Every MemNAS setting is recorded with the run, the defaults (here β) filled in.
+    expected = MemNASConfig(lam=0.2, top_k=2, seed_backbone="single_blocks", round0_size=3, ranker="list")
+    assert run.config["strategy_options"] == expected.to_json()
     assert enqueued == [run.pk]
 
 
@@ -324,6 +330,20 @@ def test_run_create_takes_memnas_settings(api, user, enqueued, django_capture_on
         ({"strategy": "memnas", "memnas_top_k": "many"}, "memnas_top_k", "valid integer"),
         ({"memnas_lambda": 0.5}, "memnas_lambda", "Only MemNAS runs take this setting."),
         ({"strategy": "random", "memnas_top_k": 2}, "memnas_top_k", "Only MemNAS runs take this setting."),
+        ({"strategy": "memnas", "memnas_seed_backbone": "big"}, "memnas_seed_backbone", "not a valid choice"),
+        ({"strategy": "memnas", "memnas_ranker": "tree"}, "memnas_ranker", "not a valid choice"),
+        (
+            {"strategy": "memnas", "memnas_seed_backbone": "single_blocks", "memnas_round0_size": 0},
+            "memnas_round0_size",
+            "greater than or equal to 1",
+        ),
+        (
+            {"strategy": "memnas", "memnas_seed_backbone": "single_blocks", "memnas_round0_size": 33},
+            "memnas_round0_size",
+            "less than or equal to 32",
+        ),
+        ({"strategy": "memnas", "memnas_round0_size": 4}, "memnas_round0_size", '"single_blocks"'),
+        ({"strategy": "aging_evolution", "memnas_ranker": "list"}, "memnas_ranker", "Only MemNAS runs"),
     ],
 )
 def test_run_create_validates_memnas_settings(api, user, enqueued, fields, field, message):

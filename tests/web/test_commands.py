@@ -12,6 +12,7 @@ from django.core.management import CommandError, call_command
 from searches.engine.resources.memory import brute_force_peak
 from searches.engine.resources.opgraph import OpGraph
 from searches.engine.space import arch as A
+from searches.engine.strategies.options import MemNASConfig
 from searches.models import Candidate, SearchRun
 from searches.services import runs
 
@@ -170,3 +171,45 @@ def test_a_stopped_run_resumes_from_the_database(user) -> None:
     assert resumed.status == SearchRun.Status.DONE and resumed.evaluated == 4
     indexes = list(resumed.candidates.filter(status=Candidate.Status.DONE).values_list("index", flat=True))
     assert len(indexes) == len(set(indexes)) == 4
+
+
+@pytest.mark.django_db
+def test_search_takes_and_records_the_memnas_options() -> None:
+    text = _call(
+        "search", "--strategy", "memnas", "--sram-kb", "2", "--flash-kb", "4", "--budget", "3",
+        "--epochs", "1", "--memnas-lambda", "0.3", "--memnas-top-k", "2",
+        "--memnas-seed-backbone", "single_blocks", "--memnas-round0-size", "2", "--memnas-ranker", "list",
+        "--verbosity", "0",
+    )  # fmt: skip
+
+    run = SearchRun.objects.get()
+    expected = MemNASConfig(lam=0.3, top_k=2, seed_backbone="single_blocks", round0_size=2, ranker="list")
+    assert run.strategy == "memnas" and run.config["strategy_options"] == expected.to_json()
+    assert "λ 0.3, β 0.7, top-k 2, start round 0 of 2, ranking model list" in text
+    # Round 0 really ran: its two networks, then one round of top-1 (the budget's rest).
+    first = run.candidates.filter(status=Candidate.Status.DONE).order_by("index")
+    assert [c.mutation.startswith("round 0") for c in first][:2] == [True, True]
+    assert run.status == SearchRun.Status.DONE and run.evaluated == 3
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--memnas-top-k", "2"], "--memnas-top-k applies to --strategy memnas only"),
+        (["--strategy", "random", "--memnas-ranker", "list"], "--memnas-ranker applies to --strategy memnas"),
+        (
+            ["--strategy", "memnas", "--memnas-lambda", "1.5"],
+            r"--memnas-lambda must lie in \[0, 1\], got 1.5",
+        ),
+        (["--strategy", "memnas", "--memnas-beta", "-0.1"], r"--memnas-beta must lie in \[0, 1\]"),
+        (["--strategy", "memnas", "--memnas-top-k", "0"], "--memnas-top-k must be at least 1, got 0"),
+        (["--strategy", "memnas", "--memnas-round0-size", "3"], "--memnas-round0-size needs --memnas-seed"),
+        (["--strategy", "memnas", "--memnas-ranker", "tree"], "argument --memnas-ranker: invalid choice"),
+        (["--strategy", "memnas", "--memnas-seed-backbone", "big"], "argument --memnas-seed-backbone"),
+    ],
+)
+def test_search_names_a_wrong_memnas_option(args: list[str], message: str) -> None:
+    with pytest.raises(CommandError, match=message):
+        _call("search", "--budget", "1", "--verbosity", "0", *args)
+    assert not SearchRun.objects.exists()

@@ -9,6 +9,7 @@ from django.urls import reverse
 
 from searches import events
 from searches import queue as task_queue
+from searches.engine.strategies.options import RANKERS, SEED_KINDS, MemNASConfig
 from searches.models import Candidate, Dataset, HardwareProfile, SearchRun
 from searches.services.runs import default_fidelity
 from tests.web.factories import make_candidate, make_profile, make_project, make_run
@@ -138,13 +139,25 @@ def test_new_run_form_offers_memnas(client, user):
 
     form = response.context["form"]
     assert ("memnas", "MemNAS (grow and trim)") in form.fields["strategy"].choices
+    defaults = MemNASConfig()
     assert (form["memnas_lambda"].value(), form["memnas_beta"].value(), form["memnas_top_k"].value()) == (
-        0.5,
-        0.7,
-        4,
+        defaults.lam,
+        defaults.beta,
+        defaults.top_k,
     )
+    assert (
+        form["memnas_seed_backbone"].value(),
+        form["memnas_round0_size"].value(),
+        form["memnas_ranker"].value(),
+    ) == (defaults.seed_backbone, defaults.round0_size, defaults.ranker)
+    assert [value for value, _ in form.fields["memnas_seed_backbone"].choices] == list(SEED_KINDS)
+    assert [value for value, _ in form.fields["memnas_ranker"].choices] == list(RANKERS)
     body = response.content.decode()
     assert 'id="memnas-options"' in body and 'id="evolution-options"' in body
+    assert 'id="memnas-start-options"' in body and 'id="memnas-round0"' in body
+    # Each MemNAS setting explains itself.
+    for name in ("memnas_top_k", "memnas_seed_backbone", "memnas_round0_size", "memnas_ranker"):
+        assert form.fields[name].help_text and form.fields[name].help_text in body
 
 
 def test_new_run_takes_memnas_settings(client, user, enqueued, django_capture_on_commit_callbacks):
@@ -157,18 +170,36 @@ def test_new_run_takes_memnas_settings(client, user, enqueued, django_capture_on
             reverse("run_create", args=[project.pk]),
             # The hidden evolution fields still post; a sample size above the population is ignored.
             _form_data(
-                profile, strategy="memnas", memnas_lambda=0.3, memnas_beta=0.9, memnas_top_k=2, sample_size=9
+                profile,
+                strategy="memnas",
+                memnas_lambda=0.3,
+                memnas_beta=0.9,
+                memnas_top_k=2,
+                memnas_seed_backbone="single_blocks",
+                memnas_round0_size=4,
+                memnas_ranker="list",
+                sample_size=9,
             ),
         )
 
     run = SearchRun.objects.get(owner=user)
     assert response.status_code == 302
     assert run.strategy == "memnas"
-    assert run.config["strategy_options"] == {"lambda": 0.3, "beta": 0.9, "top_k": 2}
+    expected = MemNASConfig(
+        lam=0.3, beta=0.9, top_k=2, seed_backbone="single_blocks", round0_size=4, ranker="list"
+    )
+    assert run.config["strategy_options"] == expected.to_json()
     assert enqueued == [run.pk]
+    # The run page shows what the run was started with.
+    page = client.get(reverse("run_detail", args=[run.pk])).content.decode()
+    settings = page.split('id="strategy-settings"')[1].split("</p>")[0]
+    for text in ("λ <strong>0.3</strong>", "β <strong>0.9</strong>", "top-k <strong>2</strong>"):
+        assert text in settings
+    assert "start <strong>round 0 of 4</strong>" in settings
+    assert "ranking model <strong>list</strong>" in settings
 
 
-def test_new_run_leaves_memnas_defaults_to_the_engine(
+def test_new_run_records_every_memnas_setting_with_the_defaults(
     client, user, enqueued, django_capture_on_commit_callbacks
 ):
     project = make_project(user)
@@ -177,10 +208,14 @@ def test_new_run_leaves_memnas_defaults_to_the_engine(
 
     with django_capture_on_commit_callbacks(execute=True):
         client.post(
-            reverse("run_create", args=[project.pk]), _form_data(profile, strategy="memnas", memnas_top_k=3)
+            reverse("run_create", args=[project.pk]),
+            # Round 0's size is posted from its hidden field but only matters with round 0.
+            _form_data(profile, strategy="memnas", memnas_top_k=3, memnas_round0_size=9),
         )
 
-    assert SearchRun.objects.get(owner=user).config["strategy_options"] == {"top_k": 3}
+    options = SearchRun.objects.get(owner=user).config["strategy_options"]
+    assert options == MemNASConfig(top_k=3).to_json()
+    assert options["round0_size"] == MemNASConfig().round0_size
 
 
 def test_new_run_ignores_memnas_settings_for_evolution(
@@ -216,6 +251,10 @@ def test_new_run_ignores_memnas_settings_for_evolution(
         ({"strategy": "memnas", "memnas_beta": -0.1}, "memnas_beta", "greater than or equal to 0"),
         ({"strategy": "memnas", "memnas_top_k": 0}, "memnas_top_k", "greater than or equal to 1"),
         ({"strategy": "memnas", "memnas_top_k": 17}, "memnas_top_k", "less than or equal to 16"),
+        ({"strategy": "memnas", "memnas_seed_backbone": "grid"}, "memnas_seed_backbone", "valid choice"),
+        ({"strategy": "memnas", "memnas_round0_size": 0}, "memnas_round0_size", "greater than or equal to 1"),
+        ({"strategy": "memnas", "memnas_round0_size": 33}, "memnas_round0_size", "less than or equal to 32"),
+        ({"strategy": "memnas", "memnas_ranker": "tree"}, "memnas_ranker", "valid choice"),
     ],
 )
 def test_new_run_shows_field_errors(client, user, enqueued, fields, field, message):
@@ -373,6 +412,25 @@ def test_detail_works_for_a_memnas_run(client, user):
     assert response.status_code == 200
     assert response.context["candidate_count"] == 2
     assert response.context["dashboard_config"]["status"] == "running"
+    # A run stored with only some MemNAS settings shows the engine's defaults for the rest.
+    assert response.context["strategy_settings"] == [
+        ("λ", f"{MemNASConfig().lam:g}"),
+        ("β", f"{MemNASConfig().beta:g}"),
+        ("top-k", str(MemNASConfig().top_k)),
+        ("start", "minimal seed"),
+        ("ranking model", "per candidate"),
+    ]
+
+
+def test_detail_shows_the_evolution_settings(client, user):
+    run = make_run(user)
+    client.force_login(user)
+
+    page = client.get(reverse("run_detail", args=[run.pk])).content.decode()
+
+    settings = page.split('id="strategy-settings"')[1].split("</p>")[0]
+    assert "Strategy <strong>Aging evolution" in settings
+    assert f"population <strong>{run.config['population']}</strong>" in settings
 
 
 def test_detail_checks_owner(client, user, other_user):

@@ -10,10 +10,43 @@ from tqdm import tqdm
 
 from searches.engine.strategies.config import ERROR_OBJECTIVES, FIDELITY_SCHEDULES, STRATEGIES
 from searches.engine.strategies.driver import SearchEvent
+from searches.engine.strategies.options import RANKERS, SEED_KINDS, MemNASConfig
 from searches.engine.training.datasets import DATASETS, DatasetError
 from searches.engine.training.train import Fidelity
 from searches.models import Candidate, HardwareProfile, SearchRun
 from searches.services import deployment, runs
+
+# --memnas-* flag -> MemNAS option (JSON name); only a MemNAS run takes them.
+MEMNAS_FLAGS = {
+    "memnas_lambda": "lambda",
+    "memnas_beta": "beta",
+    "memnas_top_k": "top_k",
+    "memnas_seed_backbone": "seed_backbone",
+    "memnas_round0_size": "round0_size",
+    "memnas_ranker": "ranker",
+}
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def memnas_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The MemNAS options the --memnas-* flags give; CommandError naming the flag when one is wrong."""
+    given = {dest: options[dest] for dest in MEMNAS_FLAGS if options.get(dest) is not None}
+    if options["strategy"] != "memnas":
+        if given:
+            raise CommandError(f"{_flag(next(iter(given)))} applies to --strategy memnas only")
+        return {}
+    for dest in ("memnas_lambda", "memnas_beta"):
+        if dest in given and not 0 <= given[dest] <= 1:
+            raise CommandError(f"{_flag(dest)} must lie in [0, 1], got {given[dest]:g}")
+    for dest in ("memnas_top_k", "memnas_round0_size"):
+        if dest in given and given[dest] < 1:
+            raise CommandError(f"{_flag(dest)} must be at least 1, got {given[dest]}")
+    if "memnas_round0_size" in given and given.get("memnas_seed_backbone") != "single_blocks":
+        raise CommandError("--memnas-round0-size needs --memnas-seed-backbone single_blocks (round 0)")
+    return {MEMNAS_FLAGS[dest]: value for dest, value in given.items()}
 
 
 class Command(BaseCommand):
@@ -32,6 +65,31 @@ class Command(BaseCommand):
         parser.add_argument("--strategy", choices=STRATEGIES, default="aging_evolution")
         parser.add_argument("--population", type=int, help="population size (default: budget/3, 4..100)")
         parser.add_argument("--sample-size", type=int, help="tournament sample size (default: population/4)")
+        defaults = MemNASConfig()
+        memnas = parser.add_argument_group("MemNAS (with --strategy memnas; recorded with the run)")
+        memnas.add_argument(
+            "--memnas-lambda",
+            type=float,
+            help=f"weight of accuracy against memory in [0, 1] ({defaults.lam})",
+        )
+        memnas.add_argument(
+            "--memnas-beta", type=float, help=f"weight of peak SRAM against flash in [0, 1] ({defaults.beta})"
+        )
+        memnas.add_argument("--memnas-top-k", type=int, help=f"children trained per round ({defaults.top_k})")
+        memnas.add_argument(
+            "--memnas-seed-backbone",
+            choices=SEED_KINDS,
+            help="first backbone; single_blocks runs a round 0 of one-block networks "
+            f"({defaults.seed_backbone})",
+        )
+        memnas.add_argument(
+            "--memnas-round0-size",
+            type=int,
+            help=f"networks trained in round 0, with single_blocks ({defaults.round0_size})",
+        )
+        memnas.add_argument(
+            "--memnas-ranker", choices=RANKERS, help=f"ranking model of the children ({defaults.ranker})"
+        )
         parser.add_argument("--epochs", type=int, help="training epochs per candidate")
         parser.add_argument("--train-subset", type=int, help="train on at most this many samples")
         parser.add_argument("--seed", type=int, default=0)
@@ -66,7 +124,10 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         run = self._resume(options) if options["resume"] else self._create(options)
-        self.stdout.write(f"run #{run.pk}: {run.strategy} on {run.dataset}, budget {run.budget}")
+        settings = ", ".join(
+            f"{name} {value}" for name, value in runs.strategy_settings(run.strategy, run.config)
+        )
+        self.stdout.write(f"run #{run.pk}: {run.strategy} on {run.dataset}, budget {run.budget} ({settings})")
         with tqdm(
             total=run.budget, initial=run.evaluated, unit="cand", disable=options["verbosity"] < 1
         ) as bar:
@@ -140,6 +201,7 @@ class Command(BaseCommand):
                 asha_eta=options["eta"],
                 asha_max_rung=options["max_rung"],
                 error_objective=options["error_objective"],
+                strategy_options=memnas_options(options),
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc

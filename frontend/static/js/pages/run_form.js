@@ -19,6 +19,8 @@
     const memnas = form.elements.strategy.value === "memnas";
     document.getElementById("evolution-options").hidden = memnas;
     document.getElementById("memnas-options").hidden = !memnas;
+    document.getElementById("memnas-start-options").hidden = !memnas;
+    document.getElementById("memnas-round0").hidden = form.elements.memnas_seed_backbone.value !== "single_blocks";
     document.getElementById("pruning-options").hidden = memnas;
     document.getElementById("sparsity-range").hidden = !form.elements.pruning.checked;
     // ASHA rungs need a strategy that tolerates a candidate's result improving later.
@@ -31,6 +33,7 @@
   form.elements.strategy.addEventListener("change", showStrategyOptions);
   form.elements.pruning.addEventListener("change", showStrategyOptions);
   form.elements.fidelity_schedule.addEventListener("change", showStrategyOptions);
+  form.elements.memnas_seed_backbone.addEventListener("change", showStrategyOptions);
   showDefaults();
   showStrategyOptions();
 })();
