@@ -8,7 +8,15 @@ adds nothing), measured after every evaluation and averaged over seeds.  Usage:
 
     python bench/bench_strategies.py [--budget 60] [--seeds 0 1 2] [--datasets digits fashion-mnist]
         [--strategies aging_evolution memnas random] [--epochs N] [--train-subset N]
-        [--minutes-per-run M] [--jobs 2] [--fresh] [--write]
+        [--minutes-per-run M] [--jobs 2] [--fresh] [--write [--title T] [--plot P]]
+    python bench/bench_strategies.py --lambda-sweep [--lambdas 0 0.25 0.5 0.75 1]
+        [--memnas-options top_k=4,...] [--datasets fashion-mnist] ... [--write]
+
+A strategy may carry MemNAS options, ``memnas:top_k=2,seed_backbone=single_blocks``: each such
+spelling is a separate row (that is how the MemNAS defaults were chosen).  ``--lambda-sweep``
+runs MemNAS once per λ and reports, per λ, the model the search's own score prefers over the
+whole run (the highest Y against the first backbone): its error, peak SRAM and flash, the
+analogue of the MemNAS paper's λ figure, drawn to docs/memnas_lambda.png.
 
 Runs go to separate processes (``--jobs`` at a time, one torch thread each) and each run's
 curve is cached as JSON under var/bench_strategies/ (keyed by its settings), so an
@@ -41,11 +49,14 @@ from searches.engine.space.sampling import SpaceConfig
 from searches.engine.strategies.base import EvalResult
 from searches.engine.strategies.config import Bounds, Limits, SearchConfig
 from searches.engine.strategies.driver import SearchEvent, run_search
+from searches.engine.strategies.memnas.strategy import efficiency_score
 from searches.engine.strategies.objectives import pareto_front
+from searches.engine.strategies.options import MemNASConfig
 from searches.engine.strategies.registry import make_strategy
 from searches.engine.training.train import Fidelity
 
 TITLE = "Search strategies"
+SWEEP_TITLE = "MemNAS λ sweep"
 CACHE = ROOT / "var" / "bench_strategies"
 STRATEGY_LABELS = {"aging_evolution": "aging evolution", "memnas": "MemNAS", "random": "random search"}
 
@@ -73,6 +84,61 @@ SETTINGS: dict[str, Setting] = {
     # 4,000 training images keep 540 fashion runs near 15 minutes on 2 cores
     "fashion-mnist": Setting(64_000, 64_000, 0.25, 30_000_000, Fidelity(train_subset=4000)),
 }
+
+
+# ---- strategy specs --------------------------------------------------------------------------
+
+
+def _option_value(text: str) -> Any:
+    """``"4"`` -> 4, ``"0.5"`` -> 0.5, ``"true"`` -> True, anything else stays a string."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_options(text: str) -> dict[str, Any]:
+    """``"top_k=2,lambda=0.25"`` -> {"top_k": 2, "lambda": 0.25} (MemNAS's JSON option names)."""
+    options: dict[str, Any] = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"a strategy option is written name=value, got {item!r}")
+        options[key.strip()] = _option_value(value.strip())
+    return options
+
+
+def parse_strategy(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"memnas:top_k=2"`` -> ("memnas", {"top_k": 2}); the options are validated by MemNASConfig."""
+    name, _, rest = spec.partition(":")
+    if name not in STRATEGY_LABELS:
+        raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGY_LABELS)}")
+    options = parse_options(rest)
+    if options and name != "memnas":
+        raise ValueError(f"only MemNAS takes options, got {spec!r}")
+    if name == "memnas":
+        MemNASConfig.from_json(options)  # raises ValueError naming the bad option
+    return name, options
+
+
+def strategy_label(spec: str) -> str:
+    name, options = parse_strategy(spec)
+    label = STRATEGY_LABELS[name]
+    if options:
+        label += " (" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")"
+    return label
+
+
+def _strategy_arg(spec: str) -> str:
+    try:
+        parse_strategy(spec)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+    return spec
 
 
 # ---- hypervolume ---------------------------------------------------------------------------
@@ -131,14 +197,19 @@ def hypervolume_curve(points: Sequence[Sequence[float] | None], bounds: Bounds) 
 
 
 def make_config(dataset: Any, strategy: str, seed: int, budget: int, setting: Setting) -> SearchConfig:
-    """The run's search config; population and sample size follow the CLI's rule (services/runs.py)."""
+    """The run's search config; population and sample size follow the CLI's rule (services/runs.py).
+
+    ``strategy`` is a spec (``memnas:top_k=2``): its options become ``strategy_options``.
+    """
+    name, options = parse_strategy(strategy)
     population = max(4, min(100, budget // 3))
     return SearchConfig(
         space=SpaceConfig(dataset.input_shape, dataset.classes),
         budget=budget,
         bounds=setting.bounds(),
         limits=Limits(sram_bytes=setting.sram_bytes, flash_bytes=setting.flash_bytes),
-        strategy=strategy,  # type: ignore[arg-type]
+        strategy=name,  # type: ignore[arg-type]
+        strategy_options=options,
         population=population,
         sample_size=max(2, min(25, population // 4)),
         seed=seed,
@@ -168,7 +239,7 @@ def run_one(
     def on_event(event: SearchEvent) -> None:
         if event.kind not in ("evaluated", "failed"):
             return
-        row: dict[str, Any] = {"t": time.monotonic() - start, "objectives": None}
+        row: dict[str, Any] = {"t": time.monotonic() - start, "id": event.proposal.id, "objectives": None}
         if event.member is not None:
             row["objectives"] = list(event.member.objectives)
             row["test"] = event.member.result.test_accuracy
@@ -184,6 +255,8 @@ def run_one(
         "seconds": time.monotonic() - start,
         "rejected": strategy.counters.get("rejected", 0),
         "stop_reason": strategy.stop_reason,
+        # MemNAS: each round's scores and backbone moves, for the λ sweep's reference model
+        "trajectory": getattr(strategy, "trajectory", None),
     }
 
 
@@ -282,6 +355,16 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {sd:.4f}"
 
 
+def _memnas_defaults() -> str:
+    d = MemNASConfig()
+    return f"its defaults (λ {d.lam}, β {d.beta}, top-{d.top_k}, seed {d.seed_backbone}, ranker {d.ranker})"
+
+
+def _best_accuracy(run: dict[str, Any], n: int) -> float:
+    """Best validation accuracy among the first ``n`` evaluations (0 when none trained)."""
+    return max((1 - e["objectives"][0] for e in run["evaluations"][:n] if e["objectives"]), default=0.0)
+
+
 def report(results: list[dict[str, Any]], args: argparse.Namespace, plot_name: str) -> str:
     by_curve = curves(results, args)
     checkpoints = sorted({max(1, args.budget // 4), max(1, args.budget // 2), args.budget})
@@ -292,7 +375,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, plot_name: s
         "",
         f"Budget {args.budget} evaluations per run, seeds {', '.join(map(str, args.seeds))}; objectives "
         "(val error, peak SRAM, flash, MACs) divided by the bounds below, reference point 1. Aging "
-        "evolution uses the CLI's population rule, MemNAS its defaults (λ 0.5, β 0.7, top-4).",
+        f"evolution uses the CLI's population rule, MemNAS {_memnas_defaults()} unless the row says "
+        "otherwise.",
         "",
         "| dataset | SRAM / flash limit = bound | error bound | MACs bound | fidelity |",
         "|---|---|---|---|---|",
@@ -310,8 +394,10 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, plot_name: s
         "",
         "| dataset | strategy | "
         + " | ".join(f"n = {n}" for n in checkpoints)
-        + " | best val acc | minutes |",
-        "|---|---|" + "---|" * len(checkpoints) + "---|---|",
+        + " | "
+        + " | ".join(f"best val acc, n = {n}" for n in checkpoints[1:])
+        + " | minutes |",
+        "|---|---|" + "---|" * len(checkpoints) + "---|" * len(checkpoints[1:]) + "---|",
     ]
     for dataset in args.datasets:
         for strategy in args.strategies:
@@ -319,17 +405,13 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, plot_name: s
             if not runs:
                 continue
             hv = by_curve[(dataset, strategy)]
-            best = [
-                max((1 - e["objectives"][0] for e in r["evaluations"] if e["objectives"]), default=0.0)
-                for r in runs
-            ]
             minutes = statistics.mean(r["seconds"] for r in runs) / 60
             cells = [_mean_sd([_at(c, n) for c in hv]) for n in checkpoints]
-            label = STRATEGY_LABELS.get(strategy, strategy)
+            best = [f"{statistics.mean(_best_accuracy(r, n) for r in runs):.3f}" for n in checkpoints[1:]]
             lines.append(
-                f"| {dataset} | {label} | "
-                + " | ".join(cells)
-                + f" | {statistics.mean(best):.3f} | {minutes:.1f} |"
+                f"| {dataset} | {strategy_label(strategy)} | "
+                + " | ".join(cells + best)
+                + f" | {minutes:.1f} |"
             )
     short = [r for r in results if len(r["evaluations"]) < r["budget"]]
     if short:
@@ -341,6 +423,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, plot_name: s
 # ---- plot ---------------------------------------------------------------------------------------------
 
 COLOURS = {"aging_evolution": "#1f77b4", "memnas": "#d62728", "random": "#7f7f7f"}
+SVG_COLOURS = ("#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 
 def _mean_curve(runs: list[list[float]], n: int) -> tuple[list[float], list[float], list[float]]:
@@ -369,8 +452,8 @@ def plot(
                 continue
             mean, lo, hi = _mean_curve(runs, budget)
             xs = range(1, budget + 1)
-            ax.plot(xs, mean, color=COLOURS.get(strategy), label=STRATEGY_LABELS.get(strategy, strategy))
-            ax.fill_between(xs, lo, hi, color=COLOURS.get(strategy), alpha=0.15)
+            (line,) = ax.plot(xs, mean, color=COLOURS.get(strategy), label=strategy_label(strategy))
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
         ax.set_title(dataset)
         ax.set_xlabel("evaluations")
         ax.set_ylabel("hypervolume (normalised, ref 1)")
@@ -407,19 +490,141 @@ def _svg(by_curve: dict[tuple[str, str], list[list[float]]], datasets: list[str]
             if d != dataset:
                 continue
             mean, lo, hi = _mean_curve(runs, budget)
-            colour = COLOURS.get(strategy, "#000")
+            colour = COLOURS.get(strategy, SVG_COLOURS[row % len(SVG_COLOURS)])
             band = [xy(i + 1, v) for i, v in enumerate(hi)] + [
                 xy(i + 1, v) for i, v in reversed(list(enumerate(lo)))
             ]
             parts.append(f'<polygon points="{" ".join(band)}" fill="{colour}" opacity="0.15"/>')
             line = " ".join(xy(i + 1, v) for i, v in enumerate(mean))
             parts.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
-            label = STRATEGY_LABELS.get(strategy, strategy)
+            label = strategy_label(strategy)
             parts.append(
-                f'<text x="{x0 + pad + 6}" y="{pad + 14 + 13 * (row % 3)}" fill="{colour}">{label}</text>'
+                f'<text x="{x0 + pad + 6}" y="{pad + 14 + 13 * (row % 6)}" fill="{colour}">{label}</text>'
             )
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
+
+
+# ---- λ sweep ------------------------------------------------------------------------------------
+
+
+def selected_model(run: dict[str, Any]) -> dict[str, Any] | None:
+    """The evaluated candidate with the highest Y (the run's λ and β) against the run's first backbone.
+
+    MemNAS's score is relative to the current backbone, so over a whole run it is taken against
+    the first one (the seed, or round 0's winner): λ = 0 then prefers the smallest network met,
+    λ = 1 the most accurate.  None when nothing was trained.
+    """
+    trained = [e for e in run["evaluations"] if e["objectives"]]
+    if not trained:
+        return None
+    _, options = parse_strategy(run["strategy"])
+    config = MemNASConfig.from_json(options)
+    first = next((t["backbone"] for t in run.get("trajectory") or [] if "backbone" in t), None)
+    reference = next((e for e in trained if e.get("id") == first), trained[0])
+
+    def triple(e: dict[str, Any]) -> tuple[float, float, float]:
+        error, sram, flash, _ = e["objectives"]
+        return (1 - error, float(sram), float(flash))
+
+    ref = triple(reference)
+    return max(trained, key=lambda e: efficiency_score(*triple(e), ref, config.lam, config.beta))
+
+
+def sweep_rows(results: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Per (dataset, λ): the selected model's error, SRAM, flash and MACs, averaged over seeds."""
+    rows = []
+    for dataset in args.datasets:
+        bounds = dataset_setting(dataset, args).bounds()
+        for spec in args.strategies:
+            runs = [r for r in results if r["dataset"] == dataset and r["strategy"] == spec]
+            picked = [m for m in (selected_model(r) for r in runs) if m is not None]
+            if not picked:
+                continue
+            means = [statistics.mean(m["objectives"][i] for m in picked) for i in range(4)]
+            hv = [
+                _at(hypervolume_curve([e["objectives"] for e in r["evaluations"]], bounds), args.budget)
+                for r in runs
+            ]
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "lambda": MemNASConfig.from_json(parse_strategy(spec)[1]).lam,
+                    "error": means[0],
+                    "sram": means[1],
+                    "flash": means[2],
+                    "macs": means[3],
+                    "best_acc": statistics.mean(_best_accuracy(r, args.budget) for r in runs),
+                    "hypervolume": statistics.mean(hv),
+                    "evaluated": statistics.mean(len(r["evaluations"]) for r in runs),
+                    "minutes": statistics.mean(r["seconds"] for r in runs) / 60,
+                }
+            )
+    return rows
+
+
+def sweep_report(rows: list[dict[str, Any]], args: argparse.Namespace, plot_name: str) -> str:
+    lines = [
+        f"Command: `python bench/bench_strategies.py {' '.join(sys.argv[1:])}`",
+        f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, torch CPU, "
+        f"{args.jobs} run(s) at a time.",
+        "",
+        f"MemNAS, budget {args.budget} evaluations per λ, seeds {', '.join(map(str, args.seeds))}, other "
+        f"options {args.memnas_options or 'at their defaults'}. The model reported is the one the search's "
+        "own score prefers over the whole run: the highest Y (that λ, β) against the first backbone "
+        "(numbers: mean over seeds).",
+        "",
+        "| dataset | fidelity | SRAM / flash limit |",
+        "|---|---|---|",
+    ]
+    for dataset in args.datasets:
+        s = dataset_setting(dataset, args)
+        f = s.fidelity
+        lines.append(
+            f"| {dataset} | {f.epochs} epochs, subset {f.train_subset or 'all'}, batch {f.batch_size}, "
+            f"lr {f.lr} | {s.sram_bytes:,} B / {s.flash_bytes:,} B |"
+        )
+    lines += [
+        "",
+        "| dataset | λ | error | peak SRAM (B) | flash (B) | MACs | best val acc (any) | hypervolume "
+        "| evaluated | minutes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['dataset']} | {r['lambda']:g} | {r['error']:.3f} | {r['sram']:,.0f} | {r['flash']:,.0f} "
+            f"| {r['macs']:,.0f} | {r['best_acc']:.3f} | {r['hypervolume']:.4f} | {r['evaluated']:.0f} "
+            f"| {r['minutes']:.1f} |"
+        )
+    lines += ["", f"![error and memory of the selected model against λ]({plot_name})"]
+    return "\n".join(lines)
+
+
+def sweep_plot(rows: list[dict[str, Any]], datasets: list[str], path: Path) -> Path:
+    """Error (left axis) and peak SRAM / flash in KB (right axis) against λ, one panel per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.6), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        mine = sorted((r for r in rows if r["dataset"] == dataset), key=lambda r: r["lambda"])
+        lams = [r["lambda"] for r in mine]
+        ax.plot(lams, [100 * r["error"] for r in mine], "o-", color="#d62728", label="error")
+        ax.set_xlabel("λ")
+        ax.set_ylabel("error (%)", color="#d62728")
+        memory = ax.twinx()
+        memory.plot(lams, [r["sram"] / 1000 for r in mine], "s--", color="#1f77b4", label="peak SRAM")
+        memory.plot(lams, [r["flash"] / 1000 for r in mine], "^--", color="#2ca02c", label="flash")
+        memory.set_ylabel("memory (kB)")
+        handles = ax.get_legend_handles_labels()[0] + memory.get_legend_handles_labels()[0]
+        ax.legend(handles, [h.get_label() for h in handles], loc="upper center", fontsize=8)
+        ax.set_title(f"MemNAS on {dataset}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
 
 
 # ---- command line -----------------------------------------------------------------------------------
@@ -431,7 +636,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--datasets", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument(
-        "--strategies", nargs="+", default=list(STRATEGY_LABELS), choices=list(STRATEGY_LABELS)
+        "--strategies",
+        nargs="+",
+        type=_strategy_arg,
+        default=list(STRATEGY_LABELS),
+        help="aging_evolution, random, memnas or memnas:OPTION=VALUE,... (MemNAS options, e.g. top_k=2)",
+    )
+    parser.add_argument("--lambda-sweep", action="store_true", help="MemNAS once per λ (see --lambdas)")
+    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    parser.add_argument(
+        "--memnas-options",
+        default="",
+        help="λ sweep: other MemNAS options, e.g. top_k=4,seed_backbone=minimal",
     )
     parser.add_argument("--epochs", type=int, help="override the dataset's fidelity")
     parser.add_argument("--train-subset", type=int, help="override the dataset's fidelity")
@@ -440,7 +656,10 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="ignore cached runs")
     parser.add_argument("--write", action="store_true", help="write docs/benchmarks.md and the plot")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "strategies.png")
+    parser.add_argument(
+        "--title", help=f"section of --docs to replace (default {TITLE!r} or {SWEEP_TITLE!r})"
+    )
+    parser.add_argument("--plot", type=Path, help="default docs/strategies.png or docs/memnas_lambda.png")
     parser.add_argument(
         "--one", nargs=4, metavar=("DATASET", "STRATEGY", "SEED", "OUT"), help=argparse.SUPPRESS
     )
@@ -454,18 +673,34 @@ def main() -> None:
         Path(out).write_text(json.dumps(result))
         return
 
+    if args.lambda_sweep:
+        extra = parse_options(args.memnas_options)
+        extra.pop("lambda", None)
+        specs = []
+        for lam in args.lambdas:
+            options = ",".join(f"{k}={v}" for k, v in {"lambda": lam, **extra}.items())
+            specs.append(_strategy_arg(f"memnas:{options}"))
+        args.strategies = specs
+    default_plot = "memnas_lambda.png" if args.lambda_sweep else "strategies.png"
+    plot_path = args.plot or ROOT / "docs" / default_plot
     results = run_all(args)
-    plot_path = args.plot
-    if args.write:
-        plot_path = plot(curves(results, args), args.datasets, args.budget, args.plot)
+    if args.lambda_sweep:
+        rows = sweep_rows(results, args)
+        if args.write:
+            plot_path = sweep_plot(rows, args.datasets, plot_path)
+    elif args.write:
+        plot_path = plot(curves(results, args), args.datasets, args.budget, plot_path)
     try:
         plot_name = str(plot_path.relative_to(args.docs.parent))
     except ValueError:
         plot_name = str(plot_path)
-    text = report(results, args, plot_name)
+    if args.lambda_sweep:
+        text = sweep_report(rows, args, plot_name)
+    else:
+        text = report(results, args, plot_name)
     print(text)
     if args.write:
-        replace_section(args.docs, TITLE, text)
+        replace_section(args.docs, args.title or (SWEEP_TITLE if args.lambda_sweep else TITLE), text)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,90 @@
+"""bench/bench_strategies.py's own logic: strategy specs with MemNAS options and the λ sweep's pick."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import pytest
+
+from bench.bench_strategies import (
+    SETTINGS,
+    make_config,
+    parse_strategy,
+    selected_model,
+    strategy_label,
+    sweep_rows,
+)
+from searches.engine.training.datasets import load_digits
+
+
+def test_a_strategy_spec_carries_memnas_options() -> None:
+    assert parse_strategy("memnas") == ("memnas", {})
+    assert parse_strategy("aging_evolution") == ("aging_evolution", {})
+    assert parse_strategy("memnas:top_k=2,lambda=0.25,seed_backbone=single_blocks,grow=false") == (
+        "memnas",
+        {"top_k": 2, "lambda": 0.25, "seed_backbone": "single_blocks", "grow": False},
+    )
+    assert strategy_label("memnas:top_k=8") == "MemNAS (top_k=8)"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("grid", "unknown strategy 'grid'"),
+        ("random:top_k=2", "only MemNAS takes options"),
+        ("memnas:top_k", "name=value"),
+        ("memnas:topk=2", "unknown MemNAS option"),
+        ("memnas:lambda=2", "lambda"),
+        ("memnas:ranker=tree", "ranker must be one of"),
+    ],
+)
+def test_a_wrong_strategy_spec_is_refused_with_the_reason(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_strategy(spec)
+
+
+def test_the_options_reach_the_search_config() -> None:
+    config = make_config(load_digits(), "memnas:top_k=2,lambda=0", 0, 30, SETTINGS["digits"])
+    assert (config.strategy, config.strategy_options) == ("memnas", {"top_k": 2, "lambda": 0})
+
+
+def _row(id: int, accuracy: float, sram: int, flash: int) -> dict[str, Any]:
+    return {"id": id, "objectives": [1 - accuracy, sram, flash, 1000]}
+
+
+# The first backbone (id 1, a round 0 winner) is not the first evaluation; 3 is small and poor,
+# 4 large and accurate.
+EVALUATIONS = [
+    _row(0, 0.50, 1000, 1000),
+    _row(1, 0.60, 800, 800),
+    {"id": 2, "objectives": None},
+    _row(3, 0.55, 200, 300),
+    _row(4, 0.90, 4000, 5000),
+]
+
+
+def _run(spec: str, seed: int = 0) -> dict[str, Any]:
+    trajectory = [{"round": 0, "backbone": 1, "why": "round 0"}, {"round": 1, "backbone": 4}]
+    return {"dataset": "digits", "strategy": spec, "seed": seed, "evaluations": EVALUATIONS,
+            "trajectory": trajectory, "seconds": 60.0, "budget": 5}  # fmt: skip
+
+
+def test_the_sweep_picks_by_y_against_the_first_backbone() -> None:
+    assert selected_model(_run("memnas:lambda=0"))["id"] == 3  # type: ignore[index]
+    assert selected_model(_run("memnas:lambda=1"))["id"] == 4  # type: ignore[index]
+    # λ 0.5: 4 gains (0.9-0.6)/0.6 = 0.5 in accuracy but loses far more in memory; 3 loses
+    # 8% in accuracy and saves 70-75% of the memory.
+    assert selected_model(_run("memnas:lambda=0.5"))["id"] == 3  # type: ignore[index]
+    assert selected_model({**_run("memnas"), "evaluations": [{"id": 0, "objectives": None}]}) is None
+
+
+def test_sweep_rows_average_the_picks_over_seeds() -> None:
+    args = argparse.Namespace(
+        datasets=["digits"], strategies=["memnas:lambda=0", "memnas:lambda=1"], budget=5,
+        epochs=None, train_subset=None,
+    )  # fmt: skip
+    results = [_run(spec, seed) for spec in args.strategies for seed in (0, 1)]
+    rows = sweep_rows(results, args)
+    assert [(r["lambda"], r["sram"], r["flash"]) for r in rows] == [(0.0, 200, 300), (1.0, 4000, 5000)]
+    assert rows[1]["error"] == pytest.approx(0.1) and rows[0]["best_acc"] == pytest.approx(0.9)
