@@ -682,7 +682,7 @@ def main() -> None:
             specs.append(_strategy_arg(f"memnas:{options}"))
         args.strategies = specs
     default_plot = "memnas_lambda.png" if args.lambda_sweep else "strategies.png"
-    plot_path = args.plot or ROOT / "docs" / default_plot
+    plot_path = (args.plot or ROOT / "docs" / default_plot).resolve()
     results = run_all(args)
     if args.lambda_sweep:
         rows = sweep_rows(results, args)
