@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -369,7 +370,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, plot_name: s
     by_curve = curves(results, args)
     checkpoints = sorted({max(1, args.budget // 4), max(1, args.budget // 2), args.budget})
     lines = [
-        f"Command: `python bench/bench_strategies.py {' '.join(sys.argv[1:])}`",
+        f"Command: `python bench/bench_strategies.py {shlex.join(sys.argv[1:])}`",
         f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, torch CPU, "
         f"{args.jobs} run(s) at a time.",
         "",
@@ -565,7 +566,7 @@ def sweep_rows(results: list[dict[str, Any]], args: argparse.Namespace) -> list[
 
 def sweep_report(rows: list[dict[str, Any]], args: argparse.Namespace, plot_name: str) -> str:
     lines = [
-        f"Command: `python bench/bench_strategies.py {' '.join(sys.argv[1:])}`",
+        f"Command: `python bench/bench_strategies.py {shlex.join(sys.argv[1:])}`",
         f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, torch CPU, "
         f"{args.jobs} run(s) at a time.",
         "",
@@ -596,7 +597,14 @@ def sweep_report(rows: list[dict[str, Any]], args: argparse.Namespace, plot_name
             f"| {r['macs']:,.0f} | {r['best_acc']:.3f} | {r['hypervolume']:.4f} | {r['evaluated']:.0f} "
             f"| {r['minutes']:.1f} |"
         )
-    lines += ["", f"![error and memory of the selected model against λ]({plot_name})"]
+    lines += [
+        "",
+        "Full size (three seeds, budget 60, both cores): `python bench/bench_strategies.py --lambda-sweep "
+        "--datasets fashion-mnist --budget 60 --seeds 0 1 2 --jobs 2 --write`. Interpretation: "
+        'docs/pruning-and-memnas.md, "λ".',
+        "",
+        f"![error and memory of the selected model against λ]({plot_name})",
+    ]
     return "\n".join(lines)
 
 
@@ -618,7 +626,8 @@ def sweep_plot(rows: list[dict[str, Any]], datasets: list[str], path: Path) -> P
         memory = ax.twinx()
         memory.plot(lams, [r["sram"] / 1000 for r in mine], "s--", color="#1f77b4", label="peak SRAM")
         memory.plot(lams, [r["flash"] / 1000 for r in mine], "^--", color="#2ca02c", label="flash")
-        memory.set_ylabel("memory (kB)")
+        memory.set_yscale("log")  # λ = 1 grows networks a hundred times the size of λ = 0
+        memory.set_ylabel("memory (kB, log scale)")
         handles = ax.get_legend_handles_labels()[0] + memory.get_legend_handles_labels()[0]
         ax.legend(handles, [h.get_label() for h in handles], loc="upper center", fontsize=8)
         ax.set_title(f"MemNAS on {dataset}")
