@@ -9,6 +9,13 @@ validation split held out for model selection) in two phases:
 2. quantisation-aware fine-tuning (:mod:`.qat`) at a low learning rate, through a forward pass
    that *is* the exported int8 model.
 
+With ``Recipe.average_last = k`` the weights after each of the last ``k`` float epochs are kept
+and, at the end of the float phase, the model takes their mean (stochastic weight averaging
+over epochs); batchnorm's running statistics are then measured again on the training images,
+since the mean of the snapshots' statistics is not the statistics of the mean weights. The
+averaged model is the last float epoch's result (measured and eligible like any epoch) and the
+start of QAT. The architecture, hence every resource number, is unchanged.
+
 After every epoch the int8 validation accuracy is measured (post-training quantisation in
 phase 1, the QAT model in phase 2; both compute exactly what the integer reference does) and
 the best epoch by it is the result: the deployed model is the int8 one.
@@ -71,6 +78,7 @@ class Recipe:
     val_fraction: float = 0.1
     seed: int = 0
     augment: Augment | None = None
+    average_last: int = 0  # average the weights of the last N float epochs (0: off)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.qat_epochs < 0:
@@ -81,6 +89,8 @@ class Recipe:
             raise ValueError("learning rates must be > 0 and weight_decay >= 0")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError("val_fraction must be in (0, 1)")
+        if not 0 <= self.average_last <= self.epochs:
+            raise ValueError(f"average_last must lie in 0..epochs ({self.epochs}), not {self.average_last}")
 
     @property
     def total_epochs(self) -> int:
@@ -147,6 +157,40 @@ def int8_accuracy_sim(qat: QATModel, x: np.ndarray, y: np.ndarray) -> float:
         logits = qat.int8_logits(x[start : start + INT8_EVAL_BATCH])
         correct += int((logits.argmax(axis=1) == y[start : start + INT8_EVAL_BATCH]).sum())
     return correct / max(1, len(y))
+
+
+def average_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of state dicts of one architecture (integer counters: the last's)."""
+    if not states:
+        raise ValueError("no weights to average")
+    out: dict[str, torch.Tensor] = {}
+    for name, last in states[-1].items():
+        if last.is_floating_point():
+            out[name] = torch.stack([s[name] for s in states]).mean(dim=0)
+        else:  # batchnorm's num_batches_tracked
+            out[name] = last.clone()
+    return out
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> None:
+    """Measure every batchnorm's running mean and variance again over ``x`` (cumulative average)."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches below
+    was_training = model.training
+    model.train()
+    try:
+        for start in range(0, len(x), batch_size):
+            model(x[start : start + batch_size])
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        model.train(was_training)
 
 
 def train_for_deployment(
@@ -216,6 +260,7 @@ class _Run:
         self.history: list[DeployEpoch] = []
         self.ranges: Ranges | None = None
         self.best: dict[str, Any] | None = None
+        self.snapshots: list[dict[str, torch.Tensor]] = []  # for recipe.average_last
         self.optimizer = self._optimizer()
 
     # ---- phases ----
@@ -272,9 +317,20 @@ class _Run:
         if qat_model is not None:
             self.ranges = qat_model.ranges()
         self.epoch += 1
+        if qat_model is None and self.recipe.average_last:
+            self._average_weights()
         stats = self._evaluate(float(loss_sum) / per_epoch, time.perf_counter() - t0)
         self.history.append(stats)
         return stats
+
+    def _average_weights(self) -> None:
+        """Keep the last float epochs' weights; after the last one, load their mean."""
+        if self.epoch > self.recipe.epochs - self.recipe.average_last:
+            self.snapshots.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        if self.epoch == self.recipe.epochs and self.snapshots:
+            self.model.load_state_dict(average_states(self.snapshots))
+            recompute_batchnorm(self.model, self.data.x, self._steps()[0])
+            self.snapshots = []
 
     def _evaluate(self, loss: float, seconds: float) -> DeployEpoch:
         if not math.isfinite(loss):  # before quantising: non-finite weights cannot be
@@ -319,7 +375,10 @@ class _Run:
     # ---- checkpoint ----
 
     def _identity(self) -> str:
-        return json.dumps({"arch": self.arch.key(), "recipe": self.recipe.to_json()}, sort_keys=True)
+        recipe = self.recipe.to_json()
+        if not recipe["average_last"]:  # checkpoints written before the option stay resumable
+            del recipe["average_last"]
+        return json.dumps({"arch": self.arch.key(), "recipe": recipe}, sort_keys=True)
 
     def save(self) -> None:
         """Write the state after a finished epoch, whole or not at all."""
@@ -340,6 +399,7 @@ class _Run:
             "best_state": self.best["state"],
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "snapshots": self.snapshots,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
@@ -375,4 +435,5 @@ class _Run:
         self.optimizer.load_state_dict(payload["optimizer"])
         self.generator.set_state(payload["generator"])
         torch.set_rng_state(payload["torch_rng"])
+        self.snapshots = list(payload.get("snapshots", []))
         return self.epoch

@@ -15,7 +15,7 @@ from searches.engine.deploy.reference import run_int8
 from searches.engine.space.arch import Architecture, ConvBlock, ConvLayer, Dense, Pooling
 from searches.engine.training.augment import Augment, augment_batch, for_dataset
 from searches.engine.training.datasets import Dataset, load_digits
-from searches.engine.training.deployment import DeployEpoch, Recipe, train_for_deployment
+from searches.engine.training.deployment import DeployEpoch, Recipe, average_states, train_for_deployment
 from searches.engine.training.model import build_model
 from searches.engine.training.qat import QATModel
 from searches.engine.training.train import Fidelity, TrainingStopped, train_and_evaluate
@@ -173,3 +173,90 @@ def test_a_checkpoint_of_another_training_is_refused(tmp_path: Path) -> None:
     train_for_deployment(SMALL, data, recipe, tmp_path / "c.pt")
     with pytest.raises(ValueError, match="another architecture or recipe"):
         train_for_deployment(SMALL, data, Recipe(epochs=2, qat_epochs=0, batch_size=64), tmp_path / "c.pt")
+
+
+def test_average_last_must_fit_in_the_float_phase() -> None:
+    assert Recipe.from_json(Recipe(epochs=4, average_last=3).to_json()).average_last == 3
+    with pytest.raises(ValueError, match=r"average_last must lie in 0..epochs \(4\), not 5"):
+        Recipe(epochs=4, average_last=5)
+    with pytest.raises(ValueError, match="average_last"):
+        Recipe(average_last=-1)
+    # A recipe stored before the option existed still loads (averaging off).
+    old = {k: v for k, v in Recipe().to_json().items() if k != "average_last"}
+    assert Recipe.from_json(old).average_last == 0
+
+
+def test_average_states_is_the_elementwise_mean() -> None:
+    states = [build_model(SMALL).state_dict() for _ in range(3)]
+    for i, state in enumerate(states):
+        for v in state.values():
+            if v.is_floating_point():
+                v.normal_(generator=torch.Generator().manual_seed(i))
+    mean = average_states(states)
+    for name, v in mean.items():
+        if v.is_floating_point():
+            expected = (states[0][name] + states[1][name] + states[2][name]) / 3
+            torch.testing.assert_close(v, expected, rtol=0, atol=1e-6)
+        else:
+            assert torch.equal(v, states[-1][name])
+    with pytest.raises(ValueError, match="no weights"):
+        average_states([])
+
+
+def test_averaged_weights_are_the_mean_of_the_last_float_epochs(tmp_path: Path) -> None:
+    data = digits()
+    plain = Recipe(epochs=3, qat_epochs=0, batch_size=64)
+    # Averaging happens after the last float epoch only, so the plain run's weights after epochs
+    # 2 and 3 are exactly the snapshots the averaging run keeps.
+    snapshots: list[dict[str, torch.Tensor]] = []
+
+    def keep(stats: DeployEpoch) -> None:
+        if stats.epoch >= 2:
+            snapshots.append(torch.load(tmp_path / "plain.pt", weights_only=True)["model"])
+
+    train_for_deployment(SMALL, data, plain, tmp_path / "plain.pt", keep)
+    assert len(snapshots) == 2
+    averaged = replace(plain, average_last=2)
+    result = train_for_deployment(SMALL, data, averaged, tmp_path / "avg.pt")
+    final = torch.load(tmp_path / "avg.pt", weights_only=True)
+    assert final["snapshots"] == []  # consumed when the float phase ended
+    weights = final["model"]
+    for name, v in weights.items():
+        if name.endswith(("weight", "bias")):
+            torch.testing.assert_close(v, (snapshots[0][name] + snapshots[1][name]) / 2, rtol=0, atol=1e-6)
+    # Batchnorm statistics are measured again for the averaged weights, not averaged.
+    bn_means = [n for n in weights if n.endswith("running_mean")]
+    assert bn_means
+    for name in bn_means:
+        assert not torch.allclose(weights[name], (snapshots[0][name] + snapshots[1][name]) / 2, atol=1e-6)
+    # The averaged model is the last float epoch's result; resources are those of the architecture.
+    assert [h.phase for h in result.history] == ["float"] * 3
+    reference = build_model(SMALL).state_dict()
+    assert {k: v.shape for k, v in result.state_dict.items()} == {k: v.shape for k, v in reference.items()}
+    qm = quantize(SMALL, _loaded(result.state_dict), data.x_train[:64], ranges=result.ranges)
+    logits = run_int8(qm, qm.quantize_input(data.x_test))
+    assert (logits.argmax(1) == data.y_test).mean() > 0.3  # a tiny net after 3 epochs; chance is 0.1
+
+
+def _loaded(state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    model = build_model(SMALL)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def test_a_stopped_averaging_training_resumes_bit_for_bit(tmp_path: Path) -> None:
+    data = digits()
+    recipe = Recipe(epochs=3, qat_epochs=1, batch_size=64, average_last=2)
+    straight = train_for_deployment(SMALL, data, recipe, tmp_path / "straight.pt")
+    seen: list[DeployEpoch] = []
+    with pytest.raises(TrainingStopped):
+        train_for_deployment(SMALL, data, recipe, tmp_path / "b.pt", seen.append, stop=lambda: len(seen) >= 2)
+    # Stopped after epoch 2: its snapshot waits in the checkpoint for the average at epoch 3.
+    assert len(torch.load(tmp_path / "b.pt", weights_only=True)["snapshots"]) == 1
+    resumed = train_for_deployment(SMALL, data, recipe, tmp_path / "b.pt")
+    assert resumed.resumed_from == 2
+    untimed = [replace(h, seconds=0.0) for h in resumed.history]
+    assert untimed == [replace(h, seconds=0.0) for h in straight.history]
+    for name, tensor in straight.state_dict.items():
+        assert torch.equal(tensor, resumed.state_dict[name]), name
+    assert resumed.ranges == straight.ranges
