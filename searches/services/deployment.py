@@ -79,9 +79,17 @@ class DeploymentUnavailable(Exception):
 
 
 def recipe_for(
-    candidate: Candidate, *, epochs: int | None = None, augment: bool | None = None, qat: bool = True
+    candidate: Candidate,
+    *,
+    epochs: int | None = None,
+    augment: bool | None = None,
+    qat: bool = True,
+    average_last: int | None = None,
 ) -> Recipe:
-    """The recipe for ``candidate``'s data set; augmentation is off for uploads unless asked for."""
+    """The recipe for ``candidate``'s data set; augmentation is off for uploads unless asked for.
+
+    ``average_last`` averages the weights of that many last float epochs (0: off).
+    """
     run = candidate.run
     base = DEFAULT_RECIPES.get(run.dataset, GENERIC_RECIPE)
     if epochs is not None and not 1 <= epochs <= MAX_EPOCHS:
@@ -100,7 +108,12 @@ def recipe_for(
         fields["epochs"] = epochs
     if not qat:
         fields["qat_epochs"] = 0
-    return Recipe.from_json(fields)
+    if average_last is not None:
+        fields["average_last"] = average_last
+    try:
+        return Recipe.from_json(fields)
+    except ValueError as exc:
+        raise DeploymentUnavailable(str(exc)) from exc
 
 
 def start_deployment(candidate: Candidate, recipe: Recipe, *, enqueue: bool = True) -> DeploymentJob:

@@ -9,7 +9,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -146,6 +146,11 @@ def test_the_recipe_follows_the_data_set(user):
     assert deployment.recipe_for(upload, augment=True).augment is not None
     with pytest.raises(deployment.DeploymentUnavailable, match="epochs"):
         deployment.recipe_for(source, epochs=0)
+    assert deployment.recipe_for(source, epochs=7, average_last=3).average_last == 3
+    with pytest.raises(
+        deployment.DeploymentUnavailable, match=r"average_last must lie in 0..epochs \(7\), not 8"
+    ):
+        deployment.recipe_for(source, epochs=7, average_last=8)
 
 
 def test_the_top_k_pareto_candidates_get_jobs_once(user):
@@ -237,3 +242,27 @@ def test_train_final_prints_the_result_as_json(user, tmp_path: Path):
     assert data["int8_test_accuracy"] == made.int8_test_accuracy
     assert data["epochs"] == 1 + deployment.DEFAULT_RECIPES["digits"].qat_epochs
     assert data["seconds"] > 0 and data["recipe"]["augment"] is None
+
+
+def test_train_final_averages_weights_when_asked(user):
+    source = make_trained_candidate(make_run(user))
+    out = io.StringIO()
+    call_command(
+        "train_final",
+        str(source.pk),
+        "--epochs",
+        "2",
+        "--average-last",
+        "2",
+        "--no-qat",
+        "--json",
+        stdout=out,
+    )
+    data = json.loads(out.getvalue())
+    assert data["recipe"]["average_last"] == 2 and data["epochs"] == 2
+    # Same architecture: the resources are the source's.
+    assert (data["peak_sram_bytes"], data["flash_bytes"], data["macs"]) == (320, 2_722, 4_864)
+    with pytest.raises(CommandError, match=r"average_last must lie in 0\.\.epochs"):
+        call_command(
+            "train_final", str(source.pk), "--epochs", "2", "--average-last", "3", stdout=io.StringIO()
+        )

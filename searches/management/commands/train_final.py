@@ -24,6 +24,12 @@ class Command(BaseCommand):
         parser.add_argument("--epochs", type=int, help="float epochs (default: the data set's recipe)")
         parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
         parser.add_argument("--no-qat", action="store_true", help="skip quantisation-aware fine-tuning")
+        parser.add_argument(
+            "--average-last",
+            type=int,
+            metavar="N",
+            help="average the weights of the last N float epochs before QAT (0: off; default: the recipe's)",
+        )
         parser.add_argument("--json", action="store_true", help="print one JSON object with the result")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -36,6 +42,7 @@ class Command(BaseCommand):
                 epochs=options["epochs"],
                 augment=False if options["no_augment"] else None,
                 qat=not options["no_qat"],
+                average_last=options["average_last"],
             )
             job = deployment.start_deployment(candidate, recipe, enqueue=False)
         except deployment.DeploymentUnavailable as exc:
@@ -105,4 +112,9 @@ class Command(BaseCommand):
 
 def _describe(recipe: Recipe) -> str:
     aug = "no augmentation" if recipe.augment is None else recipe.augment.describe()
-    return f"{recipe.epochs} float + {recipe.qat_epochs} QAT epochs, batch {recipe.batch_size}, {aug}"
+    averaged = (
+        f", weights of the last {recipe.average_last} float epochs averaged" if recipe.average_last else ""
+    )
+    return (
+        f"{recipe.epochs} float + {recipe.qat_epochs} QAT epochs, batch {recipe.batch_size}, {aug}{averaged}"
+    )
