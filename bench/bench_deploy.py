@@ -23,6 +23,7 @@ deployment) runs through the CLI instead, on an otherwise idle machine:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import random
@@ -77,6 +78,15 @@ def variants(base: Recipe, dataset: str, shape: tuple[int, int, int]) -> dict[st
     }
 
 
+def recipe_variant(name: str, table: dict[str, Recipe]) -> Recipe:
+    """A named variant; ``avgN`` is the default recipe averaging the weights of its last N float epochs."""
+    if name in table:
+        return table[name]
+    if name.startswith("avg") and name[3:].isdigit():
+        return replace(table["default"], average_last=int(name[3:]))
+    raise SystemExit(f"unknown variant {name!r}: one of {', '.join(table)} or avgN")
+
+
 def feasible(rng: random.Random, space: SpaceConfig, dataset: str) -> Architecture:
     sram, flash, macs = LIMITS[dataset]
     while True:
@@ -94,6 +104,14 @@ def int8_test(
     train_idx, _ = split_indices(data.y_train, recipe.split)
     qm = quantize(arch, model.eval(), data.x_train[calibration_indices(train_idx)], ranges=ranges)
     return int8_accuracy(qm, data.x_test, data.y_test)
+
+
+def last_epoch_int8(arch: Architecture, data: Dataset, recipe: Recipe, checkpoint: Path) -> float:
+    """Int8 test accuracy of the training's last epoch (no model selection), from its checkpoint."""
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    saved = json.loads(payload["meta"])["ranges"]
+    ranges = None if saved is None else {t: (lo, hi) for t, (lo, hi) in saved.items()}
+    return int8_test(arch, payload["model"], data, recipe, ranges)
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -117,6 +135,12 @@ def main() -> None:
     )
     parser.add_argument("--variants", default="default,no-augment,no-qat")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="float epochs (the data set's recipe's if unset)"
+    )
+    parser.add_argument(
+        "--recipe-seeds", default="0", help="deployment-training seeds; every candidate is trained with each"
+    )
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -124,9 +148,11 @@ def main() -> None:
     data = load_dataset(args.dataset, os.environ.get("NASWEB_FASHION_MNIST_DIR") or None)
     shape = tuple(data.input_shape)
     base = deployment.DEFAULT_RECIPES.get(args.dataset, deployment.GENERIC_RECIPE)  # type: ignore[attr-defined]
-    chosen = {
-        name: r for name, r in variants(base, args.dataset, shape).items() if name in args.variants.split(",")
-    }
+    if args.epochs is not None:
+        base = replace(base, epochs=args.epochs)
+    table = variants(base, args.dataset, shape)
+    chosen = {name: recipe_variant(name, table) for name in args.variants.split(",")}
+    seeds = [int(s) for s in args.recipe_seeds.split(",")]
     fidelity = runs.default_fidelity(args.dataset)  # type: ignore[attr-defined]
     rng = random.Random(args.seed)
     space = SpaceConfig(shape, data.classes)
@@ -140,19 +166,29 @@ def main() -> None:
             pool.append((arch, train_and_evaluate(arch, data, fidelity), time.perf_counter() - t0))
         pool.sort(key=lambda entry: -entry[1].val_accuracy)
         for n, (arch, search, seconds) in enumerate(pool[: args.candidates]):
-            row: dict[str, object] = {
-                "search_val": search.val_accuracy,
-                "search_int8": int8_test(arch, search.state_dict, data, base),
-                "search_s": seconds,
-            }
-            for name, recipe in chosen.items():
-                t0 = time.perf_counter()
-                result = train_for_deployment(arch, data, recipe, Path(tmp) / f"{n}-{name}.pt")
-                row[name] = int8_test(arch, result.state_dict, data, recipe, result.ranges)
-                row[f"{name}_float"] = result.test_accuracy
-                row[f"{name}_s"] = time.perf_counter() - t0
-            rows.append(row)
-            print(n, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+            search_int8 = int8_test(arch, search.state_dict, data, base)
+            for seed in seeds:
+                row: dict[str, object] = {
+                    "candidate": n,
+                    "seed": seed,
+                    "search_val": search.val_accuracy,
+                    "search_int8": search_int8,
+                    "search_s": seconds,
+                }
+                for name, recipe in chosen.items():
+                    recipe = replace(recipe, seed=seed)
+                    t0 = time.perf_counter()
+                    checkpoint = Path(tmp) / f"{n}-{seed}-{name}.pt"
+                    result = train_for_deployment(arch, data, recipe, checkpoint)
+                    row[name] = int8_test(arch, result.state_dict, data, recipe, result.ranges)
+                    row[f"{name}_float"] = result.test_accuracy
+                    row[f"{name}_s"] = time.perf_counter() - t0
+                    row[f"{name}_picked_avg"] = int(
+                        recipe.average_last > 0 and result.best_epoch == recipe.epochs
+                    )
+                    row[f"{name}_last"] = last_epoch_int8(arch, data, recipe, checkpoint)
+                rows.append(row)
+                print(n, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     report(args, chosen, rows, fidelity, time.time() - started)
 
 
@@ -169,32 +205,53 @@ def report(
     lines = [
         f"Command: `python bench/bench_deploy.py --dataset {args.dataset} --pool {args.pool} "
         f"--candidates {args.candidates} "
-        f"--variants {args.variants} --seed {args.seed} --write`",
+        f"--variants {args.variants} --seed {args.seed}"
+        + (f" --epochs {args.epochs}" if args.epochs is not None else "")
+        + (f" --recipe-seeds {args.recipe_seeds}" if args.recipe_seeds != "0" else "")
+        + " --write`",
         f"Machine: {os.cpu_count()} cores, {platform.machine()}, torch CPU, one thread, shared with other "
         f"engineers' test runs; {secs / 60:.0f} minutes in all.",
         "",
-        f"The best {len(rows)} of {args.pool} random architectures within {args.dataset}'s limits by "
+        f"The best {len({r['candidate'] for r in rows})} of {args.pool} random architectures within "
+        f"{args.dataset}'s limits by "
         f"validation accuracy at the search's fidelity ({fidelity}), each then trained for deployment "
-        "with each variant; int8 accuracies are the integer reference's on the test split.",
+        f"with each variant and each deployment-training seed ({args.recipe_seeds}: {len(rows)} trainings "
+        "per variant); int8 accuracies are the integer reference's on the test split.",
         "",
-        "| variant | float / QAT epochs | batch | augmentation | mean int8 test "
-        "| gain over search fidelity | mean time |",
-        "|---|---|---|---|---|---|---|",
-        f"| search fidelity (PTQ) | — | — | — | {mean('search_int8'):.4f} | — | {mean('search_s'):.1f} s |",
+        "| variant | float / QAT epochs | batch | augmentation | weights averaged | mean int8 test "
+        "| gain over search fidelity | vs first variant: mean (wins / ties / losses) "
+        "| last epoch, no selection: int8 test (vs first) | mean time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| search fidelity (PTQ) | — | — | — | — | {mean('search_int8'):.4f} | — | — | — "
+        f"| {mean('search_s'):.1f} s |",
     ]
+    first = next(iter(chosen))
     for name, recipe in chosen.items():
         aug = "none" if recipe.augment is None else recipe.augment.describe()
-        lines.append(
-            f"| {name} | {recipe.epochs} / {recipe.qat_epochs} | {recipe.batch_size} | {aug} "
-            f"| {mean(name):.4f} | "
-            f"{mean(name) - mean('search_int8'):+.4f} | {mean(name + '_s'):.1f} s |"
+        diffs = [float(r[name]) - float(r[first]) for r in rows]  # type: ignore[arg-type]
+        paired = (
+            "—"
+            if name == first
+            else f"{statistics.fmean(diffs):+.4f} ({sum(d > 0 for d in diffs)} / "
+            f"{sum(d == 0 for d in diffs)} / {sum(d < 0 for d in diffs)})"
         )
-    first = next(iter(chosen))
-    rho = spearman([float(r["search_val"]) for r in rows], [float(r[first]) for r in rows])  # type: ignore[arg-type]
+        averaged = "no"
+        if recipe.average_last:
+            picked = sum(int(r[f"{name}_picked_avg"]) for r in rows)  # type: ignore[call-overload]
+            averaged = f"last {recipe.average_last} (selected {picked} of {len(rows)})"
+        last = mean(name + "_last")
+        last_cell = f"{last:.4f}" + ("" if name == first else f" ({last - mean(first + '_last'):+.4f})")
+        lines.append(
+            f"| {name} | {recipe.epochs} / {recipe.qat_epochs} | {recipe.batch_size} | {aug} | {averaged} "
+            f"| {mean(name):.4f} | "
+            f"{mean(name) - mean('search_int8'):+.4f} | {paired} | {last_cell} | {mean(name + '_s'):.1f} s |"
+        )
+    once = [r for r in rows if r["seed"] == rows[0]["seed"]]  # one row per candidate
+    rho = spearman([float(r["search_val"]) for r in once], [float(r[first]) for r in once])  # type: ignore[arg-type]
     lines += [
         "",
         f"Spearman rank correlation, search-fidelity val accuracy vs `{first}` int8 test: "
-        f"{rho:.2f} ({len(rows)} candidates).",
+        f"{rho:.2f} ({len(once)} candidates, seed {rows[0]['seed']}).",
     ]
     body = "\n".join(lines)
     print(body)
