@@ -11,6 +11,16 @@ correlation between search-fidelity validation accuracy and deployment int8 test
     python bench/bench_deploy.py --dataset digits --pool 16 --candidates 3 \\
         --variants default,no-augment,no-qat,plain,epochs/2 --write
 
+``avgN`` is the default recipe averaging the weights of its last N float epochs; with
+``--recipe-seeds 0,1`` every candidate is trained once per seed, and the table adds the paired
+difference to the first variant and the last epoch's int8 test accuracy (no model selection):
+
+    python bench/bench_deploy.py --dataset digits --pool 16 --candidates 3 \\
+        --variants default,avg10,avg30 --recipe-seeds 0,1
+
+(its table went to docs/benchmarks.md, "Training for deployment: weight averaging (digits)", by
+hand: ``--write`` would replace the "Training for deployment (digits)" section).
+
 The Fashion-MNIST headline (a 60-minute search, then the top candidates trained for
 deployment) runs through the CLI instead, on an otherwise idle machine:
 

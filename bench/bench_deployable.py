@@ -134,6 +134,13 @@ def deploy(f: Found, data: Dataset, recipe: Recipe, tmp: str, name: str) -> dict
     return row
 
 
+def correlations(xs: list[float], ys: list[float]) -> tuple[str, str]:
+    """Spearman's rho and Kendall's tau (tie-corrected, tau-b) with their p-values, as table cells."""
+    rho = stats.spearmanr(xs, ys)
+    tau = stats.kendalltau(xs, ys)
+    return f"{rho.statistic:.2f} ({rho.pvalue:.2g})", f"{tau.statistic:.2f} ({tau.pvalue:.2g})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=3.0, help="search time")
@@ -267,14 +274,11 @@ def report(
         ("float test", "float test", "search_float", "deploy_float"),
         ("int8 test (PTQ)", "int8 test", "search_int8", "deploy_int8"),
     ]
-    for left, right, a, b in pairs:
-        xs, ys = [r[a] for r in ranked], [r[b] for r in ranked]
-        rho = stats.spearmanr(xs, ys)
-        tau = stats.kendalltau(xs, ys)
-        lines.append(
-            f"| {left} | {right} | {rho.statistic:.2f} ({rho.pvalue:.2g}) "
-            f"| {tau.statistic:.2f} ({tau.pvalue:.2g}) |"
-        )
+    half = sorted(ranked, key=lambda r: -r["search_val"])[: len(ranked) // 2]
+    for subset, label in ((ranked, ""), (half, f" (top {len(half)} by search val only)")):
+        for left, right, a, b in pairs[: 3 if subset is ranked else 1]:
+            rho, tau = correlations([r[a] for r in subset], [r[b] for r in subset])
+            lines.append(f"| {left}{label} | {right} | {rho} | {tau} |")
     body = "\n".join(lines)
     print(body)
     if args.write:
