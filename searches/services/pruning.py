@@ -27,6 +27,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from searches import events, queue
+from searches.engine.resources.graph import build_graph
 from searches.engine.resources.latency import latency_ms
 from searches.engine.space import arch as arch_format
 from searches.engine.space.arch import Architecture
@@ -349,7 +350,7 @@ def _create_candidate(
         flash_bytes=resources["flash_bytes"],
         macs=resources["macs"],
         params=resources["params"],
-        latency_ms=_latency(run, resources["macs"]),
+        latency_ms=_latency(run, result.architecture),
         train_seconds=result.seconds,
         weights=weights,
         **int8,
@@ -368,8 +369,9 @@ def _feasible(run: SearchRun, resources: dict[str, int]) -> bool:
     )
 
 
-def _latency(run: SearchRun, macs: int) -> float | None:
+def _latency(run: SearchRun, arch: Architecture) -> float | None:
+    """The calibrated model's latency of the pruned architecture at the run's core and clock."""
     limits = _run_limits(run)
     if limits.get("core") and limits.get("clock_mhz"):
-        return latency_ms(macs, limits["core"], limits["clock_mhz"])
+        return latency_ms(build_graph(arch)[0], limits["core"], limits["clock_mhz"])
     return None

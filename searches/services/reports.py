@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from searches.engine.deploy.report import STEPS
-from searches.engine.resources.latency import CORES, latency_ms
+from searches.engine.resources.latency import CORES, latency_label, latency_ms
 from searches.engine.resources.report import ResourceReport, analyze
 from searches.engine.space import arch as arch_format
 from searches.models import Candidate, Core, HardwareProfile
@@ -15,12 +15,13 @@ from searches.services import export
 
 @dataclass(frozen=True)
 class BoardFit:
-    """Whether a model fits one board preset, and its latency estimate at that board's clock."""
+    """Whether a model fits one board preset, and its predicted latency at that board's clock."""
 
     profile: HardwareProfile
     fits_sram: bool
     fits_flash: bool
     latency_ms: float
+    latency_label: str
 
     @property
     def fits(self) -> bool:
@@ -61,14 +62,17 @@ def memory_data(report: ResourceReport) -> dict[str, Any]:
     }
 
 
-def board_fits(peak_sram_bytes: int, flash_bytes: int, macs: int) -> list[BoardFit]:
-    """Every board preset, in the presets' order; presets have no latency budget to check."""
+def board_fits(report: ResourceReport) -> list[BoardFit]:
+    """Every board preset, in the presets' order; presets have no latency budget to check.
+
+    The latency is the calibrated instruction model's at the board's core and clock."""
     return [
         BoardFit(
             profile=preset,
-            fits_sram=peak_sram_bytes <= preset.sram_bytes,
-            fits_flash=flash_bytes <= preset.flash_bytes,
-            latency_ms=latency_ms(macs, preset.core, preset.clock_mhz),
+            fits_sram=report.peak_sram_bytes <= preset.sram_bytes,
+            fits_flash=report.flash_bytes <= preset.flash_bytes,
+            latency_ms=latency_ms(report.graph, preset.core, preset.clock_mhz),
+            latency_label=latency_label(preset.core),
         )
         for preset in HardwareProfile.objects.presets()
         if preset.core in CORES
@@ -97,6 +101,24 @@ def export_steps(report: dict[str, Any] | None, unreached: str = "pending") -> l
         done.get(key) or {"key": key, "title": title, "status": unreached, "numbers": {}}
         for key, title in STEPS
     ]
+
+
+def measured_latency(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What Verify counted: instructions per inference and instructions x CPI, or None before it ran.
+
+    Reports written before the calibrated model have no CPI: they assumed one cycle per
+    instruction, which is what they get here too."""
+    step = next((s for s in (report or {}).get("steps") or [] if s.get("key") == "instructions"), None)
+    numbers = (step or {}).get("numbers") or {}
+    if step is None or step.get("status") != "passed" or numbers.get("instructions_per_inference") is None:
+        return None
+    return {
+        "instructions": numbers["instructions_per_inference"],
+        "cycles_per_instruction": numbers.get("cycles_per_instruction", 1.0),
+        "latency_ms": numbers.get("estimated_latency_ms"),
+        "clock_mhz": numbers.get("clock_mhz"),
+        "predicted_instructions": numbers.get("predicted_instructions"),
+    }
 
 
 def _unreached(candidate: Candidate, ran: bool) -> str:
@@ -129,6 +151,7 @@ def export_context(candidate: Candidate) -> dict[str, Any]:
         "missing_tools": export.missing_tools() if trained else [],
         "install_command": export.INSTALL_COMMAND,
         "input_note": export.input_note(candidate.run) if trained else "",
+        "measured": measured_latency(report),
     }
 
 

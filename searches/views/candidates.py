@@ -17,7 +17,8 @@ from searches import events
 from searches.engine.deploy.header import ExportError
 from searches.engine.deploy.int8 import QuantizationError
 from searches.engine.deploy.tflite import TFLiteExportError
-from searches.engine.resources.latency import latency_ms
+from searches.engine.resources.latency import CORES, latency_label, latency_ms
+from searches.engine.resources.report import ResourceReport
 from searches.engine.space.arch import ArchitectureError
 from searches.forms import PruneForm
 from searches.models import Candidate
@@ -34,14 +35,15 @@ def _get_candidate_for_user(request: HttpRequest, pk: int) -> Candidate:
     return get_object_or_404(rows, pk=pk)
 
 
-def _latency_estimate(candidate: Candidate, macs: int) -> float | None:
-    """The stored estimate, else one at the run's core and clock (None without either)."""
-    if candidate.latency_ms is not None:
-        return candidate.latency_ms
+def _latency_estimate(candidate: Candidate, report: ResourceReport) -> tuple[float | None, str]:
+    """(latency, how it was obtained): the calibrated model at the run's core and clock.
+
+    Without a core and clock the stored value (None for most runs) is all there is."""
     limits = (candidate.run.config or {}).get("limits") or {}
-    if limits.get("core") and limits.get("clock_mhz"):
-        return latency_ms(macs, limits["core"], limits["clock_mhz"])
-    return None
+    core, clock = limits.get("core"), limits.get("clock_mhz")
+    if core in CORES and clock:
+        return latency_ms(report.graph, core, clock), latency_label(core)
+    return candidate.latency_ms, "estimated"
 
 
 @login_required
@@ -67,14 +69,16 @@ def candidate_detail(request: HttpRequest, pk: int) -> HttpResponse:
         ctx["analysis_error"] = str(exc)
         return render(request, "searches/candidate_detail.html", ctx)
     ctx["unprunable"] = pruning.unprunable_reason(candidate) if candidate.is_trained else None
-    fits = reports.board_fits(report.peak_sram_bytes, report.flash_bytes, report.macs)
+    fits = reports.board_fits(report)
+    latency, how = _latency_estimate(candidate, report)
     ctx |= {
         "report": report,
         "layers": reports.layer_rows(report),
         "memory": reports.memory_data(report),
         "fits": fits,
         "fits_count": sum(fit.fits for fit in fits),
-        "latency_ms": _latency_estimate(candidate, report.macs),
+        "latency_ms": latency,
+        "latency_how": how,
     }
     return render(request, "searches/candidate_detail.html", ctx)
 

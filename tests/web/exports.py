@@ -95,7 +95,10 @@ PASSED_NUMBERS = {
         "instructions_per_inference": 39075.0,
         "instructions_per_mac": 8.03,
         "clock_mhz": 80.0,
-        "estimated_latency_ms": 0.4884,
-        "estimate_assumption": "1 cycle per instruction at 80 MHz",
+        "cycles_per_instruction": 1.3,
+        "estimated_latency_ms": 0.635,
+        "estimate_assumption": "instructions x 1.3 cycles per instruction (an estimate for Cortex-M4F)",
+        "predicted_instructions": 40110.0,
+        "prediction_error_pct": 2.65,
     },
 }

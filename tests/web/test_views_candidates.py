@@ -6,7 +6,11 @@ import re
 import pytest
 from django.urls import reverse
 
+from searches.engine.resources.graph import build_graph
+from searches.engine.resources.latency import latency_ms
+from searches.engine.space.arch import from_json
 from searches.models import Candidate
+from searches.templatetags.nasweb import ms
 from tests.web.factories import SMALL_ARCH, architecture, conv, make_candidate, make_profile, make_run
 
 pytestmark = pytest.mark.django_db
@@ -37,7 +41,7 @@ def test_it_works(client, user):
     assert response.status_code == 200
     body = response.content.decode()
     assert "90.0%" in body and "88.0%" in body  # val / test accuracy
-    assert "estimate" in body
+    assert "estimated (calibrated model)" in body
     assert "filters +3 in block 0" in body
     assert reverse("candidate_detail", args=[parent.pk]) in body
     assert reverse("candidate_detail", args=[child.pk]) in body
@@ -77,15 +81,18 @@ def test_it_computes_the_fits_on_badges(client, user):
     by_name = {fit.profile.name: fit for fit in response.context["fits"]}
     assert not by_name["Arduino Uno R3"].fits_sram and not by_name["Arduino Uno R3"].fits_flash
     assert by_name["NUCLEO-F401RE"].fits_sram and not by_name["NUCLEO-F401RE"].fits_flash
-    # Latency at each board's own core and clock: AVR 12 cycles/MAC at 16 MHz, M7 1.5 at 600 MHz.
-    assert by_name["Arduino Uno R3"].latency_ms == pytest.approx(KNOWN_MACS * 12 / 16_000)
-    assert by_name["Teensy 4.0"].latency_ms == pytest.approx(KNOWN_MACS * 1.5 / 600_000)
+    # Latency at each board's own core and clock, by the calibrated instruction model.
+    graph = build_graph(from_json(KNOWN_ARCH))[0]
+    uno, teensy = by_name["Arduino Uno R3"], by_name["Teensy 4.0"]
+    assert uno.latency_ms == pytest.approx(latency_ms(graph, "avr", 16.0))
+    assert teensy.latency_ms == pytest.approx(latency_ms(graph, "cortex-m7", 600.0))
+    assert "uncalibrated" in uno.latency_label and teensy.latency_label == "estimated (calibrated model)"
     body = response.content.decode()
     badges = dict(re.findall(r'data-board="([^"]+)" data-fits="(yes|no)"', body))
     assert badges == {name: "yes" if ok else "no" for name, ok in fits.items()}
     assert "12 of 15 board presets" in body
-    assert "513 ms est." in body  # the Uno
-    assert "1.71 ms est." in body  # the Teensy
+    assert f"{ms(uno.latency_ms)} est." in body
+    assert f"{ms(teensy.latency_ms)} est." in body
 
 
 def test_a_small_model_fits_every_board(client, user):

@@ -196,8 +196,13 @@ def test_the_page_shows_a_passed_verification(client, user, candidate: Candidate
     assert "2,722 B" in section and "equal" in section  # model arrays vs predicted flash
     assert "mps2-an386" in section
     assert "Input quantised in C</dt><dd>359 images, 0 bytes differ from Python" in section
-    assert "39,075" in section and "estimate" in section and "0.488 ms" in section
+    assert "39,075" in section and "instructions \u00d7 CPI estimate" in section and "0.635 ms" in section
+    assert "40,110 instructions predicted (2.7% vs the count)" in section
     assert "Verify again" in section
+    # after Verify the page's latency is the QEMU count times the CPI, labelled as such
+    stat = body.split('id="latency-stat"')[1].split("</div></div>")[0]
+    assert 'data-source="qemu"' in stat and "QEMU count" in stat and "0.635 ms" in stat
+    assert "39,075 instructions (QEMU) \u00d7 1.3 cycles per instruction (estimated CPI)" in stat
 
 
 def test_steps_never_requested_are_not_pending(client, user, candidate: Candidate):
@@ -437,7 +442,9 @@ def test_the_command_prints_the_report(candidate: Candidate, monkeypatch: pytest
     assert f"Verifying candidate 2 of run #{candidate.run_id} as {_name(candidate)}" in text
     assert "[ok] Host build" in text
     assert "flash 3,992 of 262,144 B" in text
-    assert "39,075 per inference; estimated latency 0.488 ms at 80 MHz (an estimate" in text
+    assert (
+        "39,075 per inference; latency 0.635 ms at 80 MHz (instructions x 1.3 cycles per instruction" in text
+    )
     assert "every step passed" in text
     candidate.refresh_from_db()
     assert candidate.export_status == "passed"
@@ -485,5 +492,5 @@ def test_the_command_rejects_a_non_numeric_id():
 def test_the_command_verifies_for_real(candidate: Candidate, tmp_path):
     text = _call(str(candidate.pk), "--keep", str(tmp_path))
 
-    assert "every step passed" in text and "estimated latency" in text
+    assert "every step passed" in text and "cycles per instruction" in text
     assert (tmp_path / f"{_name(candidate)}.h").is_file()

@@ -65,7 +65,7 @@
     sram: { label: "peak SRAM (KB)", value: (c) => kb(c.peak_sram_bytes), limit: limits.sram_bytes, scale: KB },
     flash: { label: "flash (KB)", value: (c) => kb(c.flash_bytes), limit: limits.flash_bytes, scale: KB },
     macs: { label: "MACs (log scale)", value: (c) => finite(c.macs), log: true },
-    latency: { label: "latency (ms)", value: (c) => finite(c.latency_ms), limit: limits.latency_ms, scale: 1 },
+    latency: { label: "est. latency (ms, calibrated model)", value: (c) => finite(c.latency_ms), limit: limits.latency_ms, scale: 1 },
   };
 
   // Population colours by status; `front` is the search's own front (all objectives).
@@ -95,7 +95,7 @@
       text =
         `<b>${escapeHtml(c.label)}</b> ${c.status}${ASHA ? ` · rung ${c.rung}` : ""}${c.on_pareto ? " · Pareto front" : ""}${c.for_deployment ? " · trained for deployment" : ""}<br>` +
         `val acc ${fmtPct(c.val_accuracy)} (int8 ${fmtPct(c.int8_val_accuracy)}) · SRAM ${fmtBytes(c.peak_sram_bytes)} · flash ${fmtBytes(c.flash_bytes)}<br>` +
-        `MACs ${fmtCount(c.macs)} · latency ${fmtMs(c.latency_ms)}` +
+        `MACs ${fmtCount(c.macs)} · est. latency ${fmtMs(c.latency_ms)}` +
         (c.mutation ? `<br>${escapeHtml(c.mutation.slice(0, 60))}` : "");
       hoverCache.set(c, text);
     }
@@ -424,7 +424,7 @@
     { key: "peak_sram_bytes", label: "peak SRAM", get: (c) => c.peak_sram_bytes, show: fmtBytes },
     { key: "flash_bytes", label: "flash", get: (c) => c.flash_bytes, show: fmtBytes },
     { key: "macs", label: "MACs", get: (c) => c.macs, show: fmtCount },
-    { key: "latency_ms", label: "latency", get: (c) => c.latency_ms, show: fmtMs },
+    { key: "latency_ms", label: "est. latency", get: (c) => c.latency_ms, show: fmtMs },
     { key: "mutation", label: "mutation / reason", get: (c) => c.mutation || c.reject_reason || "" },
   ];
 

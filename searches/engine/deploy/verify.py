@@ -16,8 +16,9 @@
    qemu-system-arm with semihosting and a timeout; its outputs must equal the reference.
 4. **instructions** — the same image with every inference repeated once more; the difference
    of the two instruction counts (nasweb's TCG plugin, exact) over ``n_inputs`` is the
-   instructions per inference, shown with a latency *estimate* at the profile's clock
-   assuming one cycle per instruction (QEMU is not cycle-accurate).
+   instructions per inference, shown with the latency instructions x cycles per instruction
+   (the core's documented CPI estimate; QEMU is not cycle-accurate) at the profile's clock, next
+   to the calibrated model's prediction of the count.
 
 Each step records a status (passed/failed/skipped/unavailable), a message, its numbers and the
 versions of the tools it used; a step whose prerequisite did not pass is skipped, saying why.
@@ -77,10 +78,10 @@ from searches.engine.deploy.toolchain import (
     target_for,
     tool_versions,
 )
-from searches.engine.resources.latency import latency_ms
+from searches.engine.resources.graph import build_graph
+from searches.engine.resources.latency import CORES, instructions_to_ms, predict_instructions
 
 HOST_RUN_TIMEOUT_S = 300.0
-CYCLES_PER_INSTRUCTION = 1.0
 
 
 class _StepFailed(Exception):
@@ -360,7 +361,9 @@ def _step_instructions(ctx: _Context, step: StepResult) -> None:
             raise _StepFailed(FAILED, "an instruction-counting run printed different outputs", run.output)
     per_inference = (twice.instructions - once.instructions) / n
     macs = ctx.header.macs
-    estimate_ms = per_inference * CYCLES_PER_INSTRUCTION / (ctx.clock_mhz * 1e3)
+    cpi = CORES[ctx.core].cycles_per_instruction
+    estimate_ms = instructions_to_ms(per_inference, ctx.core, ctx.clock_mhz)
+    predicted = predict_instructions(build_graph(ctx.qm.arch)[0], ctx.core)
     step.numbers = {
         "instructions_per_inference": round(per_inference, 1),
         "instructions_per_mac": round(per_inference / macs, 3) if macs else None,
@@ -368,17 +371,21 @@ def _step_instructions(ctx: _Context, step: StepResult) -> None:
         "counts": [once.instructions, twice.instructions],
         "inferences_in_difference": n,
         "clock_mhz": ctx.clock_mhz,
+        "cycles_per_instruction": cpi,
         "estimated_latency_ms": round(estimate_ms, 4),
-        "estimate_assumption": f"{CYCLES_PER_INSTRUCTION:g} cycle per instruction at {ctx.clock_mhz:g} MHz "
-        "(QEMU counts instructions exactly but is not cycle-accurate; wait states and stalls are ignored)",
-        "resource_model_latency_ms": round(latency_ms(macs, ctx.core, ctx.clock_mhz), 4),
+        "estimate_assumption": f"instructions x {cpi:g} cycles per instruction (an estimate for "
+        f"{CORES[ctx.core].label}) at {ctx.clock_mhz:g} MHz; QEMU counts instructions exactly but is "
+        "not cycle-accurate",
+        "predicted_instructions": round(predicted, 1),
+        "prediction_error_pct": round((predicted / per_inference - 1) * 100, 2),
+        "resource_model_latency_ms": round(instructions_to_ms(predicted, ctx.core, ctx.clock_mhz), 4),
         "emulation_seconds": round(once.seconds + twice.seconds, 3),
     }
     step.message = (
         f"{per_inference:,.0f} instructions per inference (mean over {n} inputs"
         + (f", {per_inference / macs:.2f} per MAC" if macs else "")
-        + f"); estimated latency {estimate_ms:.3g} ms at {ctx.clock_mhz:g} MHz, an estimate assuming "
-        "1 cycle per instruction"
+        + f"); latency {estimate_ms:.3g} ms at {ctx.clock_mhz:g} MHz = instructions x {cpi:g} cycles per "
+        f"instruction (estimated CPI); the calibrated model predicted {predicted:,.0f} instructions"
     )
 
 

@@ -197,7 +197,7 @@ def measure(architecture: Architecture, limits: Limits) -> dict[str, Any]:
         "macs": report.macs,
         "params": report.params,
     }
-    latency = limits.estimate_latency_ms(report.macs)
+    latency = limits.estimate_latency_ms(report.graph)
     if latency is not None:
         resources["latency_ms"] = latency
     return resources

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from searches.engine.resources.latency import CORES, latency_ms
+from searches.engine.resources.opgraph import OpGraph
 from searches.engine.space.sampling import SpaceConfig
 from searches.engine.space.sparsity import MAX_SPARSITY
 from searches.engine.strategies.options import MemNASConfig
@@ -73,11 +74,11 @@ class Limits:
         if self.core is not None and self.core not in CORES:
             raise ValueError(f"unknown core {self.core!r}; known: {', '.join(CORES)}")
 
-    def estimate_latency_ms(self, macs: int) -> float | None:
-        """Estimated latency on this board, or None when the core or clock is unknown."""
+    def estimate_latency_ms(self, graph: OpGraph) -> float | None:
+        """Latency on this board by the calibrated instruction model, or None without core or clock."""
         if self.core is None or self.clock_mhz is None:
             return None
-        return latency_ms(macs, self.core, self.clock_mhz)
+        return latency_ms(graph, self.core, self.clock_mhz)
 
     def violations(self, resources: dict[str, Any]) -> list[str]:
         """Human-readable reasons why ``resources`` break these limits (empty when feasible)."""

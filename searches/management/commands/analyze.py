@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from searches.engine.resources.latency import CORES, latency_ms
+from searches.engine.resources.latency import CORES, latency_label, latency_ms, predict_instructions
 from searches.engine.resources.report import ResourceReport, analyze
 from searches.engine.space.arch import Architecture, ArchitectureError, load_many
 
@@ -42,7 +42,10 @@ class Command(BaseCommand):
     def _json(self, report: ResourceReport, options: dict[str, Any]) -> dict[str, Any]:
         data = report.to_json()
         if options["core"]:
-            data["latency_ms_estimate"] = latency_ms(report.macs, options["core"], options["clock_mhz"])
+            core, clock = options["core"], options["clock_mhz"]
+            data["latency_ms_estimate"] = latency_ms(report.graph, core, clock)
+            data["instructions_estimate"] = round(predict_instructions(report.graph, core))
+            data["latency_method"] = latency_label(core)
         return data
 
 
@@ -93,9 +96,13 @@ def render_report(name: str, report: ResourceReport, core: str | None, clock_mhz
         f"  params                    {report.params:>12,}",
     ]
     if core and clock_mhz:
-        estimate = latency_ms(report.macs, core, clock_mhz)
-        lines.append(
-            f"  latency (estimate)        {estimate:>12.3f} ms   {CORES[core].label} @ {clock_mhz:g} MHz"
-        )
+        estimate = latency_ms(report.graph, core, clock_mhz)
+        insns = predict_instructions(report.graph, core)
+        cpi = CORES[core].cycles_per_instruction
+        lines += [
+            f"  instructions (predicted)  {insns:>12,.0f}     {latency_label(core)}",
+            f"  latency (estimate)        {estimate:>12.3f} ms   {CORES[core].label} @ {clock_mhz:g} MHz, "
+            f"{cpi:g} cycles per instruction (estimated)",
+        ]
     lines.append(f"  optimal order: {' -> '.join(plan.order)}")
     return "\n".join(lines) + "\n"

@@ -104,9 +104,9 @@ def render_summary(report: dict[str, Any]) -> str:
     insn = steps.get("instructions", {}).get("numbers", {})
     if insn.get("instructions_per_inference") is not None:
         lines.append(
-            f"instructions: {insn['instructions_per_inference']:,.0f} per inference; estimated latency "
-            f"{insn['estimated_latency_ms']:.3g} ms at {insn['clock_mhz']:g} MHz (an estimate: 1 cycle "
-            "per instruction)"
+            f"instructions: {insn['instructions_per_inference']:,.0f} per inference; latency "
+            f"{insn['estimated_latency_ms']:.3g} ms at {insn['clock_mhz']:g} MHz (instructions x "
+            f"{insn.get('cycles_per_instruction', 1.0):g} cycles per instruction, an estimated CPI)"
         )
     lines.append(f"total:        {report.get('seconds', 0):.1f} s")
     return "\n".join(lines)
