@@ -10,7 +10,7 @@ STEPS: tuple[tuple[str, str], ...] = (
     ("host", "Host build (gcc): bit-exact outputs and accuracy"),
     ("arm_build", "Cortex-M build (arm-none-eabi-gcc) within the profile's flash and SRAM"),
     ("qemu", "Run under QEMU: outputs identical to the reference"),
-    ("instructions", "Instructions per inference (QEMU) and estimated latency"),
+    ("instructions", "Instructions per inference (QEMU) and latency (instructions x CPI)"),
 )
 SHORT_TITLES = {
     "host": "host build",

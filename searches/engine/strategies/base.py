@@ -8,12 +8,13 @@ Decisions worth knowing:
 - *Budget* counts evaluations, i.e. feasible proposals handed out by ``ask()`` (a failed
   training still counts).  Once ``budget`` have been asked, ``ask()`` returns None;
   ``is_done()`` becomes true when every one of them has been told.
-- *Hard limits* (SRAM, flash, MACs, estimated latency) are checked analytically before any
-  training.  An infeasible mutated child is returned by ``ask()`` as a *rejected* proposal
-  (``reject_reason`` set, no ``tell`` expected, not counted in the budget) so the user sees
-  why.  After ``max_retries`` consecutive unsuccessful mutations the strategy falls back to a
-  random feasible architecture; random draws that break the limits are skipped silently and
-  counted, and after ``max_random_tries`` of them in a row the search stops with a reason.
+- *Hard limits* (SRAM, flash, MACs, latency predicted by the calibrated instruction model) are
+  checked analytically before any training.  An infeasible mutated child is returned by
+  ``ask()`` as a *rejected* proposal (``reject_reason`` set, no ``tell`` expected, not counted
+  in the budget) so the user sees why.  After ``max_retries`` consecutive unsuccessful
+  mutations the strategy falls back to a random feasible architecture; random draws that
+  break the limits are skipped silently and counted, and after ``max_random_tries`` of them
+  in a row the search stops with a reason.
 - *Duplicates* (an architecture already proposed, evaluated or rejected) are skipped and
   counted: retraining the same network spends budget on noise, not on search.  Mutations the
   space cannot repair are skipped the same way (there is no child to show).

@@ -93,7 +93,8 @@ class Limits:
             reasons.append(f"{resources['macs']:,} MACs exceed the limit {self.macs:,}")
         latency = resources.get("latency_ms")
         if self.latency_ms is not None and latency is not None and latency > self.latency_ms:
-            reasons.append(f"estimated latency {latency:.2f} ms exceeds the limit {self.latency_ms:g} ms")
+            limit = self.latency_ms
+            reasons.append(f"latency {latency:.2f} ms (calibrated model) exceeds the limit {limit:g} ms")
         return reasons
 
     def to_json(self) -> dict[str, Any]:

@@ -123,8 +123,13 @@ def test_it_passes_every_step_on_a_cortex_m4(qm: QuantModel, test_split: tuple) 
     insns = result.step("instructions")
     per_inference = insns.numbers["instructions_per_inference"]
     assert per_inference > header.macs  # at least one instruction per MAC, even with SMLAD
-    assert insns.numbers["estimated_latency_ms"] == pytest.approx(per_inference / 64e3, rel=1e-3)
-    assert "estimate" in insns.message and "1 cycle per instruction" in insns.message
+    # instructions x the M4F's estimated 1.3 cycles per instruction at 64 MHz
+    assert insns.numbers["cycles_per_instruction"] == 1.3
+    assert insns.numbers["estimated_latency_ms"] == pytest.approx(per_inference * 1.3 / 64e3, rel=1e-3)
+    assert "1.3 cycles per instruction (estimated CPI)" in insns.message
+    predicted = insns.numbers["predicted_instructions"]
+    error_pct = (predicted / per_inference - 1) * 100
+    assert insns.numbers["prediction_error_pct"] == pytest.approx(error_pct, abs=0.01)
     for step in result.steps:
         assert step.tools, step.key
 
