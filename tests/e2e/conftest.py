@@ -1,7 +1,9 @@
 """A real nasweb for browser tests: daphne and a Celery worker on a scratch SQLite database and Redis.
 
 Nothing is shared with the developer's data: the stack gets its own NASWEB_DATA_DIR (database,
-weights) and Redis database ``REDIS_DB`` (broker and channel layer), emptied first.
+weights) and Redis database ``REDIS_DB`` (broker and channel layer), emptied first.  Set
+``NASWEB_E2E_REDIS_DB`` to another database number so that two checkouts can run their browser
+tests at the same time without emptying each other's queues.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from tests._redis import private_redis_url
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
-REDIS_DB = 11
+REDIS_DB = 11  # unless NASWEB_E2E_REDIS_DB says otherwise
 USERNAME = "e2e"
 PASSWORD = "e2e-password-123"
 
@@ -47,7 +49,22 @@ def chromium() -> Path:
 
 @pytest.fixture(scope="session")
 def e2e_redis_url() -> str:
-    return private_redis_url(REDIS_DB)
+    return private_redis_url(e2e_redis_db(os.environ.get("NASWEB_E2E_REDIS_DB", "")))
+
+
+def e2e_redis_db(setting: str) -> int:
+    """The Redis database for the browser tests: ``setting`` (NASWEB_E2E_REDIS_DB) or REDIS_DB."""
+    if not setting.strip():
+        return REDIS_DB
+    try:
+        db = int(setting)
+    except ValueError:
+        raise pytest.UsageError(
+            f"NASWEB_E2E_REDIS_DB must be a Redis database number, not {setting!r}"
+        ) from None
+    if db < 0:
+        raise pytest.UsageError(f"NASWEB_E2E_REDIS_DB must not be negative, not {db}")
+    return db
 
 
 def _free_port() -> int:
