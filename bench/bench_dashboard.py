@@ -2,9 +2,10 @@
 
 Usage::
 
-    python bench/bench_dashboard.py [--candidates 5000] [--burst 100] [--reps 3] [--no-docs]
+    python bench/bench_dashboard.py [--candidates 5000] [--burst 100] [--reps 3] [--no-docs] [--redis-db 13]
 
-A real stack (daphne on a scratch SQLite database, the Redis channel layer in database 13,
+A real stack (daphne on a scratch SQLite database, the Redis channel layer in database 13 or
+``--redis-db``, emptied first,
 headless Chromium).  Measured:
 
 - the snapshot a dashboard gets on connect: its size as sent (JSON, in parts of at most
@@ -127,9 +128,12 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=100)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--no-docs", action="store_true")
+    parser.add_argument(
+        "--redis-db", type=int, default=REDIS_DB, help=f"Redis database to empty and use (default {REDIS_DB})"
+    )
     args = parser.parse_args()
 
-    redis_url = _live.redis_url(REDIS_DB)
+    redis_url = _live.redis_url(args.redis_db)
     data_dir = _live.setup_django(redis_url)
     loads, redraws, bursts = [], [], []
     try:
