@@ -94,3 +94,40 @@ def test_every_event_of_a_burst_reaches_the_plots_and_the_table(
     expect(page.locator("#page-info")).to_have_text(f"1\N{EN DASH}25 of {total}")
     expect(page.locator("#candidate-body tr").first).to_contain_text(f"#{total - 1}")
     expect(page.locator("#count-done")).to_have_text(str(_trained(total)))
+
+
+def test_a_burst_during_a_slow_redraw_ends_with_every_point_drawn(
+    page: Page, live_stack: LiveStack, e2e_redis_url: str
+) -> None:
+    """A browser that takes long to draw (software WebGL on a busy machine): the events that
+    queue behind a redraw, and those that keep coming after it, are all drawn in the end."""
+    first = 500
+    run = _shell(live_stack, e2e_redis_url, f"large_run({USERNAME!r}, {first})")
+    _open_dashboard(page, live_stack, run["url"], first)
+    # Every Plotly.react from now on blocks the page for 300 ms, as a slow redraw does.
+    page.evaluate(
+        """() => {
+          const react = Plotly.react;
+          window.slowReacts = 0;
+          Plotly.react = (...args) => {
+            const until = performance.now() + 300;
+            while (performance.now() < until) {}
+            window.slowReacts += 1;
+            return react(...args);
+          };
+        }"""
+    )
+    renders = page.evaluate("window.nasweb.renders")
+
+    ids = _shell(live_stack, e2e_redis_url, f"burst({run['run_id']}, {first}, {BURST})")["ids"]
+
+    total = first + BURST
+    page.wait_for_function(f"window.nasweb.pointsDrawn('population') === {total}", timeout=60_000)
+    page.wait_for_function(f"window.nasweb.pointsDrawn('pareto') === {_trained(total)}")
+    assert page.evaluate(f"{json.dumps(ids)}.every((id) => window.nasweb.drawnAt[id] !== undefined)")
+    assert page.evaluate("window.slowReacts") > 0  # the slow redraw was the one that drew them
+    assert page.evaluate("window.nasweb.renders") > renders
+    assert page.evaluate("window.nasweb.live.resyncs") == 0
+    expect(page.locator("#page-info")).to_have_text(f"1\N{EN DASH}25 of {total}")
+    expect(page.locator("#candidate-body tr").first).to_contain_text(f"#{total - 1}")
+    expect(page.locator("#count-done")).to_have_text(str(_trained(total)))

@@ -2,8 +2,12 @@
  *
  * Every change from the websocket (live.js) only marks things dirty; one requestAnimationFrame
  * redraw applies however many deltas arrived since the last one (Plotly.react with typed
- * arrays, the table one page at a time).  The whole client state is `window.nasweb`, which the
- * end-to-end test and the benchmarks read (`pointsDrawn()`, `drawnAt`).
+ * arrays, the table one page at a time).  A change after a quiet spell is drawn on the next
+ * frame; changes that keep coming (a burst) are drawn once the stream pauses, or every
+ * BURST_MAX_WAIT_MS while it does not: a redraw of 5,000 points blocks the page for a few hundred
+ * ms in a software-rendered browser, and one started in the middle of a burst delays the final
+ * one by as much.  The whole client state is `window.nasweb`, which the end-to-end tests and
+ * the benchmarks read (`pointsDrawn()`, `drawnAt`).
  */
 (function () {
   "use strict";
@@ -139,6 +143,7 @@
   let drawing = false;
   let again = false;
   let plotsReady = null; // the socket opens at once; drawing waits for the (empty) plots to exist
+  let lastDrawnAt = -Infinity; // performance.now() when the last redraw ended
 
   function invalidate(parts) {
     Object.assign(dirty, parts);
@@ -147,6 +152,42 @@
     } else if (!frame) {
       frame = requestAnimationFrame(render);
     }
+  }
+
+  // Live changes: a change QUIET_MS after the previous one (and after the last redraw) is drawn
+  // at once; one sooner is part of a burst, drawn when no change came for SETTLE_MS, or
+  // BURST_MAX_WAIT_MS after the burst's first held change, whichever is first.  (The publisher
+  // sends a burst's events every 20 ms; those that queued behind a redraw arrive together.)
+  const QUIET_MS = 150;
+  const SETTLE_MS = 30;
+  const BURST_MAX_WAIT_MS = 400;
+  const held = { plots: false, table: false, progress: false };
+  let lastChangeAt = -Infinity;
+  let heldSince = 0;
+  let settleTimer = 0;
+
+  function releaseHeld() {
+    clearTimeout(settleTimer);
+    settleTimer = 0;
+    const parts = { ...held };
+    held.plots = held.table = held.progress = false;
+    invalidate(parts);
+  }
+
+  function liveChanged(parts) {
+    const now = performance.now();
+    // A redraw counts as activity: changes that queued behind it are a burst.
+    const burst = drawing || now - Math.max(lastChangeAt, lastDrawnAt) < QUIET_MS;
+    lastChangeAt = now;
+    if (!burst && !settleTimer) {
+      invalidate(parts);
+      return;
+    }
+    for (const key of Object.keys(parts)) held[key] = held[key] || parts[key];
+    if (!settleTimer) heldSince = now;
+    clearTimeout(settleTimer);
+    const wait = Math.max(0, Math.min(SETTLE_MS, heldSince + BURST_MAX_WAIT_MS - now));
+    settleTimer = setTimeout(releaseHeld, wait);
   }
 
   async function render() {
@@ -170,6 +211,7 @@
       nasweb.lastRender = { table: plotsStart - tableStart, plots: performance.now() - plotsStart, rows: rows.length };
     } finally {
       drawing = false;
+      lastDrawnAt = performance.now();
       if (again) {
         again = false;
         invalidate({});
@@ -634,7 +676,9 @@
       (change) => {
         for (const id of change.ids) if (!(id in nasweb.receivedAt)) nasweb.receivedAt[id] = change.at;
         const rowsChanged = change.full || change.ids.size > 0;
-        invalidate({ plots: rowsChanged, table: rowsChanged, progress: true });
+        // A snapshot (the page's first rows, or a resync) is drawn at once.
+        if (change.full) invalidate({ plots: true, table: true, progress: true });
+        else liveChanged({ plots: rowsChanged, table: rowsChanged, progress: true });
       },
       (state) => {
         els.connection.textContent = CONNECTION_TEXT[state] || state;
