@@ -310,7 +310,11 @@ def candidate_changed(candidate: Candidate) -> None:
     """Stamp ``candidate`` with a new sequence number and announce it."""
     with transaction.atomic():
         seq = _bump(candidate.run_id)
-        Candidate.objects.filter(pk=candidate.pk).update(seq=seq)
+        # Plain SQL: compiling the equivalent QuerySet.update was a third of this function's
+        # time, and a burst of events pays it once per event.
+        table = connection.ops.quote_name(Candidate._meta.db_table)
+        with connection.cursor() as cursor:
+            cursor.execute(f"UPDATE {table} SET seq = %s WHERE id = %s", [seq, candidate.pk])
         candidate.seq = seq
         _send_after_commit(
             candidate.run_id, {"type": "candidate", "seq": seq, "candidate": candidate_payload(candidate)}
