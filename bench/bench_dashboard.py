@@ -161,7 +161,7 @@ def main() -> None:
     body = "\n".join(
         [
             f"Command: `python bench/bench_dashboard.py --candidates {args.candidates} --burst {args.burst}"
-            f" --reps {args.reps}`",
+            f" --reps {args.reps}{'' if args.redis_db == REDIS_DB else f' --redis-db {args.redis_db}'}`",
             f"on {_live.machine()}; {_live.load_note()}.",
             f"Plots drawn as `{scatter}`; medians of {args.reps} page loads.",
             "",
@@ -188,7 +188,8 @@ def main() -> None:
             f"| burst: last commit to last point drawn | {col(bursts, 'after_last_send_ms'):.0f} ms |",
             f"| burst: websocket messages that carried the {args.burst} events |"
             f" {col(bursts, 'messages'):.0f} |",
-            f"| burst: redraws needed (coalesced by requestAnimationFrame) | {col(bursts, 'renders'):.0f} |",
+            "| burst: redraws it took (a burst is held until the stream pauses) |"
+            f" {col(bursts, 'renders'):.0f} |",
             f"| burst goal: last point drawn ≤ 300 ms after the first commit |"
             f" {'met' if col(bursts, 'total_ms') <= 300 else 'not met on this run'} |",
             "",
@@ -198,9 +199,13 @@ def main() -> None:
             "built on one invisible point per trace while the snapshot travels, which took most of the",
             "first redraw before (plots 574 ms of a 1464 ms first render on main at 7c4f16c, quiet",
             "machine); the table draws one page of 25 rows.  Burst: one transaction per event (the",
-            "`seq` bump is one `UPDATE ... RETURNING`); the process's publisher sends at most one group",
-            "message per 20 ms, the consumer relays it as one `events` websocket message, and the",
-            "dashboard applies it as one change and redraws once per frame.  What is left is the",
+            "`seq` bump is one `UPDATE ... RETURNING`, the candidate's stamp one plain `UPDATE`); the",
+            "process's publisher sends at most one group message per 20 ms, the consumer relays it as",
+            "one `events` websocket message, and the dashboard applies it as one change.  A change",
+            "after a quiet spell is drawn on the next frame; changes that keep coming, or that queued",
+            "behind a redraw, are held until the stream has paused for 30 ms (at most 400 ms), so a",
+            "burst takes two redraws (its first message, then the rest) where it took 3-5, each of",
+            "which blocked the page and delayed the next.  What is left is the",
             "redraw itself: headless Chromium draws WebGL in software (SwiftShader) and reads every",
             "changed canvas back for the software compositor, which blocks the page's main thread",
             "(so also the websocket) for most of a frame; WebGL canvases now have the screen's pixel",
