@@ -2,9 +2,10 @@
 
 Usage::
 
-    python bench/bench_live_latency.py [--updates 200] [--existing 100,2000,5000] [--no-docs]
+    python bench/bench_live_latency.py [--updates 200] [--existing 100,2000,5000] [--no-docs] [--redis-db 13]
 
-A real stack: daphne on a scratch SQLite database, the Redis channel layer (database 13), a
+A real stack: daphne on a scratch SQLite database, the Redis channel layer (database 13 or
+``--redis-db``, emptied first), a
 headless Chromium logged in on the run's dashboard.  For each update this process inserts a
 trained candidate and notes ``time.time()`` just before ``events.candidate_changed`` commits
 the event's sequence number and sends it; the dashboard records when the point was drawn
@@ -89,9 +90,12 @@ def main() -> None:
         "--existing", default="100,2000,5000", help="candidates already on the dashboard, per case"
     )
     parser.add_argument("--no-docs", action="store_true")
+    parser.add_argument(
+        "--redis-db", type=int, default=REDIS_DB, help=f"Redis database to empty and use (default {REDIS_DB})"
+    )
     args = parser.parse_args()
 
-    redis_url = _live.redis_url(REDIS_DB)
+    redis_url = _live.redis_url(args.redis_db)
     data_dir = _live.setup_django(redis_url)
     rows = []
     try:
