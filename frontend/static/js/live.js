@@ -19,7 +19,8 @@
   class LiveRun {
     /**
      * @param {string} path websocket path, e.g. "/ws/runs/3/"
-     * @param {((change: {ids: Set<number>, run: boolean, full: boolean, at: number}) => void) | null} onChange
+     * @param {((change: {ids: Set<number>, run: boolean, full: boolean, deltas: number, at: number}) => void) | null} onChange
+     *   (`deltas`: how many of the server's events it applied; more than one: a coalesced burst)
      *   null: changes are kept until `listen` is called
      * @param {(state: string) => void} onState "connecting" | "live" | "reconnecting" | "forbidden"
      */
@@ -89,12 +90,11 @@
         return;
       }
       // A burst the server coalesced ("events") is applied in order and reported as one change.
-      const change = { ids: new Set(), run: false, full: false };
-      let applied = false;
+      const change = { ids: new Set(), run: false, full: false, deltas: 0 };
       for (const delta of message.type === "events" ? message.messages : [message]) {
-        if (this._applyDelta(delta, change)) applied = true;
+        if (this._applyDelta(delta, change)) change.deltas += 1;
       }
-      if (applied) this._emit(change);
+      if (change.deltas) this._emit(change);
     }
 
     _applyDelta(message, change) {
@@ -120,8 +120,9 @@
         this.onChange(change);
         return;
       }
-      const kept = this.unheard || { ids: new Set(), run: false, full: false };
+      const kept = this.unheard || { ids: new Set(), run: false, full: false, deltas: 0 };
       for (const id of change.ids) kept.ids.add(id);
+      kept.deltas += change.deltas || 0;
       kept.run = kept.run || change.run;
       kept.full = kept.full || change.full;
       kept.at = change.at;
@@ -146,7 +147,7 @@
 
     _applySnapshot(message) {
       // A big snapshot comes in parts (`more`): the first may be full, the rest add rows.
-      const change = this.partial || { ids: new Set(), run: true, full: message.full };
+      const change = this.partial || { ids: new Set(), run: true, full: message.full, deltas: 0 };
       if (message.full) this.rows.clear();
       for (const row of message.candidates) this._put(row, change.ids);
       this._putRun(message.run, message.seq);

@@ -2,11 +2,11 @@
  *
  * Every change from the websocket (live.js) only marks things dirty; one requestAnimationFrame
  * redraw applies however many deltas arrived since the last one (Plotly.react with typed
- * arrays, the table one page at a time).  A change after a quiet spell is drawn on the next
- * frame; changes that keep coming (a burst) are drawn once the stream pauses, or every
- * BURST_MAX_WAIT_MS while it does not: a redraw of 5,000 points blocks the page for a few hundred
- * ms in a software-rendered browser, and one started in the middle of a burst delays the final
- * one by as much.  The whole client state is `window.nasweb`, which the end-to-end tests and
+ * arrays, the table one page at a time).  An event after a quiet spell is drawn on the next
+ * frame; a burst of them is drawn once the stream pauses, or every BURST_MAX_WAIT_MS while it
+ * does not: a redraw of 5,000 points blocks the page for a few hundred ms in a
+ * software-rendered browser, and one started in the middle of a burst delays the final one by
+ * as much.  The whole client state is `window.nasweb`, which the end-to-end tests and
  * the benchmarks read (`pointsDrawn()`, `drawnAt`).
  */
 (function () {
@@ -143,7 +143,6 @@
   let drawing = false;
   let again = false;
   let plotsReady = null; // the socket opens at once; drawing waits for the (empty) plots to exist
-  let lastDrawnAt = -Infinity; // performance.now() when the last redraw ended
 
   function invalidate(parts) {
     Object.assign(dirty, parts);
@@ -154,11 +153,13 @@
     }
   }
 
-  // Live changes: a change QUIET_MS after the previous one (and after the last redraw) is drawn
-  // at once; one sooner is part of a burst, drawn when no change came for SETTLE_MS, or
-  // BURST_MAX_WAIT_MS after the burst's first held change, whichever is first.  (The publisher
-  // sends a burst's events every 20 ms; those that queued behind a redraw arrive together.)
-  const QUIET_MS = 150;
+  // Live changes: one event after a quiet spell is drawn on the next frame.  A burst (a message
+  // that carries several events, which the publisher coalesced, or a change within QUIET_MS of
+  // the previous one) is held until no change came for SETTLE_MS, or BURST_MAX_WAIT_MS after
+  // its first held change, whichever is first: a redraw started in the middle of a burst
+  // blocks the page, and so the final redraw, for its whole length.  (The publisher sends a
+  // burst's events every 20 ms.)
+  const QUIET_MS = 60;
   const SETTLE_MS = 30;
   const BURST_MAX_WAIT_MS = 400;
   const held = { plots: false, table: false, progress: false };
@@ -174,10 +175,9 @@
     invalidate(parts);
   }
 
-  function liveChanged(parts) {
+  function liveChanged(parts, deltas) {
     const now = performance.now();
-    // A redraw counts as activity: changes that queued behind it are a burst.
-    const burst = drawing || now - Math.max(lastChangeAt, lastDrawnAt) < QUIET_MS;
+    const burst = deltas > 1 || now - lastChangeAt < QUIET_MS;
     lastChangeAt = now;
     if (!burst && !settleTimer) {
       invalidate(parts);
@@ -211,7 +211,6 @@
       nasweb.lastRender = { table: plotsStart - tableStart, plots: performance.now() - plotsStart, rows: rows.length };
     } finally {
       drawing = false;
-      lastDrawnAt = performance.now();
       if (again) {
         again = false;
         invalidate({});
@@ -678,7 +677,7 @@
         const rowsChanged = change.full || change.ids.size > 0;
         // A snapshot (the page's first rows, or a resync) is drawn at once.
         if (change.full) invalidate({ plots: true, table: true, progress: true });
-        else liveChanged({ plots: rowsChanged, table: rowsChanged, progress: true });
+        else liveChanged({ plots: rowsChanged, table: rowsChanged, progress: true }, change.deltas);
       },
       (state) => {
         els.connection.textContent = CONNECTION_TEXT[state] || state;
