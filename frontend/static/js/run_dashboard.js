@@ -675,7 +675,7 @@
       (change) => {
         for (const id of change.ids) if (!(id in nasweb.receivedAt)) nasweb.receivedAt[id] = change.at;
         const rowsChanged = change.full || change.ids.size > 0;
-        // A snapshot (the page's first rows, or a resync) is drawn at once.
+        // A full snapshot (the page's first rows) is drawn at once; deltas and resyncs as below.
         if (change.full) invalidate({ plots: true, table: true, progress: true });
         else liveChanged({ plots: rowsChanged, table: rowsChanged, progress: true }, change.deltas);
       },
