@@ -80,7 +80,7 @@ def _check_the_dashboard(page: Page, base: str, urls: dict[str, str]) -> None:
     expect(page.locator("#count-done")).to_have_text("2")
     expect(page.locator("#count-pending")).to_have_text("0")
     expect(page.locator("#count-pruned")).to_have_text("1")
-    expect(page.locator(".run-meta")).to_contain_text("my sensor images")
+    expect(page.locator(".run-meta").first).to_contain_text("my sensor images")
     # A finished run: nothing to cancel, nothing live.
     expect(page.locator("#cancel-button")).to_be_hidden()
     expect(page.locator("#connection")).to_be_hidden()
