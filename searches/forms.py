@@ -9,7 +9,7 @@ from django.conf import settings
 from django.contrib.auth.forms import UserCreationForm
 from django.core.validators import MaxValueValidator, MinValueValidator
 
-from searches.engine.strategies.config import ASHA_MAX_ETA, ASHA_MAX_RUNG
+from searches.engine.strategies.config import ASHA_MAX_ETA, ASHA_MAX_RUNG, SearchConfig
 from searches.engine.strategies.options import MemNASConfig
 from searches.engine.training.datasets import fashion_mnist_available
 from searches.models import Dataset, HardwareProfile, Project, SearchRun
@@ -247,24 +247,31 @@ class NewRunForm(forms.Form):
     fidelity_schedule = forms.ChoiceField(
         label="Fidelity schedule",
         choices=[("off", "Single fidelity"), ("asha", "ASHA rungs (multi-fidelity)")],
-        initial="off",
+        initial=SearchConfig.fidelity_schedule,
         required=False,
         help_text="ASHA trains every candidate at the epochs above first, then continues the best "
         "1/η of each rung η times longer from their weights.",
     )
-    asha_eta = _count("ASHA η", 2, ASHA_MAX_ETA, initial=3, required=False, help_text="Blank: 3.")
+    asha_eta = _count(
+        "ASHA η",
+        2,
+        ASHA_MAX_ETA,
+        initial=SearchConfig.asha_eta,
+        required=False,
+        help_text=f"Blank: {SearchConfig.asha_eta}.",
+    )
     asha_max_rung = _count(
         "ASHA max rung",
         1,
         ASHA_MAX_RUNG,
-        initial=2,
+        initial=SearchConfig.asha_max_rung,
         required=False,
-        help_text="Blank: 2 (rung k trains η^k times the epochs).",
+        help_text=f"Blank: {SearchConfig.asha_max_rung} (rung k trains η^k times the epochs).",
     )
     error_objective = forms.ChoiceField(
         label="Error objective",
         choices=[("float", "Float validation error"), ("int8", "int8 validation error")],
-        initial="float",
+        initial=SearchConfig.error_objective,
         required=False,
         help_text="int8: rank candidates by the accuracy of the int8 model they deploy as.",
     )

@@ -7,7 +7,13 @@ from typing import Any
 from rest_framework import serializers
 
 from searches import forms as limits
-from searches.engine.strategies.config import ASHA_MAX_ETA, ASHA_MAX_RUNG
+from searches.engine.strategies.config import (
+    ASHA_MAX_ETA,
+    ASHA_MAX_RUNG,
+    ERROR_OBJECTIVES,
+    FIDELITY_SCHEDULES,
+    SearchConfig,
+)
 from searches.engine.strategies.options import MemNASConfig
 from searches.forms import ASHA_NOT_MEMNAS
 from searches.models import Candidate, Dataset, HardwareProfile, Project, SearchRun
@@ -255,23 +261,27 @@ class RunCreateSerializer(serializers.Serializer):
         help_text=f"MemNAS only: ranking model, candidate or list (default {MemNASConfig.ranker}).",
     )
     fidelity_schedule = serializers.ChoiceField(
-        choices=["off", "asha"],
-        default="off",
+        choices=FIDELITY_SCHEDULES,
+        default=SearchConfig.fidelity_schedule,
         help_text="off: every candidate trained once; asha: successive-halving rungs, the top 1/eta "
         "of each rung trained eta times longer from its weights.",
     )
     asha_eta = serializers.IntegerField(
-        min_value=2, max_value=ASHA_MAX_ETA, default=3, help_text="ASHA: reduction factor (default 3)."
+        min_value=2,
+        max_value=ASHA_MAX_ETA,
+        default=SearchConfig.asha_eta,
+        help_text=f"ASHA: reduction factor (default {SearchConfig.asha_eta}).",
     )
     asha_max_rung = serializers.IntegerField(
         min_value=1,
         max_value=ASHA_MAX_RUNG,
-        default=2,
-        help_text="ASHA: highest rung; rung k trains eta**k times the epochs (default 2).",
+        default=SearchConfig.asha_max_rung,
+        help_text="ASHA: highest rung; rung k trains eta**k times the epochs "
+        f"(default {SearchConfig.asha_max_rung}).",
     )
     error_objective = serializers.ChoiceField(
-        choices=["float", "int8"],
-        default="float",
+        choices=ERROR_OBJECTIVES,
+        default=SearchConfig.error_objective,
         help_text="Validation error the search minimises: the float model's or its int8 model's.",
     )
 

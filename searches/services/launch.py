@@ -8,6 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
+from searches.engine.strategies.config import SearchConfig
 from searches.engine.training.train import Fidelity
 from searches.models import Dataset, HardwareProfile, Project, SearchRun
 from searches.services import execution, runs
@@ -49,11 +50,11 @@ class RunRequest:
     deploy_top_k: int = 3
     # "off" (one training per candidate) or "asha" (successive-halving rungs: the top 1/eta of
     # a rung are trained eta times longer, up to rung asha_max_rung).
-    fidelity_schedule: str = "off"
-    asha_eta: int = 3
-    asha_max_rung: int = 2
+    fidelity_schedule: str = SearchConfig.fidelity_schedule
+    asha_eta: int = SearchConfig.asha_eta
+    asha_max_rung: int = SearchConfig.asha_max_rung
     # Validation error the search minimises: the float model's or the int8 model's.
-    error_objective: str = "float"
+    error_objective: str = SearchConfig.error_objective
 
 
 def fidelity_for(request: RunRequest) -> Fidelity:

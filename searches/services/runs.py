@@ -98,10 +98,10 @@ def make_config(
     fidelity: Fidelity | None = None,
     strategy_options: dict[str, Any] | None = None,
     sparsity: tuple[float, float] | None = None,
-    fidelity_schedule: str = "off",
-    asha_eta: int = 3,
-    asha_max_rung: int = 2,
-    error_objective: str = "float",
+    fidelity_schedule: str = SearchConfig.fidelity_schedule,
+    asha_eta: int = SearchConfig.asha_eta,
+    asha_max_rung: int = SearchConfig.asha_max_rung,
+    error_objective: str = SearchConfig.error_objective,
 ) -> SearchConfig:
     """A search config whose μNAS bounds are the profile's limits plus per-dataset defaults.
 

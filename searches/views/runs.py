@@ -14,6 +14,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
 from searches import events
+from searches.engine.strategies.config import SearchConfig
 from searches.forms import DEFAULT_DEPLOY_TOP_K, ExtendRunForm, NewRunForm
 from searches.models import Candidate, Project, SearchRun, name_datasets
 from searches.services import execution
@@ -112,10 +113,10 @@ def _request_from(form: NewRunForm) -> RunRequest:
         else None,
         memnas_ranker=data["memnas_ranker"] or None,
         sparsity=(data["sparsity_low"], data["sparsity_high"]) if data["pruning"] else None,
-        fidelity_schedule=data["fidelity_schedule"] or "off",
-        asha_eta=data["asha_eta"] or 3,
-        asha_max_rung=data["asha_max_rung"] or 2,
-        error_objective=data["error_objective"] or "float",
+        fidelity_schedule=data["fidelity_schedule"] or SearchConfig.fidelity_schedule,
+        asha_eta=data["asha_eta"] or SearchConfig.asha_eta,
+        asha_max_rung=data["asha_max_rung"] or SearchConfig.asha_max_rung,
+        error_objective=data["error_objective"] or SearchConfig.error_objective,
     )
 
 

@@ -8,7 +8,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from searches.engine.strategies.config import ERROR_OBJECTIVES, FIDELITY_SCHEDULES, STRATEGIES
+from searches.engine.strategies.config import ERROR_OBJECTIVES, FIDELITY_SCHEDULES, STRATEGIES, SearchConfig
 from searches.engine.strategies.driver import SearchEvent
 from searches.engine.strategies.options import RANKERS, SEED_KINDS, MemNASConfig
 from searches.engine.training.datasets import DATASETS, DatasetError
@@ -96,20 +96,26 @@ class Command(BaseCommand):
         parser.add_argument(
             "--fidelity-schedule",
             choices=FIDELITY_SCHEDULES,
-            default="off",
+            default=SearchConfig.fidelity_schedule,
             help="off: one training per candidate; asha: successive-halving rungs (default off)",
         )
         parser.add_argument("--asha", action="store_true", help="same as --fidelity-schedule asha")
         parser.add_argument(
-            "--eta", type=int, default=3, help="ASHA: promote the top 1/ETA of a rung to ETA times the epochs"
+            "--eta",
+            type=int,
+            default=SearchConfig.asha_eta,
+            help="ASHA: promote the top 1/ETA of a rung to ETA times the epochs",
         )
         parser.add_argument(
-            "--max-rung", type=int, default=2, help="ASHA: highest rung (rung k trains ETA**k x the epochs)"
+            "--max-rung",
+            type=int,
+            default=SearchConfig.asha_max_rung,
+            help="ASHA: highest rung (rung k trains ETA**k x the epochs)",
         )
         parser.add_argument(
             "--error-objective",
             choices=ERROR_OBJECTIVES,
-            default="float",
+            default=SearchConfig.error_objective,
             help="validation error the search minimises: the float model's or the int8 model's",
         )
         parser.add_argument(
