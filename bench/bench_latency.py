@@ -40,8 +40,6 @@ CALIBRATE_DRAWS = ((101, 60), (103, 20))
 MEASURE_SEED = 202
 MEASURE_PER_TASK = 25
 TASKS = (("digits", (8, 8, 1), 2_000), ("Fashion-MNIST", (28, 28, 1), 20_000))
-BOUND_BYTES = 64_000
-MAX_MACS = 3_000_000
 # The QEMU target that stands for each core family; M4/M7 alternates between its two cores.
 FAMILY_TARGETS = {
     "cortex-m0plus": ("cortex-m0plus",),
@@ -53,22 +51,12 @@ FAMILY_TARGETS = {
 
 def pick_archs(seed: int, per_task: int) -> list[dict[str, Any]]:
     """``per_task`` random architectures per task, of the size users search for (see module doc)."""
-    from searches.engine.resources.report import analyze
-    from searches.engine.space.sampling import SpaceConfig, random_architecture
+    from bench.bench_models import sample_realistic
 
     picked: list[dict[str, Any]] = []
     for t, (task, shape, min_macs) in enumerate(TASKS):
-        rng, found = random.Random(seed * 10 + t), 0
-        while found < per_task:
-            arch = random_architecture(rng, SpaceConfig(shape, 10))
-            r = analyze(arch)
-            if (
-                r.peak_sram_bytes <= BOUND_BYTES
-                and r.flash_bytes <= BOUND_BYTES
-                and min_macs <= r.macs <= MAX_MACS
-            ):
-                picked.append({"task": task, "arch": arch.to_json(), "seed": seed * 1000 + len(picked)})
-                found += 1
+        for arch in sample_realistic(random.Random(seed * 10 + t), shape, min_macs, per_task):
+            picked.append({"task": task, "arch": arch.to_json(), "seed": seed * 1000 + len(picked)})
     return picked
 
 

@@ -42,25 +42,29 @@ def _use_tree(tree: Path) -> None:
     sys.path.insert(0, str(tree))
 
 
-def pick_archs() -> list[dict[str, Any]]:
-    """10 realistic random architectures per task, as JSON objects with their task name."""
+def sample_realistic(rng: random.Random, shape: tuple[int, int, int], min_macs: int, count: int) -> list[Any]:
+    """``count`` random architectures for ``shape`` of the size users search for: peak SRAM and
+    flash at most BOUND_BYTES, MACs from ``min_macs`` to MAX_MACS (drawn from ``rng`` in order)."""
     from searches.engine.resources.report import analyze
     from searches.engine.space.sampling import SpaceConfig, random_architecture
 
-    picked: list[dict[str, Any]] = []
-    for task, shape, min_macs, count in TASKS:
-        rng, found = random.Random(SEED), 0
-        while found < count:
-            arch = random_architecture(rng, SpaceConfig(shape, 10))
-            r = analyze(arch)
-            if (
-                r.peak_sram_bytes <= BOUND_BYTES
-                and r.flash_bytes <= BOUND_BYTES
-                and min_macs <= r.macs <= MAX_MACS
-            ):
-                picked.append({"task": task, "arch": arch.to_json()})
-                found += 1
-    return picked
+    archs: list[Any] = []
+    while len(archs) < count:
+        arch = random_architecture(rng, SpaceConfig(shape, 10))
+        r = analyze(arch)
+        fits = r.peak_sram_bytes <= BOUND_BYTES and r.flash_bytes <= BOUND_BYTES
+        if fits and min_macs <= r.macs <= MAX_MACS:
+            archs.append(arch)
+    return archs
+
+
+def pick_archs() -> list[dict[str, Any]]:
+    """10 realistic random architectures per task, as JSON objects with their task name."""
+    return [
+        {"task": task, "arch": arch.to_json()}
+        for task, shape, min_macs, count in TASKS
+        for arch in sample_realistic(random.Random(SEED), shape, min_macs, count)
+    ]
 
 
 def _quant_model(arch: Any, seed: int) -> Any:
