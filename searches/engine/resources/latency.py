@@ -105,13 +105,18 @@ def _dot(f: dict[str, float], name: str, calls: int, n: int, dsp: bool) -> None:
     f[f"{name}_byte"] += calls * (n - 4 * steps)
 
 
+def _padding_before(op: Op, ih: int, iw: int, k: int, stride: int) -> tuple[int, int]:
+    """Rows above and columns left of the input that a window op pads (0, 0 for 'valid')."""
+    if op.attrs["padding"] != "same":
+        return 0, 0
+    return same_padding(ih, k, stride)[0], same_padding(iw, k, stride)[0]
+
+
 def _conv2d(f: dict[str, float], op: Op, shapes: dict[str, tuple[int, ...]], variant: str) -> None:
     ih, iw, ic = shapes[op.inputs[0]]
     oh, ow, oc = shapes[op.outputs[0]]
     k, stride = int(op.attrs["kernel"]), int(op.attrs["stride"])  # type: ignore[call-overload]
-    same = op.attrs["padding"] == "same"
-    top = same_padding(ih, k, stride)[0] if same else 0
-    left = same_padding(iw, k, stride)[0] if same else 0
+    top, left = _padding_before(op, ih, iw, k, stride)
     dsp, pairs = variant == "dsp", variant != "plain1"
     blocks = (oc + 1) // 2
     # Columns: nnk_conv2d pairs two pixels when both have the same valid taps.
@@ -163,9 +168,7 @@ def _dwconv2d(f: dict[str, float], op: Op, shapes: dict[str, tuple[int, ...]], v
     ih, iw, c = shapes[op.inputs[0]]
     oh, ow, _ = shapes[op.outputs[0]]
     k, stride = int(op.attrs["kernel"]), int(op.attrs["stride"])  # type: ignore[call-overload]
-    same = op.attrs["padding"] == "same"
-    top = same_padding(ih, k, stride)[0] if same else 0
-    left = same_padding(iw, k, stride)[0] if same else 0
+    top, left = _padding_before(op, ih, iw, k, stride)
     row_taps = [_conv_taps(oy * stride - top, k, ih) for oy in range(oh)]
     col_taps = [_conv_taps(ox * stride - left, k, iw) for ox in range(ow)]
     rows = sum(1 for lo, hi in row_taps if hi - lo == k)
