@@ -512,16 +512,19 @@ UPLOAD_PREFIX = "upload:"
 # --------------------------------------------------------------------------------------------
 
 
-class PruningJobQuerySet(models.QuerySet):
-    def for_user(self, user: Any) -> PruningJobQuerySet:
+class CandidateJobQuerySet(models.QuerySet):
+    def for_user(self, user: Any) -> CandidateJobQuerySet:
         """Jobs on candidates of the user's own runs."""
         if not _is_signed_in(user):
             return self.none()
         return self.filter(source__run__owner=user)
 
 
-class PruningJob(LeasedWork):
-    """A standalone DPF pruning of one trained candidate (searches.services.pruning)."""
+class CandidateJob(LeasedWork):
+    """What every job on one trained candidate keeps: its settings, state, per-epoch progress,
+    result and times.  A subclass adds ``source`` and ``result_candidate`` (each kind has its
+    own reverse names on Candidate) and says what ``config``, ``progress`` and ``result`` hold.
+    """
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -530,78 +533,56 @@ class PruningJob(LeasedWork):
         FAILED = "failed", "Failed"
         CANCELLED = "cancelled", "Cancelled"
 
-    source = models.ForeignKey(Candidate, on_delete=models.CASCADE, related_name="pruning_jobs")
-    # searches.engine.training.pruning.PruneConfig.to_json()
     config = models.JSONField(default=dict)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
-    # One PruneProgress (as a dict) per finished epoch, epoch 0 being the unpruned model.
     progress = models.JSONField(default=list, blank=True)
-    # PruneResult.to_json() plus the int8 accuracies of both sides: the before/after table.
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    objects = CandidateJobQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+        ordering = ["-created", "-id"]
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in {self.Status.QUEUED, self.Status.RUNNING}
+
+
+class PruningJob(CandidateJob):
+    """A standalone DPF pruning of one trained candidate (searches.services.pruning).
+
+    ``config`` is PruneConfig.to_json(); ``progress`` one PruneProgress (as a dict) per finished
+    epoch, epoch 0 being the unpruned model; ``result`` PruneResult.to_json() plus the int8
+    accuracies of both sides (the before/after table).
+    """
+
+    source = models.ForeignKey(Candidate, on_delete=models.CASCADE, related_name="pruning_jobs")
     # The pruned model, a new candidate of the source's run.
     result_candidate = models.ForeignKey(
         Candidate, on_delete=models.SET_NULL, null=True, blank=True, related_name="pruned_from_jobs"
     )
-    created = models.DateTimeField(auto_now_add=True)
-    started = models.DateTimeField(null=True, blank=True)
-    finished = models.DateTimeField(null=True, blank=True)
-
-    objects = PruningJobQuerySet.as_manager()
-
-    class Meta:
-        ordering = ["-created", "-id"]
 
     def __str__(self) -> str:
         return f"pruning job {self.pk} of candidate {self.source_id}"
 
-    @property
-    def is_active(self) -> bool:
-        return self.status in {self.Status.QUEUED, self.Status.RUNNING}
 
+class DeploymentJob(CandidateJob):
+    """Training one trained candidate for deployment (searches.services.deployment).
 
-class DeploymentJobQuerySet(models.QuerySet):
-    def for_user(self, user: Any) -> DeploymentJobQuerySet:
-        """Jobs on candidates of the user's own runs."""
-        if not _is_signed_in(user):
-            return self.none()
-        return self.filter(source__run__owner=user)
-
-
-class DeploymentJob(LeasedWork):
-    """Training one trained candidate for deployment (searches.services.deployment)."""
-
-    class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        DONE = "done", "Done"
-        FAILED = "failed", "Failed"
-        CANCELLED = "cancelled", "Cancelled"
+    ``config`` is Recipe.to_json() (epochs, QAT epochs, augmentation...); ``progress`` one
+    DeployEpoch (as a dict) per finished epoch, the float and int8 learning curves; ``result``
+    the selected epoch, accuracies, time, and the source's numbers for the gain.
+    """
 
     source = models.ForeignKey(Candidate, on_delete=models.CASCADE, related_name="deployment_jobs")
-    # searches.engine.training.deployment.Recipe.to_json(): epochs, QAT epochs, augmentation...
-    config = models.JSONField(default=dict)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
-    # One DeployEpoch (as a dict) per finished epoch: the float and int8 learning curves.
-    progress = models.JSONField(default=list, blank=True)
-    # The selected epoch, accuracies, time, and the source's numbers for the gain.
-    result = models.JSONField(null=True, blank=True)
-    error = models.TextField(blank=True)
     result_candidate = models.ForeignKey(
         Candidate, on_delete=models.SET_NULL, null=True, blank=True, related_name="deployed_from_jobs"
     )
-    created = models.DateTimeField(auto_now_add=True)
-    started = models.DateTimeField(null=True, blank=True)
-    finished = models.DateTimeField(null=True, blank=True)
-
-    objects = DeploymentJobQuerySet.as_manager()
-
-    class Meta:
-        ordering = ["-created", "-id"]
 
     def __str__(self) -> str:
         return f"deployment job {self.pk} of candidate {self.source_id}"
-
-    @property
-    def is_active(self) -> bool:
-        return self.status in {self.Status.QUEUED, self.Status.RUNNING}
