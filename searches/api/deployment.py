@@ -11,6 +11,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from searches.api.serializers import CANDIDATE_JOB_FIELDS
 from searches.models import Candidate, DeploymentJob
 from searches.services import deployment
 
@@ -18,20 +19,7 @@ from searches.services import deployment
 class DeploymentJobSerializer(serializers.ModelSerializer):
     class Meta:
         model = DeploymentJob
-        fields = [
-            "id",
-            "source",
-            "config",
-            "status",
-            "progress",
-            "result",
-            "error",
-            "result_candidate",
-            "created",
-            "started",
-            "finished",
-        ]
-        read_only_fields = fields
+        fields = read_only_fields = CANDIDATE_JOB_FIELDS
 
 
 class DeploymentRequestSerializer(serializers.Serializer):

@@ -9,6 +9,7 @@ from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from searches.api.serializers import CANDIDATE_JOB_FIELDS
 from searches.engine.space.sparsity import MAX_SPARSITY
 from searches.models import Candidate, PruningJob
 from searches.services import pruning
@@ -17,20 +18,7 @@ from searches.services import pruning
 class PruningJobSerializer(serializers.ModelSerializer):
     class Meta:
         model = PruningJob
-        fields = [
-            "id",
-            "source",
-            "config",
-            "status",
-            "progress",
-            "result",
-            "error",
-            "result_candidate",
-            "created",
-            "started",
-            "finished",
-        ]
-        read_only_fields = fields
+        fields = read_only_fields = CANDIDATE_JOB_FIELDS
 
 
 class PruningRequestSerializer(serializers.Serializer):

@@ -342,6 +342,21 @@ class ExtendSerializer(serializers.Serializer):
     extra_budget = serializers.IntegerField(min_value=1, max_value=limits.MAX_EXTEND)
 
 
+# What the API shows of a job on a candidate (models.CandidateJob): pruning and deployment training.
+CANDIDATE_JOB_FIELDS = [
+    "id",
+    "source",
+    "config",
+    "status",
+    "progress",
+    "result",
+    "error",
+    "result_candidate",
+    "created",
+    "started",
+    "finished",
+]
+
 CANDIDATE_FIELDS = [
     "id",
     "index",
