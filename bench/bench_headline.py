@@ -1,0 +1,490 @@
+"""Fashion-MNIST headline: a time-limited search, then its best candidates trained for deployment.
+
+What a user does with nasweb on a 2-core machine, timed end to end:
+
+1. **Search** (at most ``--search-minutes``): aging evolution with the CLI's Fashion-MNIST
+   configuration (``manage.py search --dataset fashion-mnist --sram-kb 64 --flash-kb 64
+   --max-macs 30000000``: default fidelity, μNAS bounds), ``--jobs`` candidates trained side by
+   side with one torch thread each (as ``--jobs`` Celery workers would).  At the deadline the
+   trainings in flight are abandoned.
+2. **Train for deployment** (at most ``--deploy-minutes``): the ``--top-k`` best distinct
+   candidates by validation accuracy, ``--jobs`` at a time, with the service's Fashion-MNIST
+   recipe (augmentation with flips, AdamW, cosine schedule, QAT last); the float epochs are the
+   most that fit the phase's time, planned from a timed probe of each model.  Int8 accuracy is
+   the integer reference's (equal to the C header's) on the test split.
+
+    python bench/bench_headline.py [--search-minutes 60] [--deploy-minutes 60] [--jobs 2] \\
+        [--top-k 2] [--seed 0] [--write]
+
+``--write`` replaces the "Fashion-MNIST headline" section of docs/benchmarks.md and writes the
+deployed architectures to docs/headline-fashion-mnist.json (``manage.py analyze`` reads it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import sys
+import tempfile
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch
+import torch.nn.functional as F
+
+from bench._report import replace_section
+from searches.engine.deploy.quantize import quantize
+from searches.engine.deploy.reference import int8_accuracy
+from searches.engine.space.arch import from_json as arch_from_json
+from searches.engine.strategies.base import EvalFailure, EvalResult
+from searches.engine.strategies.config import SearchConfig
+from searches.engine.strategies.registry import make_strategy
+from searches.engine.training.augment import augment_batch
+from searches.engine.training.datasets import Dataset, load_dataset
+from searches.engine.training.deployment import (
+    Recipe,
+    calibration_indices,
+    int8_accuracy_sim,
+    train_for_deployment,
+)
+from searches.engine.training.model import build_model, to_nchw
+from searches.engine.training.qat import QATModel
+from searches.engine.training.train import Fidelity, accuracy, split_indices, train_and_evaluate
+
+DATASET = "fashion-mnist"
+SRAM_KB, FLASH_KB, MAX_MACS = 64, 64, 30_000_000
+PROBE_BATCHES = 12
+MODELS = ROOT / "var" / "headline"  # the deployed models' weights, for --verify
+# Time kept back in a deployment training's share for what the probe does not see (the final
+# test evaluation, checkpoint writes, the machine's noise).
+DEPLOY_MARGIN = 0.07
+
+_data: Dataset | None = None
+
+
+def _dataset() -> Dataset:
+    global _data
+    if _data is None:
+        _data = load_dataset(DATASET, os.environ.get("NASWEB_FASHION_MNIST_DIR") or None)
+    return _data
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+    _dataset()
+
+
+# ---- phase 1: the search -----------------------------------------------------------------------
+
+
+def evaluate(arch_json: dict[str, Any], fidelity: dict[str, Any]) -> dict[str, Any]:
+    """Train one candidate at the search's fidelity (runs in a worker process)."""
+    t0 = time.perf_counter()
+    r = train_and_evaluate(arch_from_json(arch_json), _dataset(), Fidelity(**fidelity))
+    return {"val": r.val_accuracy, "test": r.test_accuracy, "seconds": time.perf_counter() - t0}
+
+
+def search_config(seed: int, population: int) -> tuple[SearchConfig, Any]:
+    """The CLI's Fashion-MNIST configuration (searches/services), with no database."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "nasweb.settings")
+    import django
+
+    django.setup()
+    from searches.services import runs
+
+    limits = runs.limits_for(None, SRAM_KB, FLASH_KB, None, MAX_MACS)
+    config = runs.make_config(_dataset(), limits, budget=1_000_000, seed=seed, population=population)
+    return config, limits
+
+
+def run_search(config: SearchConfig, minutes: float, pool: ProcessPoolExecutor, jobs: int) -> dict[str, Any]:
+    """Ask → train (``jobs`` side by side in ``pool``) → tell until the deadline; every evaluation."""
+    strategy = make_strategy(config)
+    start = time.monotonic()
+    deadline = start + minutes * 60
+    in_flight: dict[Future[dict[str, Any]], Any] = {}
+    log: list[dict[str, Any]] = []
+    failed = 0
+    while time.monotonic() < deadline:
+        while len(in_flight) < jobs:
+            proposal = strategy.ask()
+            if proposal is None:
+                break
+            if proposal.rejected:
+                continue
+            arch = proposal.architecture.to_json()
+            in_flight[pool.submit(evaluate, arch, config.fidelity)] = (proposal, arch)
+        if not in_flight:
+            break
+        done, _ = wait(in_flight, timeout=max(0.0, deadline - time.monotonic()), return_when=FIRST_COMPLETED)
+        for future in done:
+            proposal, arch = in_flight.pop(future)
+            try:
+                r = future.result()
+            except Exception as exc:  # one candidate failing must not end the search
+                strategy.tell(proposal.id, EvalFailure(f"{type(exc).__name__}: {exc}"))
+                failed += 1
+                continue
+            strategy.tell(proposal.id, EvalResult(r["val"], r["test"], metrics={"seconds": r["seconds"]}))
+            log.append({"t": time.monotonic() - start, "arch": arch, **r, **proposal.resources})
+            if len(log) % 25 == 0:
+                best = max(log, key=lambda e: e["val"])
+                print(
+                    f"search {log[-1]['t'] / 60:5.1f} min: {len(log)} trained, best val {best['val']:.4f}",
+                    flush=True,
+                )
+    return {
+        "log": log,
+        "abandoned": len(in_flight),
+        "failed": failed,
+        "rejected": strategy.counters.get("rejected", 0),
+        "seconds": time.monotonic() - start,
+        "population": config.population,
+        "sample_size": config.sample_size,
+    }
+
+
+# ---- phase 2: training for deployment ----------------------------------------------------------
+
+
+def base_recipe() -> Recipe:
+    """The service's Fashion-MNIST recipe, augmentation included (what the candidate page runs)."""
+    from searches.engine.training.augment import for_dataset
+    from searches.services.deployment import DEFAULT_RECIPES
+
+    return replace(DEFAULT_RECIPES[DATASET], augment=for_dataset(DATASET, _dataset().input_shape))
+
+
+def _timed(fn: Any, repeat: int) -> float:
+    fn()  # warm-up (allocations, first-call overheads)
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - t0) / repeat
+
+
+def probe(arch_json: dict[str, Any], recipe_json: dict[str, Any]) -> dict[str, float]:
+    """Seconds per float epoch, per QAT epoch and per validation pass of this model and recipe."""
+    arch, recipe, data = arch_from_json(arch_json), Recipe.from_json(recipe_json), _dataset()
+    train_idx, val_idx = split_indices(data.y_train, recipe.split)
+    model = build_model(arch)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    x = to_nchw(data.x_train[train_idx[: recipe.batch_size]]).contiguous()
+    y = torch.from_numpy(data.y_train[train_idx[: recipe.batch_size]])
+
+    def step(net: torch.nn.Module) -> None:
+        batch = x if recipe.augment is None else augment_batch(x, recipe.augment, gen)
+        loss = F.cross_entropy(net(batch), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    model.train()
+    float_step = _timed(lambda: step(model), PROBE_BATCHES)
+    qat = QATModel(arch, model)
+    qat.calibrate(data.x_train[calibration_indices(train_idx)])
+    qat = QATModel(arch, model, qat.ranges())
+    qat.train()
+    qat_step = _timed(lambda: step(qat), PROBE_BATCHES // 2)
+    batches = len(train_idx) // recipe.batch_size
+    sample = val_idx[:1000]
+    xs = to_nchw(data.x_train[sample]).contiguous()
+    ys = torch.from_numpy(data.y_train[sample])
+    t0 = time.perf_counter()
+    accuracy(model, xs, ys)
+    qat.calibrate(data.x_train[calibration_indices(train_idx)])
+    int8_accuracy_sim(qat.eval(), data.x_train[sample], data.y_train[sample])
+    val_pass = (time.perf_counter() - t0) * len(val_idx) / len(sample)
+    return {"float_epoch": float_step * batches, "qat_epoch": qat_step * batches, "val_pass": val_pass}
+
+
+def plan_epochs(recipe: Recipe, timing: dict[str, float], seconds: float) -> int:
+    """The most float epochs that, with the recipe's QAT epochs, fit ``seconds``."""
+    usable = seconds * (1 - DEPLOY_MARGIN)
+    qat = recipe.qat_epochs * (timing["qat_epoch"] + timing["val_pass"])
+    return int((usable - qat) // (timing["float_epoch"] + timing["val_pass"]))
+
+
+def deploy(arch_json: dict[str, Any], recipe_json: dict[str, Any], checkpoint: str) -> dict[str, Any]:
+    """Train one model for deployment and measure its int8 test accuracy (in a worker process).
+
+    The trained weights and int8 ranges are kept in var/headline/model-<n>.pt for ``--verify``.
+    """
+    t0 = time.perf_counter()
+    arch, recipe, data = arch_from_json(arch_json), Recipe.from_json(recipe_json), _dataset()
+    result = train_for_deployment(arch, data, recipe, checkpoint, threads=1)
+    train_idx, _ = split_indices(data.y_train, recipe.split)
+    model = build_model(arch)
+    model.load_state_dict(result.state_dict)
+    qm = quantize(arch, model.eval(), data.x_train[calibration_indices(train_idx)], ranges=result.ranges)
+    try:  # keeping the model must never cost the measurement
+        MODELS.mkdir(parents=True, exist_ok=True)
+        kept = {"arch": arch_json, "recipe": recipe_json, "state_dict": result.state_dict}
+        torch.save(kept | {"ranges": json.dumps(result.ranges)}, MODELS / f"model-{Path(checkpoint).stem}.pt")
+    except Exception as exc:
+        print(f"could not keep the model: {exc}", flush=True)
+    return {
+        "float_test": result.test_accuracy,
+        "int8_test": int8_accuracy(qm, data.x_test, data.y_test),
+        "int8_val": result.int8_val_accuracy,
+        "best_epoch": result.best_epoch,
+        "history": [h.to_json() for h in result.history],
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def search_int8(arch_json: dict[str, Any], fidelity: dict[str, Any]) -> float:
+    """Int8 test accuracy of a candidate at the search's fidelity (post-training quantisation)."""
+    arch, data = arch_from_json(arch_json), _dataset()
+    r = train_and_evaluate(arch, data, Fidelity(**fidelity))
+    model = build_model(arch)
+    model.load_state_dict(r.state_dict)
+    train_idx, _ = split_indices(data.y_train, Fidelity(**fidelity))
+    qm = quantize(arch, model.eval(), data.x_train[calibration_indices(train_idx)])
+    return int8_accuracy(qm, data.x_test, data.y_test)
+
+
+def pick(log: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """The ``k`` best distinct architectures by validation accuracy (selected on validation)."""
+    seen: set[str] = set()
+    out: list[dict[str, Any]] = []
+    for entry in sorted(log, key=lambda e: -e["val"]):
+        key = json.dumps(entry["arch"], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(entry)
+        if len(out) == k:
+            break
+    return out
+
+
+def run_deployment(
+    chosen: list[dict[str, Any]], minutes: float, pool: ProcessPoolExecutor, jobs: int
+) -> dict[str, Any]:
+    start = time.monotonic()
+    recipe = base_recipe()
+    timings = [f.result() for f in [pool.submit(probe, c["arch"], recipe.to_json()) for c in chosen]]
+    rounds = -(-len(chosen) // jobs)  # trainings run ``jobs`` at a time
+    share = (minutes * 60 - (time.monotonic() - start)) / rounds
+    plans = [replace(recipe, epochs=max(1, plan_epochs(recipe, t, share))) for t in timings]
+    for c, t, r in zip(chosen, timings, plans, strict=True):
+        print(
+            f"deploy: val {c['val']:.4f}, {c['macs']:,} MACs: float epoch {t['float_epoch']:.0f} s, "
+            f"QAT epoch {t['qat_epoch']:.0f} s, validation {t['val_pass']:.0f} s -> {r.epochs} + "
+            f"{r.qat_epochs} epochs",
+            flush=True,
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        futures = [
+            pool.submit(deploy, c["arch"], r.to_json(), str(Path(tmp) / f"{n}.pt"))
+            for n, (c, r) in enumerate(zip(chosen, plans, strict=True))
+        ]
+        results = [f.result() for f in futures]
+    return {
+        "results": results,
+        "recipes": [r.to_json() for r in plans],
+        "timings": timings,
+        "seconds": time.monotonic() - start,
+    }
+
+
+# ---- the deployed models' headers, verified --------------------------------------------------------
+
+
+def verify_models(core: str, clock_mhz: float) -> str:
+    """Build each kept model's C header and verify it as Verify does; a Markdown paragraph."""
+    from searches.engine.deploy.verify import verify_export
+
+    data = _dataset()
+    lines = [
+        f"**The headers, verified** (`python bench/bench_headline.py --verify`; {core} at {clock_mhz:g} MHz, "
+        f"{SRAM_KB} KB SRAM / {FLASH_KB} KB flash; the steps of the candidate page's Verify)",
+        "",
+        "| model | host: C int8 test accuracy (bit-exact with the reference) | Cortex-M build: flash / RAM "
+        "| QEMU: outputs equal | instructions per inference |",
+        "|---|---|---|---|---|",
+    ]
+    for path in sorted(MODELS.glob("model-*.pt")):
+        kept = torch.load(path, map_location="cpu", weights_only=True)
+        arch, recipe = arch_from_json(kept["arch"]), Recipe.from_json(kept["recipe"])
+        ranges = {k: (float(lo), float(hi)) for k, (lo, hi) in json.loads(kept["ranges"]).items()}
+        model = build_model(arch)
+        model.load_state_dict(kept["state_dict"])
+        train_idx, _ = split_indices(data.y_train, recipe.split)
+        qm = quantize(arch, model.eval(), data.x_train[calibration_indices(train_idx)], ranges=ranges)
+        result = verify_export(
+            qm,
+            f"fmnist_{path.stem.replace('-', '_')}",
+            core=core,
+            flash_limit_bytes=FLASH_KB * 1024,
+            sram_limit_bytes=SRAM_KB * 1024,
+            clock_mhz=clock_mhz,
+            test_x=data.x_test,
+            test_y=data.y_test,
+        )
+        steps = {s.key: s for s in result.steps}
+        for s in result.steps:
+            print(f"{path.stem} {s.key}: {s.status} - {s.message}", flush=True)
+        host, arm, qemu, count = (steps[k] for k in ("host", "arm_build", "qemu", "instructions"))
+        n = int(path.stem.split("-")[1]) + 1
+        flash, ram = arm.numbers.get("flash_bytes", 0), arm.numbers.get("ram_bytes", 0)
+        lines.append(
+            f"| {n} | {host.status}: {host.numbers.get('c_accuracy', float('nan')):.4f} "
+            f"(reference {host.numbers.get('python_int8_accuracy', float('nan')):.4f}) "
+            f"| {arm.status}: {flash:,} B / {ram:,} B | {qemu.status} "
+            f"| {count.numbers.get('instructions_per_inference', 0):,} |"
+        )
+    return "\n".join(lines)
+
+
+# ---- the report --------------------------------------------------------------------------------
+
+
+def pareto(points: list[tuple[float, int]]) -> list[bool]:
+    """Which (int8 accuracy, peak SRAM) points no other point beats on both."""
+    return [not any(a2 >= a and s2 <= s and (a2, s2) != (a, s) for a2, s2 in points) for a, s in points]
+
+
+def report(
+    args: argparse.Namespace, search: dict[str, Any], chosen: list[dict[str, Any]], dep: dict[str, Any]
+) -> str:
+    log = search["log"]
+    best = max(log, key=lambda e: e["val"])
+    by_minute = [
+        (m, max((e["val"] for e in log if e["t"] <= m * 60), default=0.0))
+        for m in (5, 15, 30, 45, 60)
+        if m <= args.search_minutes
+    ]
+    results = dep["results"]
+    top = max(range(len(results)), key=lambda i: results[i]["int8_val"])  # selected on validation
+    front = pareto([(r["int8_test"], c["peak_sram_bytes"]) for r, c in zip(results, chosen, strict=True)])
+    load = os.getloadavg()[0]
+    lines = [
+        f"Command: `python bench/bench_headline.py --search-minutes {args.search_minutes:g} "
+        f"--deploy-minutes {args.deploy_minutes:g} --jobs {args.jobs} --top-k {args.top_k} "
+        f"--seed {args.seed} --write`",
+        f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, torch "
+        f"{torch.__version__} CPU, one thread per process, {args.jobs} processes; 1-minute load "
+        f"average {load:.1f} at the end. Architectures: docs/headline-fashion-mnist.json.",
+        "",
+        f"Fashion-MNIST (28x28x1, 60,000 train / 10,000 test) under {SRAM_KB} KB peak SRAM, "
+        f"{FLASH_KB} KB flash and {MAX_MACS:,} MACs, as `manage.py search --dataset fashion-mnist "
+        f"--sram-kb {SRAM_KB} --flash-kb {FLASH_KB} --max-macs {MAX_MACS}` configures it: aging "
+        f"evolution, population {search['population']}, sample {search['sample_size']}, the default "
+        "fidelity (2 epochs on 10,000 images).",
+        "",
+        "**Search**",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| wall time | {search['seconds'] / 60:.1f} min |",
+        f"| candidates trained / failed / abandoned at the deadline | {len(log)} / {search['failed']} / "
+        f"{search['abandoned']} |",
+        f"| children rejected before training (over the limits) | {search['rejected']} |",
+        f"| best by validation accuracy: val / test (float, search fidelity) | {best['val']:.4f} / "
+        f"{best['test']:.4f} |",
+        f"| its peak SRAM / flash / MACs | {best['peak_sram_bytes']:,} B / {best['flash_bytes']:,} B / "
+        f"{best['macs']:,} |",
+        "| best validation accuracy after "
+        + " / ".join(f"{m}" for m, _ in by_minute)
+        + " min | "
+        + " / ".join(f"{v:.4f}" for _, v in by_minute)
+        + " |",
+        "",
+        f"**Training for deployment** ({dep['seconds'] / 60:.1f} min wall; the top {len(chosen)} "
+        f"distinct candidates by search validation accuracy, {args.jobs} at a time; recipe: batch "
+        f"{dep['recipes'][0]['batch_size']}, AdamW lr {dep['recipes'][0]['lr']:g} on a cosine "
+        f"schedule, weight decay {dep['recipes'][0]['weight_decay']:g}, augmentation "
+        "(rotation ±0.2 rad with p 0.3, shifts ±2 px, horizontal flips), then "
+        f"{dep['recipes'][0]['qat_epochs']} QAT epochs at lr {dep['recipes'][0]['qat_lr']:g}; the epoch "
+        "with the best int8 validation accuracy is kept)",
+        "",
+        "| model | peak SRAM | flash | MACs | search val | search-fidelity int8 test (PTQ) | float + QAT "
+        "epochs (kept) | float test | **int8 test** | time | int8 Pareto (vs SRAM) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n, (c, r, recipe, on_front) in enumerate(zip(chosen, results, dep["recipes"], front, strict=True)):
+        name = f"{n + 1}" + (" (selected)" if n == top else "")
+        lines.append(
+            f"| {name} | {c['peak_sram_bytes']:,} B | {c['flash_bytes']:,} B | {c['macs']:,} | "
+            f"{c['val']:.4f} | {c['search_int8']:.4f} | {recipe['epochs']} + {recipe['qat_epochs']} "
+            f"({r['best_epoch']}) | {r['float_test']:.4f} | **{r['int8_test']:.4f}** | "
+            f"{r['seconds'] / 60:.1f} min | {'yes' if on_front else 'no'} |"
+        )
+    sel = results[top]
+    lines += [
+        "",
+        f"The deployable model selected on int8 validation accuracy (model {top + 1}) scores "
+        f"**{sel['int8_test']:.2%} int8** ({sel['float_test']:.2%} float) on the test split, "
+        f"{sel['int8_test'] - chosen[top]['search_int8']:+.2%} over its search-fidelity int8 accuracy. "
+        "Goal (issue 10): ≥ 93.0% int8 within 60 + 60 minutes; AutoMCU reports 91.28% under the same "
+        f"SRAM and flash. {'Met' if sel['int8_test'] >= 0.93 else 'Not met'} here.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--search-minutes", type=float, default=60.0)
+    parser.add_argument("--deploy-minutes", type=float, default=60.0)
+    parser.add_argument("--jobs", type=int, default=2, help="trainings side by side (one thread each)")
+    parser.add_argument("--top-k", type=int, default=2, help="candidates trained for deployment")
+    parser.add_argument("--population", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="", help="also write every number as JSON to this file")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="only verify the headers of the models the last run kept (var/headline/), as Verify does",
+    )
+    parser.add_argument("--core", default="cortex-m4f", help="with --verify: the Cortex-M core")
+    parser.add_argument("--clock-mhz", type=float, default=80.0, help="with --verify: its clock")
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.verify:
+        text = verify_models(args.core, args.clock_mhz)
+        print(text)
+        if args.write:
+            replace_section(ROOT / "docs" / "benchmarks.md", "Fashion-MNIST headline: the headers", text)
+        return
+    config, _ = search_config(args.seed, args.population)
+    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=_worker_init)
+    try:
+        search = run_search(config, args.search_minutes, pool, args.jobs)
+    finally:  # the trainings still in flight at the deadline are abandoned, not waited for
+        for process in list(pool._processes.values()):  # no public way to stop them
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+    print(f"search done: {len(search['log'])} trained in {search['seconds'] / 60:.1f} min", flush=True)
+    chosen = pick(search["log"], args.top_k)
+    with ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=_worker_init) as pool:
+        dep = run_deployment(chosen, args.deploy_minutes, pool, args.jobs)
+        # Outside both phases' time: the chosen candidates' int8 accuracy at the search's fidelity.
+        ptq = [pool.submit(search_int8, c["arch"], config.fidelity) for c in chosen]
+        for c, f in zip(chosen, ptq, strict=True):
+            c["search_int8"] = f.result()
+    text = report(args, search, chosen, dep)
+    print(text)
+    record = {"args": vars(args), "search": search, "chosen": chosen, "deployment": dep}
+    if args.out:
+        Path(args.out).write_text(json.dumps(record, indent=1))
+    if args.write:
+        replace_section(ROOT / "docs" / "benchmarks.md", "Fashion-MNIST headline", text)
+        archs = [c["arch"] for c in chosen]  # in the table's order
+        (ROOT / "docs" / "headline-fashion-mnist.json").write_text(json.dumps(archs, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
