@@ -19,8 +19,11 @@ whole run (the highest Y against the first backbone): its error, peak SRAM and f
 analogue of the MemNAS paper's λ figure, drawn to docs/memnas_lambda.png.
 
 Runs go to separate processes (``--jobs`` at a time, one torch thread each) and each run's
-curve is cached as JSON under var/bench_strategies/ (keyed by its settings), so an
-interrupted benchmark resumes where it stopped; ``--fresh`` ignores the cache.  ``--write``
+curve is stored as JSON under bench/results/strategies/ (keyed by its settings; committed, so
+that a benchmark longer than one sitting is finished by the next one, on any machine).  A run
+in progress saves its strategy's state and its curve after every evaluation
+(``<key>.partial.json``) and a killed or interrupted run resumes from there, its wall time
+carried over; ``--fresh`` ignores both.  ``--write``
 replaces the "Search strategies" section of docs/benchmarks.md and draws the curves to
 docs/strategies.png (matplotlib), or docs/strategies.svg when matplotlib is not installed.
 """
@@ -53,12 +56,12 @@ from searches.engine.strategies.driver import SearchEvent, run_search
 from searches.engine.strategies.memnas.strategy import efficiency_score
 from searches.engine.strategies.objectives import pareto_front
 from searches.engine.strategies.options import MemNASConfig
-from searches.engine.strategies.registry import make_strategy
+from searches.engine.strategies.registry import from_state_json, make_strategy
 from searches.engine.training.train import Fidelity
 
 TITLE = "Search strategies"
 SWEEP_TITLE = "MemNAS λ sweep"
-CACHE = ROOT / "var" / "bench_strategies"
+CACHE = ROOT / "bench" / "results" / "strategies"
 STRATEGY_LABELS = {"aging_evolution": "aging evolution", "memnas": "MemNAS", "random": "random search"}
 
 
@@ -218,10 +221,26 @@ def make_config(dataset: Any, strategy: str, seed: int, budget: int, setting: Se
     )
 
 
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def run_one(
-    dataset_name: str, strategy_name: str, seed: int, budget: int, setting: Setting, minutes: float
+    dataset_name: str,
+    strategy_name: str,
+    seed: int,
+    budget: int,
+    setting: Setting,
+    minutes: float,
+    checkpoint: Path | None = None,
 ) -> dict[str, Any]:
-    """Run one search; returns its evaluations (objectives or None for failures) and timings."""
+    """Run one search; returns its evaluations (objectives or None for failures) and timings.
+
+    With ``checkpoint`` the strategy's state and the evaluations so far are saved there after
+    every evaluation, and a run finding one resumes from it (the time already spent counts).
+    """
     from searches.engine.training.datasets import load_dataset
     from searches.engine.training.train import train_and_evaluate
 
@@ -229,9 +248,15 @@ def run_one(
     config = make_config(dataset, strategy_name, seed, budget, setting)
     fidelity = Fidelity(**config.fidelity)
     strategy = make_strategy(config)
-    start = time.monotonic()
-    deadline = start + minutes * 60
     evaluations: list[dict[str, Any]] = []
+    spent = 0.0
+    if checkpoint is not None and checkpoint.exists():
+        saved = json.loads(checkpoint.read_text())
+        strategy = from_state_json(saved["state"])
+        evaluations, spent = saved["evaluations"], saved["seconds"]
+        print(f"resuming {checkpoint.name}: {len(evaluations)} evaluations, {spent / 60:.1f} min", flush=True)
+    start = time.monotonic() - spent
+    deadline = start + minutes * 60
 
     def evaluate(arch, proposal):  # type: ignore[no-untyped-def]
         r = train_and_evaluate(arch, dataset, fidelity)
@@ -245,6 +270,9 @@ def run_one(
             row["objectives"] = list(event.member.objectives)
             row["test"] = event.member.result.test_accuracy
         evaluations.append(row)
+        if checkpoint is not None:
+            state = {"state": strategy.state_to_json(), "evaluations": evaluations}
+            _write_atomically(checkpoint, json.dumps(state | {"seconds": time.monotonic() - start}))
 
     run_search(strategy, evaluate, on_event, should_stop=lambda: time.monotonic() > deadline)
     return {
@@ -317,6 +345,8 @@ def _run_args(args: argparse.Namespace) -> list[str]:
         out += ["--epochs", str(args.epochs)]
     if args.train_subset is not None:
         out += ["--train-subset", str(args.train_subset)]
+    if args.fresh:
+        out.append("--fresh")
     return out
 
 
@@ -676,10 +706,21 @@ def main() -> None:
 
     if args.one:
         dataset, strategy, seed, out = args.one
+        path = Path(out)
+        partial = path.with_name(path.name.replace(".json", ".partial.json"))
+        if args.fresh:
+            partial.unlink(missing_ok=True)
         result = run_one(
-            dataset, strategy, int(seed), args.budget, dataset_setting(dataset, args), args.minutes_per_run
+            dataset,
+            strategy,
+            int(seed),
+            args.budget,
+            dataset_setting(dataset, args),
+            args.minutes_per_run,
+            checkpoint=partial,
         )
-        Path(out).write_text(json.dumps(result))
+        _write_atomically(path, json.dumps(result))
+        partial.unlink(missing_ok=True)
         return
 
     if args.lambda_sweep:

@@ -88,3 +88,55 @@ def test_sweep_rows_average_the_picks_over_seeds() -> None:
     rows = sweep_rows(results, args)
     assert [(r["lambda"], r["sram"], r["flash"]) for r in rows] == [(0.0, 200, 300), (1.0, 4000, 5000)]
     assert rows[1]["error"] == pytest.approx(0.1) and rows[0]["best_acc"] == pytest.approx(0.9)
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted_one(tmp_path) -> None:
+    """A real benchmark run is SIGKILLed mid-search; run again, it continues from its last evaluation."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests._processes import REPO, wait_for
+
+    def command(out: str) -> list[str]:
+        # 4 epochs so that the run is still going when it is killed (one candidate: ~0.1 s each epoch)
+        return [
+            sys.executable, "bench/bench_strategies.py", "--budget", "6", "--epochs", "4",
+            "--one", "digits", "random", "0", out,
+        ]  # fmt: skip
+
+    whole = tmp_path / "whole.json"
+    subprocess.run(command(str(whole)), cwd=REPO, check=True, capture_output=True, timeout=300)
+    cut = tmp_path / "cut.json"
+    partial = tmp_path / "cut.partial.json"
+
+    def evaluations_saved() -> int:
+        try:
+            return len(json.loads(partial.read_text())["evaluations"])
+        except (FileNotFoundError, json.JSONDecodeError):
+            return 0
+
+    proc = subprocess.Popen(command(str(cut)), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: evaluations_saved() >= 2 or proc.poll() is not None, 240, "two evaluations saved")
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    saved = evaluations_saved()
+    assert 2 <= saved < 6 and not cut.exists(), "the run must be killed mid-search"
+    time.sleep(0.1)
+    resumed = subprocess.run(
+        command(str(cut)), cwd=REPO, check=True, capture_output=True, text=True, timeout=300
+    )
+
+    assert f"resuming cut.partial.json: {saved} evaluations" in resumed.stdout
+    assert not partial.exists()
+    a, b = json.loads(whole.read_text()), json.loads(cut.read_text())
+    assert [e["id"] for e in b["evaluations"]] == [e["id"] for e in a["evaluations"]]
+    assert [e["objectives"] for e in b["evaluations"]] == [e["objectives"] for e in a["evaluations"]]
+    # the time before the kill is carried over: the clock never goes back
+    times = [e["t"] for e in b["evaluations"]]
+    assert times == sorted(times)
