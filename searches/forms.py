@@ -48,6 +48,10 @@ MEMNAS_RANKER_CHOICES = [
     ("candidate", "Per candidate (a GRU scores each child alone)"),
     ("list", "List (a second GRU reads a round's children together)"),
 ]
+MEMNAS_MEMORY_SCALE_CHOICES = [
+    ("backbone", "Backbone (the paper: a change relative to the backbone's memory)"),
+    ("budget", "Board budget (a change relative to the SRAM and flash limits)"),
+]
 
 
 class SignupForm(UserCreationForm):
@@ -243,6 +247,14 @@ class NewRunForm(forms.Form):
         initial=MemNASConfig.ranker,
         required=False,
         help_text="How the children of a round are ranked before the top-k are trained.",
+    )
+    memnas_memory_scale = forms.ChoiceField(
+        label="MemNAS memory scale",
+        choices=MEMNAS_MEMORY_SCALE_CHOICES,
+        initial=MemNASConfig.memory_scale,
+        required=False,
+        help_text="What the score divides a memory change by. Relative to a tiny backbone every "
+        "growth looks expensive; relative to the SRAM and flash limits it costs its share of the board.",
     )
     fidelity_schedule = forms.ChoiceField(
         label="Fidelity schedule",

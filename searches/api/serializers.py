@@ -161,6 +161,7 @@ MEMNAS_FIELDS = (
     "memnas_seed_backbone",
     "memnas_round0_size",
     "memnas_ranker",
+    "memnas_memory_scale",
 )
 
 
@@ -259,6 +260,14 @@ class RunCreateSerializer(serializers.Serializer):
         allow_null=True,
         default=None,
         help_text=f"MemNAS only: ranking model, candidate or list (default {MemNASConfig.ranker}).",
+    )
+    memnas_memory_scale = serializers.ChoiceField(
+        choices=limits.MEMNAS_MEMORY_SCALE_CHOICES,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="MemNAS only: what the score divides memory changes by, backbone (the paper) or "
+        f"budget (the SRAM and flash limits) (default {MemNASConfig.memory_scale}).",
     )
     fidelity_schedule = serializers.ChoiceField(
         choices=FIDELITY_SCHEDULES,

@@ -44,6 +44,8 @@ class RunRequest:
     memnas_seed_backbone: str | None = None
     memnas_round0_size: int | None = None
     memnas_ranker: str | None = None
+    # MemNAS only: what Y divides memory changes by ("backbone", "budget"); None: the default.
+    memnas_memory_scale: str | None = None
     # μNAS structured pruning: the (low, high) range of each candidate's sparsity gene, or None.
     sparsity: tuple[float, float] | None = None
     # When the search ends, train its top K Pareto candidates for deployment (0: do not).
@@ -81,6 +83,7 @@ def strategy_options_for(request: RunRequest) -> dict[str, Any]:
         "seed_backbone": request.memnas_seed_backbone,
         "round0_size": request.memnas_round0_size,
         "ranker": request.memnas_ranker,
+        "memory_scale": request.memnas_memory_scale,
     }
     return {key: value for key, value in options.items() if value is not None}
 

@@ -145,6 +145,7 @@ def make_config(
 
 _SEED_LABELS = {"minimal": "minimal seed", "random": "random seed", "single_blocks": "round 0"}
 _RANKER_LABELS = {"candidate": "per candidate", "list": "list"}
+_MEMORY_SCALE_LABELS = {"backbone": "the backbone's", "budget": "the board's budget"}
 
 
 def strategy_settings(strategy: str, config: dict[str, Any]) -> list[tuple[str, str]]:
@@ -175,6 +176,7 @@ def strategy_settings(strategy: str, config: dict[str, Any]) -> list[tuple[str, 
         ("top-k", str(options.top_k)),
         ("start", start),
         ("ranking model", _RANKER_LABELS[options.ranker]),
+        ("memory scale", _MEMORY_SCALE_LABELS[options.memory_scale]),
     ]
 
 

@@ -307,6 +307,7 @@ def test_run_create_takes_memnas_settings(api, user, enqueued, django_capture_on
         "memnas_seed_backbone": "single_blocks",
         "memnas_round0_size": 3,
         "memnas_ranker": "list",
+        "memnas_memory_scale": "budget",
     }
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -316,7 +317,9 @@ def test_run_create_takes_memnas_settings(api, user, enqueued, django_capture_on
     run = SearchRun.objects.get(owner=user)
     assert run.strategy == "memnas"
     # Every MemNAS setting is recorded with the run, the defaults (here β) filled in.
-    expected = MemNASConfig(lam=0.2, top_k=2, seed_backbone="single_blocks", round0_size=3, ranker="list")
+    expected = MemNASConfig(
+        lam=0.2, top_k=2, seed_backbone="single_blocks", round0_size=3, ranker="list", memory_scale="budget"
+    )
     assert run.config["strategy_options"] == expected.to_json()
     assert enqueued == [run.pk]
 
@@ -332,6 +335,8 @@ def test_run_create_takes_memnas_settings(api, user, enqueued, django_capture_on
         ({"strategy": "random", "memnas_top_k": 2}, "memnas_top_k", "Only MemNAS runs take this setting."),
         ({"strategy": "memnas", "memnas_seed_backbone": "big"}, "memnas_seed_backbone", "not a valid choice"),
         ({"strategy": "memnas", "memnas_ranker": "tree"}, "memnas_ranker", "not a valid choice"),
+        ({"strategy": "memnas", "memnas_memory_scale": "flash"}, "memnas_memory_scale", "not a valid choice"),
+        ({"strategy": "random", "memnas_memory_scale": "budget"}, "memnas_memory_scale", "Only MemNAS runs"),
         (
             {"strategy": "memnas", "memnas_seed_backbone": "single_blocks", "memnas_round0_size": 0},
             "memnas_round0_size",

@@ -9,7 +9,7 @@ from django.urls import reverse
 
 from searches import events
 from searches import queue as task_queue
-from searches.engine.strategies.options import RANKERS, SEED_KINDS, MemNASConfig
+from searches.engine.strategies.options import MEMORY_SCALES, RANKERS, SEED_KINDS, MemNASConfig
 from searches.models import Candidate, Dataset, HardwareProfile, SearchRun
 from searches.services.runs import default_fidelity
 from tests.web.factories import make_candidate, make_profile, make_project, make_run
@@ -149,14 +149,22 @@ def test_new_run_form_offers_memnas(client, user):
         form["memnas_seed_backbone"].value(),
         form["memnas_round0_size"].value(),
         form["memnas_ranker"].value(),
-    ) == (defaults.seed_backbone, defaults.round0_size, defaults.ranker)
+        form["memnas_memory_scale"].value(),
+    ) == (defaults.seed_backbone, defaults.round0_size, defaults.ranker, defaults.memory_scale)
     assert [value for value, _ in form.fields["memnas_seed_backbone"].choices] == list(SEED_KINDS)
     assert [value for value, _ in form.fields["memnas_ranker"].choices] == list(RANKERS)
+    assert [value for value, _ in form.fields["memnas_memory_scale"].choices] == list(MEMORY_SCALES)
     body = response.content.decode()
     assert 'id="memnas-options"' in body and 'id="evolution-options"' in body
     assert 'id="memnas-start-options"' in body and 'id="memnas-round0"' in body
     # Each MemNAS setting explains itself.
-    for name in ("memnas_top_k", "memnas_seed_backbone", "memnas_round0_size", "memnas_ranker"):
+    for name in (
+        "memnas_top_k",
+        "memnas_seed_backbone",
+        "memnas_round0_size",
+        "memnas_ranker",
+        "memnas_memory_scale",
+    ):
         assert form.fields[name].help_text and form.fields[name].help_text in body
 
 
@@ -178,6 +186,7 @@ def test_new_run_takes_memnas_settings(client, user, enqueued, django_capture_on
                 memnas_seed_backbone="single_blocks",
                 memnas_round0_size=4,
                 memnas_ranker="list",
+                memnas_memory_scale="budget",
                 sample_size=9,
             ),
         )
@@ -186,7 +195,13 @@ def test_new_run_takes_memnas_settings(client, user, enqueued, django_capture_on
     assert response.status_code == 302
     assert run.strategy == "memnas"
     expected = MemNASConfig(
-        lam=0.3, beta=0.9, top_k=2, seed_backbone="single_blocks", round0_size=4, ranker="list"
+        lam=0.3,
+        beta=0.9,
+        top_k=2,
+        seed_backbone="single_blocks",
+        round0_size=4,
+        ranker="list",
+        memory_scale="budget",
     )
     assert run.config["strategy_options"] == expected.to_json()
     assert enqueued == [run.pk]
@@ -197,6 +212,7 @@ def test_new_run_takes_memnas_settings(client, user, enqueued, django_capture_on
         assert text in settings
     assert "start <strong>round 0 of 4</strong>" in settings
     assert "ranking model <strong>list</strong>" in settings
+    assert "memory scale <strong>the board&#x27;s budget</strong>" in settings
 
 
 def test_new_run_records_every_memnas_setting_with_the_defaults(
@@ -419,6 +435,7 @@ def test_detail_works_for_a_memnas_run(client, user):
         ("top-k", str(MemNASConfig().top_k)),
         ("start", "minimal seed"),
         ("ranking model", "per candidate"),
+        ("memory scale", "the backbone's"),
     ]
 
 

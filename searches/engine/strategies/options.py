@@ -9,6 +9,8 @@ SeedKind = Literal["minimal", "random", "single_blocks"]
 SEED_KINDS: tuple[str, ...] = ("minimal", "random", "single_blocks")
 RankerKind = Literal["candidate", "list"]
 RANKERS: tuple[str, ...] = ("candidate", "list")
+MemoryScaleKind = Literal["backbone", "budget"]
+MEMORY_SCALES: tuple[str, ...] = ("backbone", "budget")
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,9 @@ class MemNASConfig:
     history_limit: int = 300
     # "candidate": each child scored alone; "list": MemNAS's ranking GRU across a round's children.
     ranker: RankerKind = "candidate"
+    # What a memory change is divided by in Y: the backbone's own memory (the paper's formula) or
+    # the board's budget (the search's SRAM and flash limits, else its bounds).
+    memory_scale: MemoryScaleKind = "backbone"
     hidden: int = 24
     train_steps: int = 30
     lr: float = 0.02
@@ -45,6 +50,8 @@ class MemNASConfig:
             raise ValueError(f"seed_backbone must be one of {', '.join(SEED_KINDS)}")
         if self.ranker not in RANKERS:
             raise ValueError(f"ranker must be one of {', '.join(RANKERS)}")
+        if self.memory_scale not in MEMORY_SCALES:
+            raise ValueError(f"memory_scale must be one of {', '.join(MEMORY_SCALES)}")
         if not self.lr > 0:
             raise ValueError("lr must be positive")
 

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from searches.engine.strategies.config import ERROR_OBJECTIVES, FIDELITY_SCHEDULES, STRATEGIES, SearchConfig
 from searches.engine.strategies.driver import SearchEvent
-from searches.engine.strategies.options import RANKERS, SEED_KINDS, MemNASConfig
+from searches.engine.strategies.options import MEMORY_SCALES, RANKERS, SEED_KINDS, MemNASConfig
 from searches.engine.training.datasets import DATASETS, DatasetError
 from searches.engine.training.train import Fidelity
 from searches.models import Candidate, HardwareProfile, SearchRun
@@ -24,6 +24,7 @@ MEMNAS_FLAGS = {
     "memnas_seed_backbone": "seed_backbone",
     "memnas_round0_size": "round0_size",
     "memnas_ranker": "ranker",
+    "memnas_memory_scale": "memory_scale",
 }
 
 
@@ -89,6 +90,12 @@ class Command(BaseCommand):
         )
         memnas.add_argument(
             "--memnas-ranker", choices=RANKERS, help=f"ranking model of the children ({defaults.ranker})"
+        )
+        memnas.add_argument(
+            "--memnas-memory-scale",
+            choices=MEMORY_SCALES,
+            help="what the score divides memory changes by: the backbone's memory (the paper) or "
+            f"the board's budget ({defaults.memory_scale})",
         )
         parser.add_argument("--epochs", type=int, help="training epochs per candidate")
         parser.add_argument("--train-subset", type=int, help="train on at most this many samples")

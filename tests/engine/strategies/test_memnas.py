@@ -307,6 +307,40 @@ def test_the_backbone_moves_toward_better_scores() -> None:
     assert efficiency_score(*_triple(backbone), _triple(seed), options.lam, options.beta) > 0
 
 
+def test_budget_scaled_memory_terms_hand_computed() -> None:
+    reference = (0.8, 1000.0, 2000.0)
+    # Doubling a small network's memory costs the whole backbone in the paper's Y ...
+    assert efficiency_score(0.88, 2000, 4000, reference, lam=0.5, beta=0.7) == pytest.approx(
+        0.5 * 0.1 + 0.5 * (0.7 * -1 + 0.3 * -1)
+    )
+    # ... and only its share of a 64,000 B board when divided by the budget.
+    scale = (64_000.0, 64_000.0)
+    assert efficiency_score(0.88, 2000, 4000, reference, 0.5, 0.7, scale) == pytest.approx(
+        0.5 * 0.1 + 0.5 * (0.7 * -1000 / 64_000 + 0.3 * -2000 / 64_000)
+    )
+    assert efficiency_score(*reference, reference, 0.5, 0.7, scale) == 0
+
+
+def test_memory_scale_budget_grows_past_where_the_papers_score_stops() -> None:
+    """With fake accuracies that grow with the filters, the budget scale ends on a larger backbone."""
+    limits = Limits(sram_bytes=64_000, flash_bytes=64_000)
+    ends = {}
+    for scale in ("backbone", "budget"):
+        strategy = make_strategy(
+            config(budget=25, limits=limits, options={"top_k": 3, "memory_scale": scale})
+        )
+        assert isinstance(strategy, MemNAS) and strategy.options.memory_scale == scale
+        run_search(strategy, fake_evaluate)
+        assert strategy.backbone is not None
+        ends[scale] = strategy.backbone
+    assert total_filters(ends["budget"].architecture) > total_filters(ends["backbone"].architecture)
+    assert ends["budget"].result.val_accuracy > ends["backbone"].result.val_accuracy
+    # Resuming keeps the setting (it is part of the recorded options).
+    assert MemNASConfig.from_json(MemNASConfig(memory_scale="budget").to_json()).memory_scale == "budget"
+    with pytest.raises(ValueError, match="memory_scale must be one of backbone, budget"):
+        MemNASConfig(memory_scale="limits")  # type: ignore[arg-type]
+
+
 def test_without_improvement_the_best_child_becomes_the_backbone_after_patience_rounds() -> None:
     def flat(architecture: Architecture, proposal: Proposal) -> EvalResult:
         return EvalResult(val_accuracy=0.5)  # growth only costs memory: no child scores Y > 0

@@ -82,12 +82,18 @@ def efficiency_score(
     reference: tuple[float, float, float],
     lam: float,
     beta: float,
+    scale: tuple[float, float] | None = None,
 ) -> float:
-    """MemNAS's Y of (accuracy, peak SRAM, flash) relative to ``reference`` = the backbone's triple."""
+    """MemNAS's Y of (accuracy, peak SRAM, flash) relative to ``reference`` = the backbone's triple.
+
+    The memory changes are divided by ``scale`` = (SRAM, flash) when given (the board's budget),
+    else by the backbone's own memory as in the paper.
+    """
     a_ref, r_ref, p_ref = reference
+    r_scale, p_scale = scale if scale is not None else (r_ref, p_ref)
     # An accuracy of exactly 0 (a diverged backbone) would divide by zero; any gain is then huge.
     gain = (accuracy - a_ref) / max(a_ref, 1e-6)
-    memory = beta * (r_ref - sram) / r_ref + (1 - beta) * (p_ref - flash) / p_ref
+    memory = beta * (r_ref - sram) / r_scale + (1 - beta) * (p_ref - flash) / p_scale
     return lam * gain + (1 - lam) * memory
 
 
@@ -410,7 +416,20 @@ class MemNAS(SearchStrategy):
 
     def _score(self, member: Member, reference: tuple[float, float, float]) -> float:
         """MemNAS's Y of a member relative to ``reference``."""
-        return efficiency_score(*self._triple(member), reference, self.options.lam, self.options.beta)
+        return efficiency_score(
+            *self._triple(member), reference, self.options.lam, self.options.beta, self._memory_scale()
+        )
+
+    def _memory_scale(self) -> tuple[float, float] | None:
+        """What Y divides memory changes by: None (the backbone's memory) or the board's budget."""
+        if self.options.memory_scale == "backbone":
+            return None
+        limits, bounds = self.config.limits, self.config.bounds
+        sram = limits.sram_bytes or bounds.peak_sram_bytes
+        flash = limits.flash_bytes or bounds.flash_bytes
+        if sram is None or flash is None:  # no budget to divide by: the paper's formula
+            return None
+        return float(sram), float(flash)
 
     def _label(self, member: Member) -> None:
         self._history.append(
@@ -431,8 +450,11 @@ class MemNAS(SearchStrategy):
         a_ref, r_ref, p_ref = self._triple(backbone)
         lam, beta = self.options.lam, self.options.beta
         weight = lam / max(a_ref, 1e-6)
+        scale = self._memory_scale()
         offsets = [
-            efficiency_score(0.0, r["peak_sram_bytes"], r["flash_bytes"], (a_ref, r_ref, p_ref), lam, beta)
+            efficiency_score(
+                0.0, r["peak_sram_bytes"], r["flash_bytes"], (a_ref, r_ref, p_ref), lam, beta, scale
+            )
             for r in resources
         ]
         return weight, offsets
