@@ -18,7 +18,12 @@ Reported per arm (mean and per-seed values over the seeds):
 Usage:
 
     python bench/bench_fidelity.py [--dataset digits] [--seeds 0 1 2] [--cpu-seconds 60]
-        [--population 20] [--jobs 2] [--write]
+        [--population 20] [--arms off:float,asha:float] [--jobs 2] [--fresh] [--write]
+
+Each finished run is stored as JSON under bench/results/fidelity/ (keyed by its settings;
+committed), and a later invocation with the same settings reads it instead of running it again:
+a comparison of many CPU-hours is finished over several sittings (``--fresh`` runs everything
+again).  ``--arms`` picks some of the four arms.
 
 ``--write`` replaces the "Multi-fidelity and the int8 objective" section of docs/benchmarks.md.
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -46,6 +52,7 @@ ARMS = (("off", "float"), ("off", "int8"), ("asha", "float"), ("asha", "int8"))
 # (peak SRAM, flash) limits in bytes: the CLI's digits demo, and bench_strategies' Fashion-MNIST.
 LIMITS = {"digits": (2048, 4096), "fashion-mnist": (64_000, 64_000)}
 SECTION = "Multi-fidelity and the int8 objective"
+RESULTS = ROOT / "bench" / "results" / "fidelity"
 
 
 def _django() -> None:
@@ -138,6 +145,25 @@ def run_arm(
     }
 
 
+def parse_arms(text: str) -> list[tuple[str, str]]:
+    """``off:float,asha:int8`` -> [("off", "float"), ("asha", "int8")]; unknown arms are refused."""
+    arms = []
+    for item in text.split(","):
+        arm = tuple(item.strip().split(":"))
+        if arm not in ARMS:
+            known = ", ".join(f"{s}:{o}" for s, o in ARMS)
+            raise SystemExit(f"unknown arm {item.strip()!r}: one of {known}")
+        arms.append((arm[0], arm[1]))
+    return arms
+
+
+def result_path(dataset: str, seed: int, schedule: str, objective: str, cpu: float, population: int) -> Path:
+    """Where a run with these settings is stored (the hash also covers the limits)."""
+    settings = json.dumps([dataset, seed, schedule, objective, cpu, population, LIMITS[dataset]])
+    digest = hashlib.sha256(settings.encode()).hexdigest()[:10]
+    return RESULTS / f"{dataset}-{schedule}-{objective}-{seed}-{digest}.json"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="digits", choices=sorted(LIMITS))
@@ -147,17 +173,36 @@ def main() -> None:
     parser.add_argument(
         "--population", type=int, default=20, help="aging evolution's population (smaller for short runs)"
     )
+    parser.add_argument(
+        "--arms",
+        default=",".join(f"{s}:{o}" for s, o in ARMS),
+        help="schedule:objective pairs to run, comma-separated (default: all four)",
+    )
+    parser.add_argument("--fresh", action="store_true", help="run again what is stored")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
 
+    arms = parse_arms(args.arms)
     tasks = [
-        (args.dataset, seed, s, o, args.cpu_seconds, args.population) for seed in args.seeds for s, o in ARMS
+        (args.dataset, seed, s, o, args.cpu_seconds, args.population) for seed in args.seeds for s, o in arms
     ]
     wall = time.monotonic()
-    rows = []
+    rows, todo = [], []
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for task in tasks:
+        path = result_path(*task)
+        if path.exists() and not args.fresh:
+            rows.append(json.loads(path.read_text()))
+        else:
+            todo.append(task)
+    print(f"{len(rows)} run(s) stored, {len(todo)} to run", flush=True)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for row in pool.map(run_arm, *zip(*tasks, strict=True)):
+        for task, row in zip(todo, pool.map(run_arm, *zip(*todo, strict=True)) if todo else [], strict=True):
             print(json.dumps(row), flush=True)  # each run as it finishes: a cut-short bench still tells
+            path = result_path(*task)
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(json.dumps(row))
+            os.replace(tmp, path)
             rows.append(row)
     wall = time.monotonic() - wall
     text = report(args, rows, wall)
@@ -172,9 +217,12 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], wall: float) ->
     fidelity = {k: v for k, v in rows[0]["fidelity"].items() if k != "seed"}  # the seed is the run's
     lines = [
         f"Command: `nice -n 19 python bench/bench_fidelity.py --dataset {args.dataset} --seeds {seeds} "
-        f"--cpu-seconds {args.cpu_seconds:g} --population {args.population} --jobs {args.jobs} --write`",
+        f"--cpu-seconds {args.cpu_seconds:g} --population {args.population} --jobs {args.jobs}"
+        + ("" if parse_arms(args.arms) == list(ARMS) else f" --arms {args.arms}")
+        + " --write`",
         f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, torch CPU, "
-        f"{args.jobs} run(s) at a time, {wall / 60:.1f} min wall in all (shared with other work).",
+        f"{args.jobs} run(s) at a time, {wall / 60:.1f} min wall for the runs not already stored in "
+        "bench/results/fidelity/ (shared with other work).",
         "",
         f"Aging evolution on {args.dataset}, limits {sram:,} B SRAM / {flash:,} B flash, "
         f"population {args.population}, "
@@ -187,7 +235,7 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], wall: float) ->
         "| promotions |",
         "|---|---|---|---|---|---|",
     ]
-    for schedule, objective in ARMS:
+    for schedule, objective in parse_arms(args.arms):
         arm = [r for r in rows if r["schedule"] == schedule and r["objective"] == objective]
         best = ", ".join(f"{r['best_int8_test']:.3f}" for r in arm)
         hv = ", ".join(f"{r['hypervolume']:.4f}" for r in arm)
