@@ -18,7 +18,9 @@ start of QAT. The architecture, hence every resource number, is unchanged.
 
 After every epoch the int8 validation accuracy is measured (post-training quantisation in
 phase 1, the QAT model in phase 2; both compute exactly what the integer reference does) and
-the best epoch by it is the result: the deployed model is the int8 one.
+the best epoch by it is the result: the deployed model is the int8 one.  Epochs that tie on it
+(common on small validation splits: 144 images on digits) are resolved by ``Recipe.ties``:
+``"first"`` keeps the earliest, ``"latest"`` the latest (further along the schedule).
 
 Every epoch ends with a checkpoint (weights, optimizer, epoch, history, the best so far, QAT
 ranges and both RNG states) written atomically; called again with the same checkpoint path, the
@@ -58,6 +60,7 @@ from searches.engine.training.train import (
     split_indices,
 )
 
+TIE_RULES = ("first", "latest")
 CHECKPOINT_FORMAT = "nasweb.deploy-checkpoint"
 CHECKPOINT_VERSION = 1
 CALIBRATION_SAMPLES = 512
@@ -79,6 +82,7 @@ class Recipe:
     seed: int = 0
     augment: Augment | None = None
     average_last: int = 0  # average the weights of the last N float epochs (0: off)
+    ties: str = "first"  # which of the epochs tied on int8 validation accuracy is kept
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.qat_epochs < 0:
@@ -91,6 +95,8 @@ class Recipe:
             raise ValueError("val_fraction must be in (0, 1)")
         if not 0 <= self.average_last <= self.epochs:
             raise ValueError(f"average_last must lie in 0..epochs ({self.epochs}), not {self.average_last}")
+        if self.ties not in TIE_RULES:
+            raise ValueError(f"ties must be one of {', '.join(TIE_RULES)}, not {self.ties!r}")
 
     @property
     def total_epochs(self) -> int:
@@ -343,7 +349,8 @@ class _Run:
         stats = DeployEpoch(
             self.epoch, "qat" if self.epoch > self.recipe.epochs else "float", loss, val, int8_val, seconds
         )
-        if self.best is None or int8_val > self.best["int8_val_accuracy"]:
+        best = None if self.best is None else self.best["int8_val_accuracy"]
+        if best is None or int8_val > best or (self.recipe.ties == "latest" and int8_val == best):
             self.best = {
                 "epoch": self.epoch,
                 "state": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
@@ -378,6 +385,7 @@ class _Run:
         recipe = self.recipe.to_json()
         if not recipe["average_last"]:  # checkpoints written before the option stay resumable
             del recipe["average_last"]
+        del recipe["ties"]  # it picks among the epochs; the training itself is the same
         return json.dumps({"arch": self.arch.key(), "recipe": recipe}, sort_keys=True)
 
     def save(self) -> None:

@@ -167,6 +167,21 @@ def test_a_stopped_training_resumes_from_its_checkpoint_bit_for_bit(tmp_path: Pa
     assert resumed.int8_val_accuracy == straight.int8_val_accuracy
 
 
+def test_ties_on_int8_validation_keep_the_first_or_the_latest_epoch(tmp_path: Path) -> None:
+    """36 validation images: several epochs tie; the rule picks among them, the training is the same."""
+    data = digits()
+    first = Recipe(epochs=12, qat_epochs=1, batch_size=32, lr=2e-2, val_fraction=0.02)
+    a = train_for_deployment(SMALL, data, first, tmp_path / "first.pt")
+    b = train_for_deployment(SMALL, data, replace(first, ties="latest"), tmp_path / "latest.pt")
+    assert [replace(h, seconds=0.0) for h in a.history] == [replace(h, seconds=0.0) for h in b.history]
+    top = max(h.int8_val_accuracy for h in a.history)
+    tied = [h.epoch for h in a.history if h.int8_val_accuracy == top]
+    assert len(tied) >= 2, f"no tie to resolve: {[h.int8_val_accuracy for h in a.history]}"
+    assert (a.best_epoch, b.best_epoch) == (tied[0], tied[-1])
+    with pytest.raises(ValueError, match="ties must be one of first, latest"):
+        Recipe(ties="best")
+
+
 def test_a_checkpoint_of_another_training_is_refused(tmp_path: Path) -> None:
     data = digits()
     recipe = Recipe(epochs=1, qat_epochs=0, batch_size=64)
