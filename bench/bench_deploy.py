@@ -85,7 +85,9 @@ def variants(base: Recipe, dataset: str, shape: tuple[int, int, int]) -> dict[st
         "epochs/2": replace(base, epochs=max(1, base.epochs // 2)),
         "epochs*2": replace(base, epochs=base.epochs * 2),
         "batch*2": replace(base, batch_size=base.batch_size * 2),
-        "latest": replace(base, ties="latest"),
+        "first": replace(base, select="first"),
+        "latest": replace(base, select="latest"),
+        "1se": replace(base, select="1se"),
     }
 
 

@@ -18,9 +18,12 @@ start of QAT. The architecture, hence every resource number, is unchanged.
 
 After every epoch the int8 validation accuracy is measured (post-training quantisation in
 phase 1, the QAT model in phase 2; both compute exactly what the integer reference does) and
-the best epoch by it is the result: the deployed model is the int8 one.  Epochs that tie on it
-(common on small validation splits: 144 images on digits) are resolved by ``Recipe.ties``:
-``"first"`` keeps the earliest, ``"latest"`` the latest (further along the schedule).
+an epoch chosen by it is the result: the deployed model is the int8 one.  ``Recipe.select``
+says which: ``"first"`` the first epoch with the best int8 validation accuracy, ``"latest"`` the
+latest such epoch, ``"1se"`` the latest epoch within one standard error of the best (the
+one-standard-error rule: a validation split of n images measures an accuracy p only to about
+sqrt(p(1-p)/n), 2.5 points for digits' 144 images, so an earlier epoch that is better by less
+than that is noise, and the later one has trained further along the schedule).
 
 Every epoch ends with a checkpoint (weights, optimizer, epoch, history, the best so far, QAT
 ranges and both RNG states) written atomically; called again with the same checkpoint path, the
@@ -60,7 +63,7 @@ from searches.engine.training.train import (
     split_indices,
 )
 
-TIE_RULES = ("first", "latest")
+SELECTION_RULES = ("first", "latest", "1se")
 CHECKPOINT_FORMAT = "nasweb.deploy-checkpoint"
 CHECKPOINT_VERSION = 1
 CALIBRATION_SAMPLES = 512
@@ -82,7 +85,7 @@ class Recipe:
     seed: int = 0
     augment: Augment | None = None
     average_last: int = 0  # average the weights of the last N float epochs (0: off)
-    ties: str = "first"  # which of the epochs tied on int8 validation accuracy is kept
+    select: str = "1se"  # which epoch is kept: first / latest best, latest within 1 SE of the best
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.qat_epochs < 0:
@@ -95,8 +98,8 @@ class Recipe:
             raise ValueError("val_fraction must be in (0, 1)")
         if not 0 <= self.average_last <= self.epochs:
             raise ValueError(f"average_last must lie in 0..epochs ({self.epochs}), not {self.average_last}")
-        if self.ties not in TIE_RULES:
-            raise ValueError(f"ties must be one of {', '.join(TIE_RULES)}, not {self.ties!r}")
+        if self.select not in SELECTION_RULES:
+            raise ValueError(f"select must be one of {', '.join(SELECTION_RULES)}, not {self.select!r}")
 
     @property
     def total_epochs(self) -> int:
@@ -163,6 +166,24 @@ def int8_accuracy_sim(qat: QATModel, x: np.ndarray, y: np.ndarray) -> float:
         logits = qat.int8_logits(x[start : start + INT8_EVAL_BATCH])
         correct += int((logits.argmax(axis=1) == y[start : start + INT8_EVAL_BATCH]).sum())
     return correct / max(1, len(y))
+
+
+def keeps_epoch(rule: str, accuracy: float, kept: float | None, earlier: list[float], n_val: int) -> bool:
+    """Whether an epoch of int8 validation ``accuracy`` replaces the kept epoch (of ``kept``).
+
+    ``earlier``: the accuracies of the epochs before it; ``n_val``: validation images.  Applied
+    epoch by epoch this keeps the epoch ``Recipe.select`` names (see the module docstring): for
+    "1se" a new best is always kept (it is the latest within its own threshold), and a later
+    epoch within one standard error of the best so far replaces it.
+    """
+    if kept is None:
+        return True
+    if rule == "first":
+        return accuracy > kept
+    if rule == "latest":
+        return accuracy >= kept
+    top = max([accuracy, *earlier])
+    return accuracy >= top - math.sqrt(top * (1 - top) / max(1, n_val))
 
 
 def average_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -349,8 +370,7 @@ class _Run:
         stats = DeployEpoch(
             self.epoch, "qat" if self.epoch > self.recipe.epochs else "float", loss, val, int8_val, seconds
         )
-        best = None if self.best is None else self.best["int8_val_accuracy"]
-        if best is None or int8_val > best or (self.recipe.ties == "latest" and int8_val == best):
+        if self._keeps(int8_val):
             self.best = {
                 "epoch": self.epoch,
                 "state": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
@@ -359,6 +379,11 @@ class _Run:
                 "int8_val_accuracy": int8_val,
             }
         return stats
+
+    def _keeps(self, int8_val: float) -> bool:
+        kept = None if self.best is None else float(self.best["int8_val_accuracy"])
+        earlier = [h.int8_val_accuracy for h in self.history]
+        return keeps_epoch(self.recipe.select, int8_val, kept, earlier, len(self.data.y_val_np))
 
     def result(self, seconds: float, resumed_from: int) -> DeployResult:
         assert self.best is not None
@@ -385,7 +410,7 @@ class _Run:
         recipe = self.recipe.to_json()
         if not recipe["average_last"]:  # checkpoints written before the option stay resumable
             del recipe["average_last"]
-        del recipe["ties"]  # it picks among the epochs; the training itself is the same
+        del recipe["select"]  # it picks among the epochs; the training itself is the same
         return json.dumps({"arch": self.arch.key(), "recipe": recipe}, sort_keys=True)
 
     def save(self) -> None:

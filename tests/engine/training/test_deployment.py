@@ -15,7 +15,13 @@ from searches.engine.deploy.reference import run_int8
 from searches.engine.space.arch import Architecture, ConvBlock, ConvLayer, Dense, Pooling
 from searches.engine.training.augment import Augment, augment_batch, for_dataset
 from searches.engine.training.datasets import Dataset, load_digits
-from searches.engine.training.deployment import DeployEpoch, Recipe, average_states, train_for_deployment
+from searches.engine.training.deployment import (
+    DeployEpoch,
+    Recipe,
+    average_states,
+    keeps_epoch,
+    train_for_deployment,
+)
 from searches.engine.training.model import build_model
 from searches.engine.training.qat import QATModel
 from searches.engine.training.train import Fidelity, TrainingStopped, train_and_evaluate
@@ -167,19 +173,46 @@ def test_a_stopped_training_resumes_from_its_checkpoint_bit_for_bit(tmp_path: Pa
     assert resumed.int8_val_accuracy == straight.int8_val_accuracy
 
 
-def test_ties_on_int8_validation_keep_the_first_or_the_latest_epoch(tmp_path: Path) -> None:
-    """36 validation images: several epochs tie; the rule picks among them, the training is the same."""
+def _selected(rule: str, accuracies: list[float], n_val: int) -> int:
+    kept: float | None = None
+    epoch = 0
+    for e, accuracy in enumerate(accuracies, 1):
+        if keeps_epoch(rule, accuracy, kept, accuracies[: e - 1], n_val):
+            kept, epoch = accuracy, e
+    return epoch
+
+
+def test_each_selection_rule_keeps_the_epoch_it_names() -> None:
+    # 100 validation images: one standard error at 0.90 is 3 points.
+    accuracies = [0.70, 0.90, 0.86, 0.90, 0.88, 0.86]
+    assert _selected("first", accuracies, 100) == 2
+    assert _selected("latest", accuracies, 100) == 4
+    assert _selected("1se", accuracies, 100) == 5  # 0.88 >= 0.90 - 0.03; 0.86 is not
+    # A later new best resets the threshold: 0.95 - 0.0218 excludes the 0.90s before it.
+    assert _selected("1se", [*accuracies, 0.95, 0.93], 100) == 8
+    assert _selected("1se", [*accuracies, 0.95, 0.92], 100) == 7
+    # On 10,000 images the standard error is 0.3 points: nearly the best epoch.
+    assert _selected("1se", [0.90, 0.905, 0.903, 0.899], 10_000) == 3
+
+
+def test_the_selection_rule_picks_among_the_epochs_the_training_is_the_same(tmp_path: Path) -> None:
+    """36 validation images: epochs tie and many lie within one standard error of the best."""
     data = digits()
-    first = Recipe(epochs=12, qat_epochs=1, batch_size=32, lr=2e-2, val_fraction=0.02)
-    a = train_for_deployment(SMALL, data, first, tmp_path / "first.pt")
-    b = train_for_deployment(SMALL, data, replace(first, ties="latest"), tmp_path / "latest.pt")
-    assert [replace(h, seconds=0.0) for h in a.history] == [replace(h, seconds=0.0) for h in b.history]
-    top = max(h.int8_val_accuracy for h in a.history)
-    tied = [h.epoch for h in a.history if h.int8_val_accuracy == top]
-    assert len(tied) >= 2, f"no tie to resolve: {[h.int8_val_accuracy for h in a.history]}"
-    assert (a.best_epoch, b.best_epoch) == (tied[0], tied[-1])
-    with pytest.raises(ValueError, match="ties must be one of first, latest"):
-        Recipe(ties="best")
+    base = Recipe(epochs=12, qat_epochs=1, batch_size=32, lr=2e-2, val_fraction=0.02)
+    runs = {
+        rule: train_for_deployment(SMALL, data, replace(base, select=rule), tmp_path / f"{rule}.pt")
+        for rule in ("first", "latest", "1se")
+    }
+    histories = {rule: [replace(h, seconds=0.0) for h in r.history] for rule, r in runs.items()}
+    assert histories["first"] == histories["latest"] == histories["1se"]
+    accuracies = [h.int8_val_accuracy for h in runs["first"].history]
+    top, n = max(accuracies), round(len(data.y_train) * 0.02)
+    tied = [e for e, a in enumerate(accuracies, 1) if a == top]
+    near = [e for e, a in enumerate(accuracies, 1) if a >= top - (top * (1 - top) / n) ** 0.5]
+    assert len(tied) >= 2 and len(near) > len(tied), f"nothing to choose between: {accuracies}"
+    assert [runs[rule].best_epoch for rule in ("first", "latest", "1se")] == [tied[0], tied[-1], near[-1]]
+    with pytest.raises(ValueError, match="select must be one of first, latest, 1se"):
+        Recipe(select="best")
 
 
 def test_a_checkpoint_of_another_training_is_refused(tmp_path: Path) -> None:

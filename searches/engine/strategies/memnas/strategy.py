@@ -17,6 +17,11 @@ exactly what the next round asks it to rank.
 
 Decisions worth knowing:
 
+- *Memory scale*: the paper divides each memory change by the backbone's own memory, so from a
+  tiny seed every growth step costs as much as the whole network and Y prefers trimming;
+  ``memory_scale="budget"`` divides by the board's SRAM and flash limits instead, so a growth
+  step costs the share of the board it takes (accuracy gains are relative in both).
+
 - *Seed*: the minimal backbone is one 3x3 conv (8 filters, batchnorm, ReLU) and global
   average pooling; ``seed_backbone="random"`` draws a random feasible architecture instead
   (and the minimal seed falls back to one when it breaks the limits).
