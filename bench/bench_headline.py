@@ -342,7 +342,7 @@ def verify_models(core: str, clock_mhz: float) -> str:
             f"| {n} | {host.status}: {host.numbers.get('c_accuracy', float('nan')):.4f} "
             f"(reference {host.numbers.get('python_int8_accuracy', float('nan')):.4f}) "
             f"| {arm.status}: {flash:,} B / {ram:,} B | {qemu.status} "
-            f"| {count.numbers.get('instructions_per_inference', 0):,} |"
+            f"| {round(count.numbers.get('instructions_per_inference', 0)):,} |"
         )
     return "\n".join(lines)
 
@@ -407,7 +407,8 @@ def report(
         f"schedule, weight decay {dep['recipes'][0]['weight_decay']:g}, augmentation "
         "(rotation ±0.2 rad with p 0.3, shifts ±2 px, horizontal flips), then "
         f"{dep['recipes'][0]['qat_epochs']} QAT epochs at lr {dep['recipes'][0]['qat_lr']:g}; the epoch "
-        "with the best int8 validation accuracy is kept)",
+        "kept is chosen on int8 validation accuracy by the rule "
+        f"`select = {dep['recipes'][0].get('select')}`)",
         "",
         "| model | peak SRAM | flash | MACs | search val | search-fidelity int8 test (PTQ) | float + QAT "
         "epochs (kept) | float test | **int8 test** | time | int8 Pareto (vs SRAM) |",
