@@ -293,7 +293,13 @@ def run_one(
 
 
 def _key(dataset: str, strategy: str, seed: int, budget: int, setting: Setting, minutes: float) -> str:
-    settings = json.dumps([dataset, strategy, seed, budget, asdict(setting), minutes], sort_keys=True)
+    """The stored run's name; the hash covers every MemNAS setting, defaults included, so that a
+    changed default never passes off an old run as one of the new default."""
+    name, options = parse_strategy(strategy)
+    resolved = MemNASConfig.from_json(options).to_json() if name == "memnas" else {}
+    settings = json.dumps(
+        [dataset, strategy, seed, budget, asdict(setting), minutes, resolved], sort_keys=True
+    )
     return f"{dataset}-{strategy}-{seed}-{hashlib.sha256(settings.encode()).hexdigest()[:10]}"
 
 
@@ -388,7 +394,10 @@ def _mean_sd(values: list[float]) -> str:
 
 def _memnas_defaults() -> str:
     d = MemNASConfig()
-    return f"its defaults (λ {d.lam}, β {d.beta}, top-{d.top_k}, seed {d.seed_backbone}, ranker {d.ranker})"
+    return (
+        f"its defaults (λ {d.lam}, β {d.beta}, top-{d.top_k}, seed {d.seed_backbone}, ranker {d.ranker}, "
+        f"memory scale {d.memory_scale})"
+    )
 
 
 def _best_accuracy(run: dict[str, Any], n: int) -> float:

@@ -307,7 +307,7 @@ def test_run_create_takes_memnas_settings(api, user, enqueued, django_capture_on
         "memnas_seed_backbone": "single_blocks",
         "memnas_round0_size": 3,
         "memnas_ranker": "list",
-        "memnas_memory_scale": "budget",
+        "memnas_memory_scale": "backbone",
     }
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -318,7 +318,7 @@ def test_run_create_takes_memnas_settings(api, user, enqueued, django_capture_on
     assert run.strategy == "memnas"
     # Every MemNAS setting is recorded with the run, the defaults (here β) filled in.
     expected = MemNASConfig(
-        lam=0.2, top_k=2, seed_backbone="single_blocks", round0_size=3, ranker="list", memory_scale="budget"
+        lam=0.2, top_k=2, seed_backbone="single_blocks", round0_size=3, ranker="list", memory_scale="backbone"
     )
     assert run.config["strategy_options"] == expected.to_json()
     assert enqueued == [run.pk]

@@ -186,7 +186,7 @@ def test_new_run_takes_memnas_settings(client, user, enqueued, django_capture_on
                 memnas_seed_backbone="single_blocks",
                 memnas_round0_size=4,
                 memnas_ranker="list",
-                memnas_memory_scale="budget",
+                memnas_memory_scale="backbone",
                 sample_size=9,
             ),
         )
@@ -201,7 +201,7 @@ def test_new_run_takes_memnas_settings(client, user, enqueued, django_capture_on
         seed_backbone="single_blocks",
         round0_size=4,
         ranker="list",
-        memory_scale="budget",
+        memory_scale="backbone",
     )
     assert run.config["strategy_options"] == expected.to_json()
     assert enqueued == [run.pk]
@@ -212,7 +212,7 @@ def test_new_run_takes_memnas_settings(client, user, enqueued, django_capture_on
         assert text in settings
     assert "start <strong>round 0 of 4</strong>" in settings
     assert "ranking model <strong>list</strong>" in settings
-    assert "memory scale <strong>the board&#x27;s budget</strong>" in settings
+    assert "memory scale <strong>the backbone&#x27;s</strong>" in settings
 
 
 def test_new_run_records_every_memnas_setting_with_the_defaults(
@@ -435,7 +435,7 @@ def test_detail_works_for_a_memnas_run(client, user):
         ("top-k", str(MemNASConfig().top_k)),
         ("start", "minimal seed"),
         ("ranking model", "per candidate"),
-        ("memory scale", "the backbone's"),
+        ("memory scale", "the board's budget"),
     ]
 
 

@@ -336,7 +336,12 @@ def test_memory_scale_budget_grows_past_where_the_papers_score_stops() -> None:
     assert total_filters(ends["budget"].architecture) > total_filters(ends["backbone"].architecture)
     assert ends["budget"].result.val_accuracy > ends["backbone"].result.val_accuracy
     # Resuming keeps the setting (it is part of the recorded options).
-    assert MemNASConfig.from_json(MemNASConfig(memory_scale="budget").to_json()).memory_scale == "budget"
+    assert MemNASConfig.from_json(MemNASConfig(memory_scale="backbone").to_json()).memory_scale == "backbone"
+    assert MemNASConfig().memory_scale == MemNASConfig.from_json({"top_k": 2}).memory_scale == "budget"
+    # A run recorded before the setting existed (all the others there) keeps the paper's scale.
+    recorded = MemNASConfig().to_json()
+    del recorded["memory_scale"]
+    assert MemNASConfig.from_json(recorded).memory_scale == "backbone"
     with pytest.raises(ValueError, match="memory_scale must be one of backbone, budget"):
         MemNASConfig(memory_scale="limits")  # type: ignore[arg-type]
 
