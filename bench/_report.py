@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (a killed benchmark leaves no torn file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def replace_section(path: Path, title: str, body: str) -> None:

@@ -46,7 +46,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._report import replace_section
+from bench._report import replace_section, write_atomically
 
 ARMS = (("off", "float"), ("off", "int8"), ("asha", "float"), ("asha", "int8"))
 # (peak SRAM, flash) limits in bytes: the CLI's digits demo, and bench_strategies' Fashion-MNIST.
@@ -199,10 +199,7 @@ def main() -> None:
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for task, row in zip(todo, pool.map(run_arm, *zip(*todo, strict=True)) if todo else [], strict=True):
             print(json.dumps(row), flush=True)  # each run as it finishes: a cut-short bench still tells
-            path = result_path(*task)
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(json.dumps(row))
-            os.replace(tmp, path)
+            write_atomically(result_path(*task), json.dumps(row))
             rows.append(row)
     wall = time.monotonic() - wall
     text = report(args, rows, wall)

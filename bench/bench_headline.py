@@ -42,8 +42,10 @@ import torch
 import torch.nn.functional as F
 
 from bench._report import replace_section
+from searches.engine.deploy.int8 import QuantModel
 from searches.engine.deploy.quantize import quantize
 from searches.engine.deploy.reference import int8_accuracy
+from searches.engine.space.arch import Architecture
 from searches.engine.space.arch import from_json as arch_from_json
 from searches.engine.strategies.base import EvalFailure, EvalResult
 from searches.engine.strategies.config import SearchConfig
@@ -57,7 +59,7 @@ from searches.engine.training.deployment import (
     train_for_deployment,
 )
 from searches.engine.training.model import build_model, to_nchw
-from searches.engine.training.qat import QATModel
+from searches.engine.training.qat import QATModel, Ranges
 from searches.engine.training.train import Fidelity, accuracy, split_indices, train_and_evaluate
 
 DATASET = "fashion-mnist"
@@ -215,6 +217,17 @@ def plan_epochs(recipe: Recipe, timing: dict[str, float], seconds: float) -> int
     return int((usable - qat) // (timing["float_epoch"] + timing["val_pass"]))
 
 
+def quantized(
+    arch: Architecture, state: dict[str, torch.Tensor], split: Fidelity, ranges: Ranges | None = None
+) -> QuantModel:
+    """The int8 model of trained weights, calibrated on ``split``'s training images as the product does."""
+    data = _dataset()
+    model = build_model(arch)
+    model.load_state_dict(state)
+    train_idx, _ = split_indices(data.y_train, split)
+    return quantize(arch, model.eval(), data.x_train[calibration_indices(train_idx)], ranges=ranges)
+
+
 def deploy(arch_json: dict[str, Any], recipe_json: dict[str, Any], checkpoint: str) -> dict[str, Any]:
     """Train one model for deployment and measure its int8 test accuracy (in a worker process).
 
@@ -223,10 +236,7 @@ def deploy(arch_json: dict[str, Any], recipe_json: dict[str, Any], checkpoint: s
     t0 = time.perf_counter()
     arch, recipe, data = arch_from_json(arch_json), Recipe.from_json(recipe_json), _dataset()
     result = train_for_deployment(arch, data, recipe, checkpoint, threads=1)
-    train_idx, _ = split_indices(data.y_train, recipe.split)
-    model = build_model(arch)
-    model.load_state_dict(result.state_dict)
-    qm = quantize(arch, model.eval(), data.x_train[calibration_indices(train_idx)], ranges=result.ranges)
+    qm = quantized(arch, result.state_dict, recipe.split, result.ranges)
     try:  # keeping the model must never cost the measurement
         MODELS.mkdir(parents=True, exist_ok=True)
         kept = {"arch": arch_json, "recipe": recipe_json, "state_dict": result.state_dict}
@@ -245,12 +255,8 @@ def deploy(arch_json: dict[str, Any], recipe_json: dict[str, Any], checkpoint: s
 
 def search_int8(arch_json: dict[str, Any], fidelity: dict[str, Any]) -> float:
     """Int8 test accuracy of a candidate at the search's fidelity (post-training quantisation)."""
-    arch, data = arch_from_json(arch_json), _dataset()
-    r = train_and_evaluate(arch, data, Fidelity(**fidelity))
-    model = build_model(arch)
-    model.load_state_dict(r.state_dict)
-    train_idx, _ = split_indices(data.y_train, Fidelity(**fidelity))
-    qm = quantize(arch, model.eval(), data.x_train[calibration_indices(train_idx)])
+    arch, data, split = arch_from_json(arch_json), _dataset(), Fidelity(**fidelity)
+    qm = quantized(arch, train_and_evaluate(arch, data, split).state_dict, split)
     return int8_accuracy(qm, data.x_test, data.y_test)
 
 
@@ -318,10 +324,7 @@ def verify_models(core: str, clock_mhz: float) -> str:
         kept = torch.load(path, map_location="cpu", weights_only=True)
         arch, recipe = arch_from_json(kept["arch"]), Recipe.from_json(kept["recipe"])
         ranges = {k: (float(lo), float(hi)) for k, (lo, hi) in json.loads(kept["ranges"]).items()}
-        model = build_model(arch)
-        model.load_state_dict(kept["state_dict"])
-        train_idx, _ = split_indices(data.y_train, recipe.split)
-        qm = quantize(arch, model.eval(), data.x_train[calibration_indices(train_idx)], ranges=ranges)
+        qm = quantized(arch, kept["state_dict"], recipe.split, ranges)
         result = verify_export(
             qm,
             f"fmnist_{path.stem.replace('-', '_')}",

@@ -48,7 +48,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._report import replace_section
+from bench._report import replace_section, write_atomically
 from searches.engine.space.sampling import SpaceConfig
 from searches.engine.strategies.base import EvalResult
 from searches.engine.strategies.config import Bounds, Limits, SearchConfig
@@ -221,12 +221,6 @@ def make_config(dataset: Any, strategy: str, seed: int, budget: int, setting: Se
     )
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def run_one(
     dataset_name: str,
     strategy_name: str,
@@ -272,7 +266,7 @@ def run_one(
         evaluations.append(row)
         if checkpoint is not None:
             state = {"state": strategy.state_to_json(), "evaluations": evaluations}
-            _write_atomically(checkpoint, json.dumps(state | {"seconds": time.monotonic() - start}))
+            write_atomically(checkpoint, json.dumps(state | {"seconds": time.monotonic() - start}))
 
     run_search(strategy, evaluate, on_event, should_stop=lambda: time.monotonic() > deadline)
     return {
@@ -728,7 +722,7 @@ def main() -> None:
             args.minutes_per_run,
             checkpoint=partial,
         )
-        _write_atomically(path, json.dumps(result))
+        write_atomically(path, json.dumps(result))
         partial.unlink(missing_ok=True)
         return
 
