@@ -30,6 +30,7 @@ It lives in ``training`` because training may not import ``deploy``; ``deploy`` 
 from __future__ import annotations
 
 import math
+import platform
 from dataclasses import dataclass
 from typing import Any
 
@@ -375,28 +376,89 @@ def _exact_float(weights: npt.NDArray[np.int8], channel_axis: int) -> type[np.fl
 def conv_int(op: Op, p: WeightedOp, x: IntArray, zp_in: int, zp_out: int) -> IntArray:
     """A conv, 1x1 or depthwise op on int8 codes, as the C kernel computes it."""
     k, stride = int(op.attrs["kernel"]), int(op.attrs["stride"])  # type: ignore[call-overload]
-    n, h, w, _ = x.shape
+    _, h, w, _ = x.shape
     top, bottom, left, right = op_pads(op, h, w)
     # Padded taps hold the input zero point (real 0); with the folded bias this equals
     # b + Σ w·(q - zp) over the valid taps only.
-    dtype = _exact_float(p.weights, channel_axis=-1 if op.kind == "dwconv2d" else 0)
-    padded = np.pad(x.astype(dtype), ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=zp_in)
-    oh = (h + top + bottom - k) // stride + 1
-    ow = (w + left + right - k) // stride + 1
-    weights = p.weights.astype(dtype)
-    channels = weights.shape[-1] if op.kind == "dwconv2d" else weights.shape[0]
-    acc = np.zeros((n, oh, ow, channels), dtype=dtype)
+    depthwise = op.kind == "dwconv2d"
+    dtype = _exact_float(p.weights, channel_axis=-1 if depthwise else 0)
+    pads = (top, bottom, left, right)
+    if dtype is np.float32 and direct_conv_is_exact():
+        acc = _onednn_sums(x, pads, zp_in, p.weights, stride, depthwise)
+    else:
+        spatial = ((0, 0), (top, bottom), (left, right), (0, 0))
+        padded = np.pad(x.astype(dtype), spatial, constant_values=zp_in)
+        acc = _tap_sums(padded, p.weights.astype(dtype), k, stride, depthwise).astype(np.int64)
+    acc += p.bias.astype(np.int64)
+    out = requantize(acc, p.multiplier, p.shift)
+    out += zp_out
+    return np.clip(out, p.act_min, p.act_max, out=out)
+
+
+def _tap_sums(
+    padded: npt.NDArray[Any], weights: npt.NDArray[Any], k: int, stride: int, depthwise: bool
+) -> npt.NDArray[Any]:
+    """Σ w·q per output (NHWC), one pass per kernel tap (exact in ``padded``'s dtype)."""
+    n, hp, wp, _ = padded.shape
+    oh, ow = (hp - k) // stride + 1, (wp - k) // stride + 1
+    channels = weights.shape[-1] if depthwise else weights.shape[0]
+    acc = np.zeros((n, oh, ow, channels), dtype=padded.dtype)
     for ky in range(k):
         for kx in range(k):
             rows = slice(ky, ky + stride * (oh - 1) + 1, stride)
             cols = slice(kx, kx + stride * (ow - 1) + 1, stride)
             tap = padded[:, rows, cols, :]
-            if op.kind == "dwconv2d":
+            if depthwise:
                 acc += tap * weights[ky, kx]
             else:
                 acc += tap @ weights[:, ky, kx, :].T
-    out = requantize(acc.astype(np.int64) + p.bias.astype(np.int64), p.multiplier, p.shift) + zp_out
-    return np.clip(out, p.act_min, p.act_max)
+    return acc
+
+
+def _onednn_sums(
+    x: IntArray,
+    pads: tuple[int, int, int, int],
+    zp_in: int,
+    weights: npt.NDArray[np.int8],
+    stride: int,
+    depthwise: bool,
+) -> IntArray:
+    """Σ w·q per output (NHWC, int64) by oneDNN's direct float32 convolution.
+
+    ``x``: NHWC codes; ``pads`` (top, bottom, left, right) hold ``zp_in``.  Exact for the same
+    reason the float32 tap loop is (every partial sum, in any order, is an integer below 2^24,
+    and FMA of exact integers is exact); called explicitly, so no backend with transform-domain
+    arithmetic (Winograd, FFT) is ever chosen for it.
+    """
+    top, bottom, left, right = pads
+    nchw = torch.from_numpy(x).permute(0, 3, 1, 2).to(torch.float32)
+    src = F.pad(nchw, (left, right, top, bottom), value=float(zp_in)).contiguous()
+    if depthwise:  # (k, k, C) -> (C, 1, k, k)
+        kernel = torch.from_numpy(weights.astype(np.float32)).permute(2, 0, 1).unsqueeze(1)
+        groups = kernel.shape[0]
+    else:  # OHWI -> OIHW
+        kernel = torch.from_numpy(weights.astype(np.float32)).permute(0, 3, 1, 2)
+        groups = 1
+    with torch.inference_mode():
+        y = torch.ops.aten.mkldnn_convolution(
+            src, kernel.contiguous(), None, [0, 0], [stride, stride], [1, 1], groups
+        )
+        return y.permute(0, 2, 3, 1).to(torch.int64).numpy()
+
+
+def direct_conv_is_exact() -> bool:
+    """Whether oneDNN's float32 convolution runs here in plain IEEE float32 (no TF32/bf16 mode).
+
+    Only on x86-64, where PyTorch's oneDNN has no Arm Compute Library backend whose algorithm
+    choice this module does not control.
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
+        return False
+    modes = (
+        getattr(torch.backends.mkldnn, "fp32_precision", "none"),
+        getattr(getattr(torch.backends.mkldnn, "conv", None), "fp32_precision", "none"),
+    )
+    return torch.get_float32_matmul_precision() == "highest" and all(m in ("none", "ieee") for m in modes)
 
 
 def dense_int(p: WeightedOp, x: IntArray, zp_out: int) -> IntArray:

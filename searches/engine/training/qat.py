@@ -126,8 +126,13 @@ class QATModel(nn.Module):
         was = self.training
         self.eval()
         try:
-            tensor = torch.from_numpy(np.asarray(x, dtype=np.float32)).permute(0, 3, 1, 2)
-            return self._run(tensor, np.asarray(x))[1].astype(np.int8)
+            qp = self.qparams()
+            exact = float_params(self.arch, self.net)
+            image_codes = quantize_input(np.asarray(x), qp["input"]).astype(np.int64)
+            codes: dict[str, IntArray] = {"input": image_codes}
+            for op in self.graph.ops:  # the integer path alone: no float values to track or pass on
+                codes[op.outputs[0]] = self._integer(op, codes, qp, exact)
+            return codes["logits"].astype(np.int8)
         finally:
             self.train(was)
 
@@ -137,10 +142,10 @@ class QATModel(nn.Module):
         self.net.eval()
         return self
 
-    def _run(self, x: torch.Tensor, nhwc: npt.NDArray[Any] | None = None) -> tuple[torch.Tensor, IntArray]:
+    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, IntArray]:
         self._track("input", x.detach())
         qp = self.qparams()
-        images = x.detach().permute(0, 2, 3, 1).numpy() if nhwc is None else nhwc
+        images = x.detach().permute(0, 2, 3, 1).numpy()
         codes: dict[str, IntArray] = {"input": quantize_input(images, qp["input"]).astype(np.int64)}
         values = {"input": _dequantize(codes["input"], qp["input"])}
         exact = float_params(self.arch, self.net)
