@@ -346,8 +346,6 @@ class NewRunForm(forms.Form):
             self.add_error("sample_size", "The sample size cannot exceed the population.")
         if data.get("pruning"):
             self._clean_sparsity(data, evolution)
-        if data.get("fidelity_schedule") == "asha" and not evolution:
-            self.add_error("fidelity_schedule", ASHA_NOT_MEMNAS)
         return data
 
     def _clean_sparsity(self, data: dict[str, Any], evolution: bool) -> None:
@@ -370,7 +368,6 @@ def _dataset_label(dataset: Dataset) -> str:
     return f"{dataset.name} ({dataset.shape_label}, {dataset.classes} classes)"
 
 
-ASHA_NOT_MEMNAS = "ASHA rungs work with aging evolution and random search, not MemNAS."
 PRUNING_NOT_MEMNAS = "Structured pruning is a gene of aging evolution and random search, not MemNAS."
 
 

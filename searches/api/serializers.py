@@ -15,7 +15,6 @@ from searches.engine.strategies.config import (
     SearchConfig,
 )
 from searches.engine.strategies.options import MemNASConfig
-from searches.forms import ASHA_NOT_MEMNAS
 from searches.models import Candidate, Dataset, HardwareProfile, Project, SearchRun
 from searches.services import notes, reports
 
@@ -331,8 +330,6 @@ class RunCreateSerializer(serializers.Serializer):
             raise serializers.ValidationError(
                 {"memnas_round0_size": 'Round 0 only runs with memnas_seed_backbone "single_blocks".'}
             )
-        if attrs.get("fidelity_schedule") == "asha" and attrs.get("strategy") == SearchRun.Strategy.MEMNAS:
-            raise serializers.ValidationError({"fidelity_schedule": ASHA_NOT_MEMNAS})
         sparsity = attrs.get("sparsity")
         if sparsity is not None:
             if attrs.get("strategy") == SearchRun.Strategy.MEMNAS:

@@ -81,8 +81,10 @@ def test_the_run_form_shows_asha_settings_only_for_asha(page: Page, live_stack: 
     expect(eta).to_be_visible()
     expect(eta).to_have_value("3")
     expect(page.locator("input[name=asha_max_rung]")).to_have_value("2")
-    # MemNAS cannot take rungs: choosing it turns them off and hides their settings.
+    # MemNAS takes rungs too: choosing it keeps them and their settings.
     page.select_option("select[name=strategy]", "memnas")
-    expect(schedule).to_have_value("off")
+    expect(schedule).to_have_value("asha")
+    expect(eta).to_be_visible()
+    expect(schedule.locator("option[value=asha]")).to_be_enabled()
+    page.select_option("select[name=fidelity_schedule]", "off")
     expect(eta).to_be_hidden()
-    expect(schedule.locator("option[value=asha]")).to_be_disabled()

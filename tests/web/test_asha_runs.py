@@ -34,10 +34,9 @@ def _asha_run(owner: Any, *, budget: int = 6, parallel: int = 2, **overrides: An
         dataset,
         runs.limits_for(None, sram_kb=2, flash_kb=4),
         budget=budget,
-        population=3,
         seed=0,
         fidelity=Fidelity(epochs=1),
-        **({"fidelity_schedule": "asha", "asha_eta": 3, "asha_max_rung": 1} | overrides),
+        **({"population": 3, "fidelity_schedule": "asha", "asha_eta": 3, "asha_max_rung": 1} | overrides),
     )
     run = runs.create_run(owner, "digits", config)
     run.config = {**run.config, "parallel": parallel}
@@ -68,6 +67,30 @@ def test_an_asha_run_promotes_the_best_and_keeps_every_rung(user, queue: Queue) 
         assert files.exists(artifacts.weights_name(run, c.index, 0))
         assert c.train_seconds == pytest.approx(first["train_seconds"] + second["train_seconds"])
         assert c.status == Candidate.Status.DONE and c.mutation != "promoted to rung 1"
+    on_front = set(run.candidates.filter(on_pareto=True).values_list("index", flat=True))
+    assert on_front == {m.id for m in strategy.archive}
+
+
+def test_a_memnas_run_with_rungs_trains_promotions_and_moves_on_rung_0_results(user, queue: Queue) -> None:
+    run = _asha_run(user, budget=9, strategy="memnas", population=None, strategy_options={"top_k": 2})
+    queue.call(execution.start_run, run)
+    queue.drain()
+    run.refresh_from_db()
+    strategy = _strategy(run)
+    assert run.status == SearchRun.Status.DONE and run.evaluated == 9
+    assert strategy.rungs is not None and strategy.rungs.promoted[0]
+    promoted = _promoted(run)
+    assert {c.index for c in promoted} == strategy.rungs.promoted[0]
+    for c in promoted:
+        assert [r["rung"] for r in c.rung_results] == [0, 1] and c.weights.name == artifacts.weights_name(
+            run, c.index, 1
+        )
+    # The backbone is compared with its children at rung 0, whatever its own promotion gave.
+    backbone = strategy.backbone  # type: ignore[attr-defined]
+    assert backbone is not None and backbone.rung == 0
+    row = Candidate.objects.get(run=run, index=backbone.id)
+    rung0 = row.rung_results[0]["val_accuracy"] if row.rung_results else row.val_accuracy
+    assert backbone.result.val_accuracy == rung0
     on_front = set(run.candidates.filter(on_pareto=True).values_list("index", flat=True))
     assert on_front == {m.id for m in strategy.archive}
 
@@ -159,14 +182,16 @@ def test_the_run_form_takes_asha_and_the_int8_objective(
     assert {k: config[k] for k in fields} == fields
 
 
-def test_the_run_form_refuses_asha_for_memnas(client, user):
+def test_the_run_form_takes_asha_for_memnas(client, user, monkeypatch, django_capture_on_commit_callbacks):
+    monkeypatch.setattr(task_queue, "start_run", lambda pk: None)
     project, profile = make_project(user), make_profile(user)
     client.force_login(user)
     data = _form_data(profile, strategy="memnas", fidelity_schedule="asha")
-    response = client.post(reverse("run_create", args=[project.pk]), data)
-    assert response.status_code == 200
-    assert "ASHA rungs work with aging evolution and random search, not MemNAS." in response.content.decode()
-    assert not SearchRun.objects.exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(reverse("run_create", args=[project.pk]), data)
+    assert response.status_code == 302
+    config = SearchRun.objects.get(owner=user).config
+    assert (config["strategy"], config["fidelity_schedule"]) == ("memnas", "asha")
 
 
 @pytest.mark.parametrize(
@@ -175,7 +200,6 @@ def test_the_run_form_refuses_asha_for_memnas(client, user):
         ({"fidelity_schedule": "hyperband"}, "fidelity_schedule", "not a valid choice"),
         ({"fidelity_schedule": "asha", "asha_eta": 1}, "asha_eta", "greater than or equal to 2"),
         ({"fidelity_schedule": "asha", "asha_max_rung": 9}, "asha_max_rung", "less than or equal to 4"),
-        ({"fidelity_schedule": "asha", "strategy": "memnas"}, "fidelity_schedule", "not MemNAS"),
         ({"error_objective": "int4"}, "error_objective", "not a valid choice"),
     ],
 )

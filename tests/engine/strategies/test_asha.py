@@ -128,7 +128,6 @@ def test_rungs_json_round_trip() -> None:
         ({"fidelity_schedule": "asha", "asha_eta": 1}, "eta must be an integer from 2 to 10, got 1"),
         ({"fidelity_schedule": "asha", "asha_max_rung": 0}, "max rung must be an integer from 1 to 4, got 0"),
         ({"fidelity_schedule": "asha", "asha_max_rung": 5}, "max rung must be an integer from 1 to 4, got 5"),
-        ({"fidelity_schedule": "asha", "strategy": "memnas"}, "not MemNAS"),
         ({"error_objective": "int4"}, "unknown error objective 'int4'; known: float, int8"),
         (
             {"fidelity_schedule": "asha", "asha_eta": 10, "asha_max_rung": 3, "fidelity": {"epochs": 10}},
@@ -152,7 +151,7 @@ def test_settings_round_trip_and_old_configs_load_with_defaults() -> None:
 # ---- the strategy with rungs ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("strategy", ["aging_evolution", "random"])
+@pytest.mark.parametrize("strategy", ["aging_evolution", "random", "memnas"])
 def test_a_finished_search_has_promoted_exactly_the_top_of_every_rung(strategy: str) -> None:
     search = make_strategy(asha(strategy=strategy, budget=14))
     promotions: list[Proposal] = []
@@ -243,6 +242,54 @@ def test_the_int8_objective_ranks_by_int8_error() -> None:
                 assert objectives == m.objectives_for(key)  # type: ignore[arg-type]
 
 
+def test_memnas_promotions_decide_how_long_never_what_is_trained() -> None:
+    """With ASHA, MemNAS proposes exactly the children and backbones it proposes without it.
+
+    Its decisions (Y, backbone moves, the controller's labels) use rung-0 results, so a child is
+    compared with a backbone trained alike, while the front and the rows use the highest rung.
+    """
+
+    def rung0(cfg: SearchConfig) -> tuple[list[object], list[object], SearchStrategy]:
+        search = make_strategy(cfg)
+        proposals: list[object] = []
+
+        def evaluate(architecture: Architecture, proposal: Proposal) -> EvalResult:
+            if proposal.rung == 0:
+                proposals.append((proposal.id, architecture.key(), proposal.parent_id))
+            return rung_evaluate(architecture, proposal)
+
+        run_search(search, evaluate)
+        return proposals, search.trajectory, search  # type: ignore[attr-defined]
+
+    plain, plain_moves, _ = rung0(config(strategy="memnas", budget=24))
+    with_rungs, moves, search = rung0(asha(strategy="memnas", budget=24))
+    assert with_rungs == plain and moves == plain_moves
+    assert search.counters["promotions"] >= 3
+    promoted = [m for m in search._members.values() if m.rung > 0]
+    assert promoted and all(m.result.metrics["weights"].endswith(f"-r{m.rung}.pt") for m in promoted)
+    # The front is built from the highest rung; the backbone keeps its rung-0 result.
+    assert any(m.rung > 0 for m in search.archive)
+    assert search.backbone is not None and search.backbone.rung == 0  # type: ignore[attr-defined]
+
+
+def test_memnas_trains_promotions_while_a_round_is_out() -> None:
+    """A round waits for its own proposals only: a due promotion is handed out beside it."""
+    search = make_strategy(asha(strategy="memnas", budget=30))
+    pending: list[Proposal] = []
+    overlapped = False
+    while not search.is_done():
+        proposal = search.ask()
+        if proposal is None:
+            done = pending.pop(0)
+            search.tell(done.id, rung_evaluate(done.architecture, done))
+            continue
+        if proposal.rejected:
+            continue
+        overlapped = overlapped or (proposal.rung == 0 and any(p.rung > 0 for p in pending))
+        pending.append(proposal)
+    assert overlapped
+
+
 def test_a_candidate_that_could_not_be_quantised_counts_as_error_one_under_int8() -> None:
     search = make_strategy(config(budget=1, error_objective="int8"))
     proposal = search.ask()
@@ -283,7 +330,7 @@ def drive(strategy: SearchStrategy, parallel: int, seed: int, resume_every_step:
     return log
 
 
-@pytest.mark.parametrize("strategy", ["aging_evolution", "random"])
+@pytest.mark.parametrize("strategy", ["aging_evolution", "random", "memnas"])
 def test_a_resumed_asha_run_continues_identically(strategy: str) -> None:
     cfg = asha(strategy=strategy, budget=16, error_objective="int8")
     straight = drive(make_strategy(cfg), parallel=3, seed=5, resume_every_step=False)

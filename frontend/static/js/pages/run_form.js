@@ -23,9 +23,6 @@
     document.getElementById("memnas-round0").hidden = form.elements.memnas_seed_backbone.value !== "single_blocks";
     document.getElementById("pruning-options").hidden = memnas;
     document.getElementById("sparsity-range").hidden = !form.elements.pruning.checked;
-    // ASHA rungs need a strategy that tolerates a candidate's result improving later.
-    form.elements.fidelity_schedule.querySelector('option[value="asha"]').disabled = memnas;
-    if (memnas) form.elements.fidelity_schedule.value = "off";
     document.getElementById("asha-options").hidden = form.elements.fidelity_schedule.value !== "asha";
   }
 

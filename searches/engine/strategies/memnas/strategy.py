@@ -46,6 +46,11 @@ Decisions worth knowing:
   recent ``history_limit``) ordered by their measured Y, plus a squared error keeping â an
   accuracy.  MemNAS's second GRU over the candidate list is left out, to keep a retrain
   well under a second on one CPU thread; candidates are scored independently.
+- *Multi-fidelity* (ASHA): the controller decides which children are trained at all, the
+  rungs how long.  Promotions run beside the rounds (a round waits only for its own
+  proposals), and every MemNAS decision (Y, the backbone moves, the controller's labels) uses
+  each candidate's rung-0 result, so a child is always compared with a backbone trained alike;
+  the run's Pareto front and rows show the highest rung, as for the other strategies.
 - The state, the controller's weights included (as plain float lists), serialises to JSON;
   a resumed search proposes exactly what an uninterrupted one would.
 """
@@ -216,6 +221,9 @@ class MemNAS(SearchStrategy):
         return self._rounds
 
     def tell(self, proposal_id: int, result: EvalResult | EvalFailure) -> Member | None:
+        pending = self._outstanding.get(proposal_id)
+        if pending is not None and pending.rung > 0:  # an ASHA promotion: see _tell_promotion
+            return super().tell(proposal_id, result)
         member = super().tell(proposal_id, result)
         if member is not None:
             self._label(member)
@@ -236,7 +244,7 @@ class MemNAS(SearchStrategy):
         while True:
             if self._queue:
                 return self._hand_out(self._queue.pop(0))
-            if self._outstanding:
+            if self._round_pending():
                 return None  # the round (or the seed) is being evaluated
             self._maybe_finish_round()
             if self.backbone is None:
@@ -354,9 +362,24 @@ class MemNAS(SearchStrategy):
 
     # ---- finishing a round ----
 
+    def _round_pending(self) -> bool:
+        """A proposal of the round (or the seed) is out; ASHA promotions run beside rounds."""
+        return any(p.rung == 0 for p in self._outstanding.values())
+
+    def _tell_promotion(self, proposal: Proposal, result: EvalResult | EvalFailure) -> Member | None:
+        """A promotion's result goes to the run's front and rungs, not to MemNAS's decisions.
+
+        Y compares a child with its backbone, so both must be trained alike: the backbone, the
+        round's children and the controller's labels keep their rung-0 results.
+        """
+        backbone = self._population
+        member = super()._tell_promotion(proposal, result)
+        self._population = backbone
+        return member
+
     def _maybe_finish_round(self) -> None:
         budget_spent = self._asked >= self.config.budget
-        if self._round_active and not self._outstanding and (not self._queue or budget_spent):
+        if self._round_active and not self._round_pending() and (not self._queue or budget_spent):
             self._finish_round()
 
     def _finish_round(self) -> None:
