@@ -52,6 +52,10 @@ MEMNAS_MEMORY_SCALE_CHOICES = [
     ("backbone", "Backbone (the paper: a change relative to the backbone's memory)"),
     ("budget", "Board budget (a change relative to the SRAM and flash limits)"),
 ]
+MEMNAS_ON_STALL_CHOICES = [
+    ("best_child", "Move to the best child anyway"),
+    ("raise_lambda", "Raise λ halfway to 1 and grow on (traces the front)"),
+]
 
 
 class SignupForm(UserCreationForm):
@@ -255,6 +259,14 @@ class NewRunForm(forms.Form):
         required=False,
         help_text="What the score divides a memory change by. Relative to a tiny backbone every "
         "growth looks expensive; relative to the SRAM and flash limits it costs its share of the board.",
+    )
+    memnas_on_stall = forms.ChoiceField(
+        label="MemNAS at a local optimum",
+        choices=MEMNAS_ON_STALL_CHOICES,
+        initial=MemNASConfig.on_stall,
+        required=False,
+        help_text="When no child has scored better than the backbone for two rounds: move to the "
+        "best child, or weigh accuracy more and grow on toward more accurate models of the front.",
     )
     fidelity_schedule = forms.ChoiceField(
         label="Fidelity schedule",

@@ -161,6 +161,7 @@ MEMNAS_FIELDS = (
     "memnas_round0_size",
     "memnas_ranker",
     "memnas_memory_scale",
+    "memnas_on_stall",
 )
 
 
@@ -267,6 +268,14 @@ class RunCreateSerializer(serializers.Serializer):
         default=None,
         help_text="MemNAS only: what the score divides memory changes by, backbone (the paper) or "
         f"budget (the SRAM and flash limits) (default {MemNASConfig.memory_scale}).",
+    )
+    memnas_on_stall = serializers.ChoiceField(
+        choices=limits.MEMNAS_ON_STALL_CHOICES,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="MemNAS only: at a local optimum of the score, best_child (move to the best child) or "
+        f"raise_lambda (weigh accuracy more and grow on) (default {MemNASConfig.on_stall}).",
     )
     fidelity_schedule = serializers.ChoiceField(
         choices=FIDELITY_SCHEDULES,

@@ -46,6 +46,8 @@ class RunRequest:
     memnas_ranker: str | None = None
     # MemNAS only: what Y divides memory changes by ("backbone", "budget"); None: the default.
     memnas_memory_scale: str | None = None
+    # MemNAS only: at a local optimum of Y, "best_child" or "raise_lambda"; None: the default.
+    memnas_on_stall: str | None = None
     # μNAS structured pruning: the (low, high) range of each candidate's sparsity gene, or None.
     sparsity: tuple[float, float] | None = None
     # When the search ends, train its top K Pareto candidates for deployment (0: do not).
@@ -84,6 +86,7 @@ def strategy_options_for(request: RunRequest) -> dict[str, Any]:
         "round0_size": request.memnas_round0_size,
         "ranker": request.memnas_ranker,
         "memory_scale": request.memnas_memory_scale,
+        "on_stall": request.memnas_on_stall,
     }
     return {key: value for key, value in options.items() if value is not None}
 

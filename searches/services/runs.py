@@ -146,6 +146,7 @@ def make_config(
 _SEED_LABELS = {"minimal": "minimal seed", "random": "random seed", "single_blocks": "round 0"}
 _RANKER_LABELS = {"candidate": "per candidate", "list": "list"}
 _MEMORY_SCALE_LABELS = {"backbone": "the backbone's", "budget": "the board's budget"}
+_ON_STALL_LABELS = {"best_child": "best child", "raise_lambda": "raise λ"}
 
 
 def strategy_settings(strategy: str, config: dict[str, Any]) -> list[tuple[str, str]]:
@@ -177,6 +178,7 @@ def strategy_settings(strategy: str, config: dict[str, Any]) -> list[tuple[str, 
         ("start", start),
         ("ranking model", _RANKER_LABELS[options.ranker]),
         ("memory scale", _MEMORY_SCALE_LABELS[options.memory_scale]),
+        ("at a local optimum", _ON_STALL_LABELS[options.on_stall]),
     ]
 
 

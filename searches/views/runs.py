@@ -113,6 +113,7 @@ def _request_from(form: NewRunForm) -> RunRequest:
         else None,
         memnas_ranker=data["memnas_ranker"] or None,
         memnas_memory_scale=data["memnas_memory_scale"] or None,
+        memnas_on_stall=data["memnas_on_stall"] or None,
         sparsity=(data["sparsity_low"], data["sparsity_high"]) if data["pruning"] else None,
         fidelity_schedule=data["fidelity_schedule"] or SearchConfig.fidelity_schedule,
         asha_eta=data["asha_eta"] or SearchConfig.asha_eta,

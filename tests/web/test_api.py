@@ -308,6 +308,7 @@ def test_run_create_takes_memnas_settings(api, user, enqueued, django_capture_on
         "memnas_round0_size": 3,
         "memnas_ranker": "list",
         "memnas_memory_scale": "backbone",
+        "memnas_on_stall": "raise_lambda",
     }
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -318,7 +319,13 @@ def test_run_create_takes_memnas_settings(api, user, enqueued, django_capture_on
     assert run.strategy == "memnas"
     # Every MemNAS setting is recorded with the run, the defaults (here β) filled in.
     expected = MemNASConfig(
-        lam=0.2, top_k=2, seed_backbone="single_blocks", round0_size=3, ranker="list", memory_scale="backbone"
+        lam=0.2,
+        top_k=2,
+        seed_backbone="single_blocks",
+        round0_size=3,
+        ranker="list",
+        memory_scale="backbone",
+        on_stall="raise_lambda",
     )
     assert run.config["strategy_options"] == expected.to_json()
     assert enqueued == [run.pk]
@@ -337,6 +344,8 @@ def test_run_create_takes_memnas_settings(api, user, enqueued, django_capture_on
         ({"strategy": "memnas", "memnas_ranker": "tree"}, "memnas_ranker", "not a valid choice"),
         ({"strategy": "memnas", "memnas_memory_scale": "flash"}, "memnas_memory_scale", "not a valid choice"),
         ({"strategy": "random", "memnas_memory_scale": "budget"}, "memnas_memory_scale", "Only MemNAS runs"),
+        ({"strategy": "memnas", "memnas_on_stall": "restart"}, "memnas_on_stall", "not a valid choice"),
+        ({"strategy": "random", "memnas_on_stall": "best_child"}, "memnas_on_stall", "Only MemNAS runs"),
         (
             {"strategy": "memnas", "memnas_seed_backbone": "single_blocks", "memnas_round0_size": 0},
             "memnas_round0_size",

@@ -179,17 +179,23 @@ def test_search_takes_and_records_the_memnas_options() -> None:
         "search", "--strategy", "memnas", "--sram-kb", "2", "--flash-kb", "4", "--budget", "3",
         "--epochs", "1", "--memnas-lambda", "0.3", "--memnas-top-k", "2",
         "--memnas-seed-backbone", "single_blocks", "--memnas-round0-size", "2", "--memnas-ranker", "list",
-        "--memnas-memory-scale", "backbone", "--verbosity", "0",
+        "--memnas-memory-scale", "backbone", "--memnas-on-stall", "raise_lambda", "--verbosity", "0",
     )  # fmt: skip
 
     run = SearchRun.objects.get()
     expected = MemNASConfig(
-        lam=0.3, top_k=2, seed_backbone="single_blocks", round0_size=2, ranker="list", memory_scale="backbone"
+        lam=0.3,
+        top_k=2,
+        seed_backbone="single_blocks",
+        round0_size=2,
+        ranker="list",
+        memory_scale="backbone",
+        on_stall="raise_lambda",
     )
     assert run.strategy == "memnas" and run.config["strategy_options"] == expected.to_json()
     assert (
-        "λ 0.3, β 0.7, top-k 2, start round 0 of 2, ranking model list, memory scale the backbone's"
-        in text
+        "λ 0.3, β 0.7, top-k 2, start round 0 of 2, ranking model list, memory scale the backbone's, "
+        "at a local optimum raise λ" in text
     )
     # Round 0 really ran: its two networks, then one round of top-1 (the budget's rest).
     first = run.candidates.filter(status=Candidate.Status.DONE).order_by("index")

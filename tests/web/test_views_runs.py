@@ -9,7 +9,7 @@ from django.urls import reverse
 
 from searches import events
 from searches import queue as task_queue
-from searches.engine.strategies.options import MEMORY_SCALES, RANKERS, SEED_KINDS, MemNASConfig
+from searches.engine.strategies.options import MEMORY_SCALES, RANKERS, SEED_KINDS, STALL_KINDS, MemNASConfig
 from searches.models import Candidate, Dataset, HardwareProfile, SearchRun
 from searches.services.runs import default_fidelity
 from tests.web.factories import make_candidate, make_profile, make_project, make_run
@@ -150,10 +150,18 @@ def test_new_run_form_offers_memnas(client, user):
         form["memnas_round0_size"].value(),
         form["memnas_ranker"].value(),
         form["memnas_memory_scale"].value(),
-    ) == (defaults.seed_backbone, defaults.round0_size, defaults.ranker, defaults.memory_scale)
+        form["memnas_on_stall"].value(),
+    ) == (
+        defaults.seed_backbone,
+        defaults.round0_size,
+        defaults.ranker,
+        defaults.memory_scale,
+        defaults.on_stall,
+    )
     assert [value for value, _ in form.fields["memnas_seed_backbone"].choices] == list(SEED_KINDS)
     assert [value for value, _ in form.fields["memnas_ranker"].choices] == list(RANKERS)
     assert [value for value, _ in form.fields["memnas_memory_scale"].choices] == list(MEMORY_SCALES)
+    assert [value for value, _ in form.fields["memnas_on_stall"].choices] == list(STALL_KINDS)
     body = response.content.decode()
     assert 'id="memnas-options"' in body and 'id="evolution-options"' in body
     assert 'id="memnas-start-options"' in body and 'id="memnas-round0"' in body
@@ -164,6 +172,7 @@ def test_new_run_form_offers_memnas(client, user):
         "memnas_round0_size",
         "memnas_ranker",
         "memnas_memory_scale",
+        "memnas_on_stall",
     ):
         assert form.fields[name].help_text and form.fields[name].help_text in body
 
@@ -187,6 +196,7 @@ def test_new_run_takes_memnas_settings(client, user, enqueued, django_capture_on
                 memnas_round0_size=4,
                 memnas_ranker="list",
                 memnas_memory_scale="backbone",
+                memnas_on_stall="raise_lambda",
                 sample_size=9,
             ),
         )
@@ -202,6 +212,7 @@ def test_new_run_takes_memnas_settings(client, user, enqueued, django_capture_on
         round0_size=4,
         ranker="list",
         memory_scale="backbone",
+        on_stall="raise_lambda",
     )
     assert run.config["strategy_options"] == expected.to_json()
     assert enqueued == [run.pk]
@@ -213,6 +224,7 @@ def test_new_run_takes_memnas_settings(client, user, enqueued, django_capture_on
     assert "start <strong>round 0 of 4</strong>" in settings
     assert "ranking model <strong>list</strong>" in settings
     assert "memory scale <strong>the backbone&#x27;s</strong>" in settings
+    assert "at a local optimum <strong>raise λ</strong>" in settings
 
 
 def test_new_run_records_every_memnas_setting_with_the_defaults(
@@ -429,6 +441,7 @@ def test_detail_works_for_a_memnas_run(client, user):
     assert response.context["candidate_count"] == 2
     assert response.context["dashboard_config"]["status"] == "running"
     # A run stored with only some MemNAS settings shows the engine's defaults for the rest.
+    defaults = MemNASConfig()
     assert response.context["strategy_settings"] == [
         ("λ", f"{MemNASConfig().lam:g}"),
         ("β", f"{MemNASConfig().beta:g}"),
@@ -436,6 +449,7 @@ def test_detail_works_for_a_memnas_run(client, user):
         ("start", "minimal seed"),
         ("ranking model", "per candidate"),
         ("memory scale", "the board's budget"),
+        ("at a local optimum", {"best_child": "best child", "raise_lambda": "raise λ"}[defaults.on_stall]),
     ]
 
 

@@ -11,6 +11,10 @@ RankerKind = Literal["candidate", "list"]
 RANKERS: tuple[str, ...] = ("candidate", "list")
 MemoryScaleKind = Literal["backbone", "budget"]
 MEMORY_SCALES: tuple[str, ...] = ("backbone", "budget")
+StallKind = Literal["best_child", "raise_lambda"]
+STALL_KINDS: tuple[str, ...] = ("best_child", "raise_lambda")
+# Settings added after runs were recorded, with the value those runs ran with.
+LEGACY_VALUES: dict[str, Any] = {"memory_scale": "backbone", "on_stall": "best_child"}
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,10 @@ class MemNASConfig:
     # the board's budget (the search's SRAM and flash limits, else its bounds). "budget" measured
     # better on Fashion-MNIST and digits (docs/pruning-and-memnas.md, "Memory scale").
     memory_scale: MemoryScaleKind = "budget"
+    # After ``patience`` rounds without a child of Y > 0 the backbone is a local optimum of Y:
+    # "best_child" moves to its best child anyway; "raise_lambda" keeps the backbone and moves λ
+    # halfway to 1, so the search grows on toward the front's more accurate trade-offs.
+    on_stall: StallKind = "best_child"
     hidden: int = 24
     train_steps: int = 30
     lr: float = 0.02
@@ -53,6 +61,8 @@ class MemNASConfig:
             raise ValueError(f"ranker must be one of {', '.join(RANKERS)}")
         if self.memory_scale not in MEMORY_SCALES:
             raise ValueError(f"memory_scale must be one of {', '.join(MEMORY_SCALES)}")
+        if self.on_stall not in STALL_KINDS:
+            raise ValueError(f"on_stall must be one of {', '.join(STALL_KINDS)}")
         if not self.lr > 0:
             raise ValueError("lr must be positive")
 
@@ -65,8 +75,9 @@ class MemNASConfig:
     def from_json(cls, data: dict[str, Any]) -> MemNASConfig:
         """Options as given (the rest defaulted), or as a run recorded them.
 
-        A run records every setting; one recorded before ``memory_scale`` existed (every other
-        setting there, that one absent) ran with the paper's scale and keeps it when resumed.
+        A run records every setting; one recorded before a later setting existed (every other
+        setting there, only settings of ``LEGACY_VALUES`` absent) ran with their legacy values
+        (the paper's memory scale, moving to the best child) and keeps them when resumed.
         """
         data = dict(data)
         if "lambda" in data:
@@ -74,6 +85,7 @@ class MemNASConfig:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown MemNAS option(s): {', '.join(sorted(unknown))}")
-        if set(cls.__dataclass_fields__) - set(data) == {"memory_scale"}:
-            data["memory_scale"] = "backbone"
+        missing = set(cls.__dataclass_fields__) - set(data)
+        if missing and missing <= set(LEGACY_VALUES):
+            data.update({name: LEGACY_VALUES[name] for name in missing})
         return cls(**data)

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from searches.engine.strategies.config import ERROR_OBJECTIVES, FIDELITY_SCHEDULES, STRATEGIES, SearchConfig
 from searches.engine.strategies.driver import SearchEvent
-from searches.engine.strategies.options import MEMORY_SCALES, RANKERS, SEED_KINDS, MemNASConfig
+from searches.engine.strategies.options import MEMORY_SCALES, RANKERS, SEED_KINDS, STALL_KINDS, MemNASConfig
 from searches.engine.training.datasets import DATASETS, DatasetError
 from searches.engine.training.train import Fidelity
 from searches.models import Candidate, HardwareProfile, SearchRun
@@ -25,6 +25,7 @@ MEMNAS_FLAGS = {
     "memnas_round0_size": "round0_size",
     "memnas_ranker": "ranker",
     "memnas_memory_scale": "memory_scale",
+    "memnas_on_stall": "on_stall",
 }
 
 
@@ -96,6 +97,12 @@ class Command(BaseCommand):
             choices=MEMORY_SCALES,
             help="what the score divides memory changes by: the backbone's memory (the paper) or "
             f"the board's budget ({defaults.memory_scale})",
+        )
+        memnas.add_argument(
+            "--memnas-on-stall",
+            choices=STALL_KINDS,
+            help="at a local optimum of the score: move to the best child, or raise λ halfway to 1 "
+            f"and grow on ({defaults.on_stall})",
         )
         parser.add_argument("--epochs", type=int, help="training epochs per candidate")
         parser.add_argument("--train-subset", type=int, help="train on at most this many samples")

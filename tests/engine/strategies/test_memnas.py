@@ -31,7 +31,7 @@ from searches.engine.strategies.memnas.strategy import (
     pack,
     unpack,
 )
-from searches.engine.strategies.registry import make_strategy
+from searches.engine.strategies.registry import from_state_json, make_strategy
 from searches.engine.training.datasets import load_digits
 from searches.engine.training.train import Fidelity, train_and_evaluate
 from tests.engine.strategies.test_search import round_trip
@@ -394,6 +394,40 @@ def test_asks_wait_for_the_round_and_tells_may_come_out_of_order() -> None:
         assert p is not None
         strategy.tell(p.id, EvalFailure("worker lost"))
     assert strategy.is_done() and strategy.rounds == 2
+
+
+def test_on_stall_raise_lambda_keeps_the_backbone_and_weighs_accuracy_more() -> None:
+    def flat(architecture: Architecture, proposal: Proposal) -> EvalResult:
+        return EvalResult(val_accuracy=0.5)  # growth only costs memory: no child scores Y > 0
+
+    options = {"top_k": 2, "patience": 2, "on_stall": "raise_lambda", "lambda": 0.5}
+    strategy = make_strategy(config(budget=7, options=options))
+    assert isinstance(strategy, MemNAS)
+    run_search(strategy, flat)
+    seed = strategy.trajectory[0]["backbone"]
+    first, second = strategy.trajectory[1:3]
+    assert max(first["scores"].values()) < 0 and max(second["scores"].values()) < 0
+    assert second["lambda"] == 0.75 and second["why"] == "no Y > 0 in 2 rounds: λ raised to 0.75"
+    assert strategy.backbone is not None and strategy.backbone.id == seed  # stayed
+    # The next round is scored at the new λ (hand-computed from Y's definition).
+    third = strategy.trajectory[3]
+    child = next(iter(third["scores"]))
+    member = next(m for m in strategy._children if str(m.id) == child)
+    expected = efficiency_score(
+        *_triple(member), _triple(strategy.backbone), 0.75, strategy.options.beta, strategy._memory_scale()
+    )
+    assert third["scores"][child] == pytest.approx(expected)
+    # λ is part of the state: a resumed search goes on at the raised λ.
+    again = from_state_json(json.loads(json.dumps(strategy.state_to_json())))
+    assert isinstance(again, MemNAS) and again._lam == 0.75
+    # The setting is recorded; runs recorded before it existed keep moving to the best child.
+    assert MemNASConfig.from_json(strategy.options.to_json()).on_stall == "raise_lambda"
+    recorded = MemNASConfig().to_json()
+    del recorded["on_stall"], recorded["memory_scale"]
+    legacy = MemNASConfig.from_json(recorded)
+    assert (legacy.on_stall, legacy.memory_scale) == ("best_child", "backbone")
+    with pytest.raises(ValueError, match="on_stall must be one of best_child, raise_lambda"):
+        MemNASConfig(on_stall="restart")  # type: ignore[arg-type]
 
 
 def test_a_backbone_without_feasible_children_restarts_from_a_random_one() -> None:

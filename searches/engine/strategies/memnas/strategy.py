@@ -82,6 +82,10 @@ from searches.engine.strategies.memnas.edits import (
 )
 from searches.engine.strategies.options import MemNASConfig
 
+# With on_stall "raise_lambda", λ moves halfway to 1 at each local optimum until it passes this;
+# from then on a local optimum moves to its best child.
+LAMBDA_CEILING = 0.95
+
 # ---- the memory-efficiency score --------------------------------------------------------------
 
 
@@ -105,6 +109,11 @@ def efficiency_score(
     gain = (accuracy - a_ref) / max(a_ref, 1e-6)
     memory = beta * (r_ref - sram) / r_scale + (1 - beta) * (p_ref - flash) / p_scale
     return lam * gain + (1 - lam) * memory
+
+
+def _keys(scores: dict[int, float]) -> dict[str, float]:
+    """Scores by candidate id, with JSON's string keys."""
+    return {str(k): v for k, v in scores.items()}
 
 
 def _triple(member: Member, error_objective: ErrorObjective = "float") -> tuple[float, float, float]:
@@ -205,6 +214,7 @@ class MemNAS(SearchStrategy):
         self._restarts = 0
         self._round0 = False  # the current round is round 0 (no backbone yet)
         self._round0_done = False
+        self._lam = self.options.lam  # the λ of Y now (raised at local optima with on_stall "raise_lambda")
         self.trajectory: list[dict[str, Any]] = []
         self._tokens: dict[int, list[list[float]]] = {}  # cache, rebuilt from history on demand
 
@@ -398,11 +408,24 @@ class MemNAS(SearchStrategy):
             why = "best Y > 0"
         else:
             self._stall += 1
+            stuck = self._stall >= opts.patience
+            if stuck and opts.on_stall == "raise_lambda" and self._lam < LAMBDA_CEILING:
+                # A local optimum of Y at this λ: weigh accuracy more and grow on from here, the
+                # next trade-off of the front (the backbone stays; its children are scored anew).
+                self._lam += (1 - self._lam) / 2
+                why = f"no Y > 0 in {self._stall} rounds: λ raised to {self._lam:g}"
+                self._children, self._stall = [], 0
+                raised = {"round": self._rounds + 1, "scores": _keys(scores), "lambda": self._lam, "why": why}
+                self.trajectory.append(raised)
+                self._round, self._round_active = [], False
+                self._rounds += 1
+                self._retrain()
+                return
             if self._stall >= opts.patience and self._children:
                 ys = {m.id: self._score(m, reference) for m in self._children}
                 best = max(self._children, key=lambda m: ys[m.id])
                 why = f"no Y > 0 in {self._stall} rounds: best child taken"
-        entry: dict[str, Any] = {"round": self._rounds + 1, "scores": {str(k): v for k, v in scores.items()}}
+        entry: dict[str, Any] = {"round": self._rounds + 1, "scores": _keys(scores)}
         if why is not None and best is not None:
             self._population = [best]
             self._children = []
@@ -445,7 +468,7 @@ class MemNAS(SearchStrategy):
     def _score(self, member: Member, reference: tuple[float, float, float]) -> float:
         """MemNAS's Y of a member relative to ``reference``."""
         return efficiency_score(
-            *self._triple(member), reference, self.options.lam, self.options.beta, self._memory_scale()
+            *self._triple(member), reference, self._lam, self.options.beta, self._memory_scale()
         )
 
     def _memory_scale(self) -> tuple[float, float] | None:
@@ -476,7 +499,7 @@ class MemNAS(SearchStrategy):
         backbone = self.backbone
         assert backbone is not None
         a_ref, r_ref, p_ref = self._triple(backbone)
-        lam, beta = self.options.lam, self.options.beta
+        lam, beta = self._lam, self.options.beta
         weight = lam / max(a_ref, 1e-6)
         scale = self._memory_scale()
         offsets = [
@@ -524,6 +547,7 @@ class MemNAS(SearchStrategy):
             "restarts": self._restarts,
             "round0": self._round0,
             "round0_done": self._round0_done,
+            "lambda": self._lam,
             "trajectory": list(self.trajectory),
             "controller": self.controller.to_json(),
         }
@@ -544,6 +568,7 @@ class MemNAS(SearchStrategy):
         # States saved before round 0 existed have neither key: they never run one.
         self._round0 = own.get("round0", False)
         self._round0_done = own.get("round0_done", True)
+        self._lam = own.get("lambda", self.options.lam)  # states saved before λ could move
         self.trajectory = list(own["trajectory"])
         self.controller.load_json(own["controller"])
         self._tokens = {}
