@@ -286,11 +286,19 @@ def run_one(
 # ---- many runs, cached ----------------------------------------------------------------------------
 
 
+# MemNAS settings added after runs were stored, at the value that reproduces those runs: left out
+# of the hash at that value, so the stored runs keep their names.
+HASH_OMITS = {"on_stall": "best_child"}
+
+
 def _key(dataset: str, strategy: str, seed: int, budget: int, setting: Setting, minutes: float) -> str:
     """The stored run's name; the hash covers every MemNAS setting, defaults included, so that a
     changed default never passes off an old run as one of the new default."""
     name, options = parse_strategy(strategy)
     resolved = MemNASConfig.from_json(options).to_json() if name == "memnas" else {}
+    for setting_name, before in HASH_OMITS.items():  # stored runs stay theirs
+        if resolved.get(setting_name) == before:
+            del resolved[setting_name]
     settings = json.dumps(
         [dataset, strategy, seed, budget, asdict(setting), minutes, resolved], sort_keys=True
     )
