@@ -398,7 +398,7 @@ def _memnas_defaults() -> str:
     d = MemNASConfig()
     return (
         f"its defaults (λ {d.lam}, β {d.beta}, top-{d.top_k}, seed {d.seed_backbone}, ranker {d.ranker}, "
-        f"memory scale {d.memory_scale})"
+        f"memory scale {d.memory_scale}, on stall {d.on_stall})"
     )
 
 
@@ -409,7 +409,9 @@ def _best_accuracy(run: dict[str, Any], n: int) -> float:
 
 def report(results: list[dict[str, Any]], args: argparse.Namespace, plot_name: str) -> str:
     by_curve = curves(results, args)
-    checkpoints = sorted({max(1, args.budget // 4), max(1, args.budget // 2), args.budget})
+    default = {max(1, args.budget // 4), max(1, args.budget // 2), args.budget}
+    chosen = {n for n in args.at if 1 <= n <= args.budget} | {args.budget}
+    checkpoints = sorted(chosen if args.at else default)
     lines = [
         f"Command: `python bench/bench_strategies.py {shlex.join(sys.argv[1:])}`",
         f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, torch CPU, "
@@ -704,6 +706,9 @@ def main() -> None:
     parser.add_argument("--minutes-per-run", type=float, default=120.0, help="wall-clock limit of one run")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (one torch thread each)")
     parser.add_argument("--fresh", action="store_true", help="ignore cached runs")
+    parser.add_argument(
+        "--at", type=int, nargs="+", default=[], help="report hypervolume after these evaluations too"
+    )
     parser.add_argument("--write", action="store_true", help="write docs/benchmarks.md and the plot")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument(

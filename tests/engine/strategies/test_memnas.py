@@ -283,7 +283,7 @@ def test_the_first_proposal_is_the_minimal_seed_and_rounds_grow_from_it() -> Non
 
 
 def test_the_backbone_moves_toward_better_scores() -> None:
-    strategy = make_strategy(config(budget=25, options={"top_k": 3}))
+    strategy = make_strategy(config(budget=25, options={"top_k": 3, "on_stall": "best_child"}))
     assert isinstance(strategy, MemNAS)
     members: dict[int, Member] = {}
     run_search(
@@ -350,7 +350,7 @@ def test_without_improvement_the_best_child_becomes_the_backbone_after_patience_
     def flat(architecture: Architecture, proposal: Proposal) -> EvalResult:
         return EvalResult(val_accuracy=0.5)  # growth only costs memory: no child scores Y > 0
 
-    strategy = make_strategy(config(budget=5, options={"top_k": 2, "patience": 2}))
+    strategy = make_strategy(config(budget=5, options={"top_k": 2, "patience": 2, "on_stall": "best_child"}))
     assert isinstance(strategy, MemNAS)
     run_search(strategy, flat)
     first, second = strategy.trajectory[1:]
@@ -408,6 +408,7 @@ def test_on_stall_raise_lambda_keeps_the_backbone_and_weighs_accuracy_more() -> 
     first, second = strategy.trajectory[1:3]
     assert max(first["scores"].values()) < 0 and max(second["scores"].values()) < 0
     assert second["lambda"] == 0.75 and second["why"] == "no Y > 0 in 2 rounds: λ raised to 0.75"
+    assert "backbone" not in second  # flat accuracy: growth still does not pay at 0.75
     assert strategy.backbone is not None and strategy.backbone.id == seed  # stayed
     # The next round is scored at the new λ (hand-computed from Y's definition).
     third = strategy.trajectory[3]
@@ -428,6 +429,33 @@ def test_on_stall_raise_lambda_keeps_the_backbone_and_weighs_accuracy_more() -> 
     assert (legacy.on_stall, legacy.memory_scale) == ("best_child", "backbone")
     with pytest.raises(ValueError, match="on_stall must be one of best_child, raise_lambda"):
         MemNASConfig(on_stall="restart")  # type: ignore[arg-type]
+
+
+def test_raising_lambda_moves_to_a_trained_child_that_now_beats_the_backbone() -> None:
+    """Children whose accuracy gain is half their memory cost lose at λ 0.5 and win at 0.75."""
+    options = {"top_k": 2, "patience": 2, "on_stall": "raise_lambda", "lambda": 0.5}
+    strategy = make_strategy(config(budget=5, options=options))
+    assert isinstance(strategy, MemNAS)
+    seed_accuracy = 0.5
+
+    def half_paying(architecture: Architecture, proposal: Proposal) -> EvalResult:
+        if proposal.parent_id is None:
+            return EvalResult(val_accuracy=seed_accuracy)
+        backbone = strategy.backbone
+        assert backbone is not None
+        r, p = proposal.resources["peak_sram_bytes"], proposal.resources["flash_bytes"]
+        reference = _triple(backbone)
+        scale = strategy._memory_scale()
+        cost = -efficiency_score(reference[0], r, p, reference, 0.0, strategy.options.beta, scale)
+        return EvalResult(val_accuracy=seed_accuracy * (1 + 0.5 * cost))
+
+    run_search(strategy, half_paying)
+    first, second = strategy.trajectory[1:3]
+    assert max(first["scores"].values()) < 0 and max(second["scores"].values()) < 0
+    assert second["why"] == "no Y > 0 in 2 rounds: λ raised to 0.75, best child taken"
+    assert strategy.backbone is not None and strategy.backbone.id == second["backbone"]
+    assert strategy.backbone.id != strategy.trajectory[0]["backbone"]  # moved, no extra training
+    assert strategy.asked == 5 and strategy._lam == 0.75
 
 
 def test_a_backbone_without_feasible_children_restarts_from_a_random_one() -> None:

@@ -408,24 +408,29 @@ class MemNAS(SearchStrategy):
             why = "best Y > 0"
         else:
             self._stall += 1
-            stuck = self._stall >= opts.patience
+            stuck = self._stall >= opts.patience and bool(self._children)
             if stuck and opts.on_stall == "raise_lambda" and self._lam < LAMBDA_CEILING:
-                # A local optimum of Y at this λ: weigh accuracy more and grow on from here, the
-                # next trade-off of the front (the backbone stays; its children are scored anew).
+                # A local optimum of Y at this λ: weigh accuracy more.  The children already
+                # trained around it are scored again at the new λ; the best moves on if it now
+                # beats the backbone (the next trade-off of the front), else the backbone stays.
                 self._lam += (1 - self._lam) / 2
-                why = f"no Y > 0 in {self._stall} rounds: λ raised to {self._lam:g}"
-                self._children, self._stall = [], 0
-                raised = {"round": self._rounds + 1, "scores": _keys(scores), "lambda": self._lam, "why": why}
-                self.trajectory.append(raised)
-                self._round, self._round_active = [], False
-                self._rounds += 1
-                self._retrain()
-                return
-            if self._stall >= opts.patience and self._children:
+                ys = {m.id: self._score(m, reference) for m in self._children}
+                best = max(self._children, key=lambda m: ys[m.id])
+                self._stall = 0
+                why = f"no Y > 0 in {opts.patience} rounds: λ raised to {self._lam:g}"
+                if ys[best.id] > 0:
+                    why += ", best child taken"
+                else:
+                    best = None  # the backbone stays; the next round is scored at the new λ
+            elif stuck:
                 ys = {m.id: self._score(m, reference) for m in self._children}
                 best = max(self._children, key=lambda m: ys[m.id])
                 why = f"no Y > 0 in {self._stall} rounds: best child taken"
         entry: dict[str, Any] = {"round": self._rounds + 1, "scores": _keys(scores)}
+        if opts.on_stall == "raise_lambda":
+            entry["lambda"] = self._lam
+        if why is not None and best is None:
+            entry["why"] = why
         if why is not None and best is not None:
             self._population = [best]
             self._children = []
