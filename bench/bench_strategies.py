@@ -552,12 +552,14 @@ def _svg(by_curve: dict[tuple[str, str], list[list[float]]], datasets: list[str]
 # ---- λ sweep ------------------------------------------------------------------------------------
 
 
-def selected_model(run: dict[str, Any]) -> dict[str, Any] | None:
+def selected_model(run: dict[str, Any], scale: tuple[float, float] | None = None) -> dict[str, Any] | None:
     """The evaluated candidate with the highest Y (the run's λ and β) against the run's first backbone.
 
     MemNAS's score is relative to the current backbone, so over a whole run it is taken against
     the first one (the seed, or round 0's winner): λ = 0 then prefers the smallest network met,
-    λ = 1 the most accurate.  None when nothing was trained.
+    λ = 1 the most accurate.  ``scale``: the (SRAM, flash) a memory change is divided by, as the
+    run's own score did with the budget memory scale (None: the paper's, the backbone's memory).
+    None when nothing was trained.
     """
     trained = [e for e in run["evaluations"] if e["objectives"]]
     if not trained:
@@ -572,17 +574,20 @@ def selected_model(run: dict[str, Any]) -> dict[str, Any] | None:
         return (1 - error, float(sram), float(flash))
 
     ref = triple(reference)
-    return max(trained, key=lambda e: efficiency_score(*triple(e), ref, config.lam, config.beta))
+    return max(trained, key=lambda e: efficiency_score(*triple(e), ref, config.lam, config.beta, scale))
 
 
 def sweep_rows(results: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
     """Per (dataset, λ): the selected model's error, SRAM, flash and MACs, averaged over seeds."""
     rows = []
     for dataset in args.datasets:
-        bounds = dataset_setting(dataset, args).bounds()
+        setting = dataset_setting(dataset, args)
+        bounds = setting.bounds()
         for spec in args.strategies:
             runs = [r for r in results if r["dataset"] == dataset and r["strategy"] == spec]
-            picked = [m for m in (selected_model(r) for r in runs) if m is not None]
+            budget_scale = MemNASConfig.from_json(parse_strategy(spec)[1]).memory_scale == "budget"
+            scale = (float(setting.sram_bytes), float(setting.flash_bytes)) if budget_scale else None
+            picked = [m for m in (selected_model(r, scale) for r in runs) if m is not None]
             if not picked:
                 continue
             means = [statistics.mean(m["objectives"][i] for m in picked) for i in range(4)]
