@@ -53,7 +53,7 @@ from searches.engine.space.sampling import SpaceConfig
 from searches.engine.strategies.base import EvalResult
 from searches.engine.strategies.config import Bounds, Limits, SearchConfig
 from searches.engine.strategies.driver import SearchEvent, run_search
-from searches.engine.strategies.memnas.strategy import efficiency_score
+from searches.engine.strategies.memnas.strategy import efficiency_score, memory_scale
 from searches.engine.strategies.objectives import pareto_front
 from searches.engine.strategies.options import MemNASConfig
 from searches.engine.strategies.registry import from_state_json, make_strategy
@@ -585,8 +585,9 @@ def sweep_rows(results: list[dict[str, Any]], args: argparse.Namespace) -> list[
         bounds = setting.bounds()
         for spec in args.strategies:
             runs = [r for r in results if r["dataset"] == dataset and r["strategy"] == spec]
-            budget_scale = MemNASConfig.from_json(parse_strategy(spec)[1]).memory_scale == "budget"
-            scale = (float(setting.sram_bytes), float(setting.flash_bytes)) if budget_scale else None
+            options = MemNASConfig.from_json(parse_strategy(spec)[1])
+            limits = Limits(sram_bytes=setting.sram_bytes, flash_bytes=setting.flash_bytes)
+            scale = memory_scale(options, limits, bounds)
             picked = [m for m in (selected_model(r, scale) for r in runs) if m is not None]
             if not picked:
                 continue

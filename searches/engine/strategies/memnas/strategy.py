@@ -71,7 +71,7 @@ from searches.engine.strategies.base import (
     arch_hash,
     measure,
 )
-from searches.engine.strategies.config import ErrorObjective, SearchConfig, StrategyName
+from searches.engine.strategies.config import Bounds, ErrorObjective, Limits, SearchConfig, StrategyName
 from searches.engine.strategies.memnas.controller import Controller, ListController, encode
 from searches.engine.strategies.memnas.edits import (
     children,
@@ -109,6 +109,21 @@ def efficiency_score(
     gain = (accuracy - a_ref) / max(a_ref, 1e-6)
     memory = beta * (r_ref - sram) / r_scale + (1 - beta) * (p_ref - flash) / p_scale
     return lam * gain + (1 - lam) * memory
+
+
+def memory_scale(options: MemNASConfig, limits: Limits, bounds: Bounds) -> tuple[float, float] | None:
+    """What Y divides memory changes by: None (the backbone's memory) or the board's budget.
+
+    The budget is the search's SRAM and flash limits, else its bounds; without either the
+    paper's formula is used.
+    """
+    if options.memory_scale == "backbone":
+        return None
+    sram = limits.sram_bytes or bounds.peak_sram_bytes
+    flash = limits.flash_bytes or bounds.flash_bytes
+    if sram is None or flash is None:
+        return None
+    return float(sram), float(flash)
 
 
 def _keys(scores: dict[int, float]) -> dict[str, float]:
@@ -408,34 +423,33 @@ class MemNAS(SearchStrategy):
             why = "best Y > 0"
         else:
             self._stall += 1
-            stuck = self._stall >= opts.patience and bool(self._children)
-            if stuck and opts.on_stall == "raise_lambda" and self._lam < LAMBDA_CEILING:
-                # A local optimum of Y at this λ: weigh accuracy more.  The children already
-                # trained around it are scored again at the new λ; the best moves on if it now
-                # beats the backbone (the next trade-off of the front), else the backbone stays.
-                self._lam += (1 - self._lam) / 2
-                ys = {m.id: self._score(m, reference) for m in self._children}
-                best = max(self._children, key=lambda m: ys[m.id])
-                self._stall = 0
-                why = f"no Y > 0 in {opts.patience} rounds: λ raised to {self._lam:g}"
-                if ys[best.id] > 0:
-                    why += ", best child taken"
-                else:
-                    best = None  # the backbone stays; the next round is scored at the new λ
-            elif stuck:
+            if self._stall >= opts.patience and self._children:
+                # A local optimum of Y.  With "raise_lambda" accuracy weighs more from now on and
+                # the children already trained are scored again at the new λ: the best moves on
+                # only if it now beats the backbone (the next trade-off of the front).
+                raise_lambda = opts.on_stall == "raise_lambda" and self._lam < LAMBDA_CEILING
+                if raise_lambda:
+                    self._lam += (1 - self._lam) / 2
                 ys = {m.id: self._score(m, reference) for m in self._children}
                 best = max(self._children, key=lambda m: ys[m.id])
                 why = f"no Y > 0 in {self._stall} rounds: best child taken"
+                if raise_lambda:
+                    why = f"no Y > 0 in {self._stall} rounds: λ raised to {self._lam:g}"
+                    self._stall = 0
+                    if ys[best.id] > 0:
+                        why += ", best child taken"
+                    else:
+                        best = None  # the backbone stays; the next round is scored at the new λ
         entry: dict[str, Any] = {"round": self._rounds + 1, "scores": _keys(scores)}
         if opts.on_stall == "raise_lambda":
             entry["lambda"] = self._lam
-        if why is not None and best is None:
+        if why is not None:
             entry["why"] = why
         if why is not None and best is not None:
             self._population = [best]
             self._children = []
             self._stall = 0
-            entry.update(backbone=best.id, why=why)
+            entry["backbone"] = best.id
         self.trajectory.append(entry)
         self._round = []
         self._round_active = False
@@ -477,15 +491,7 @@ class MemNAS(SearchStrategy):
         )
 
     def _memory_scale(self) -> tuple[float, float] | None:
-        """What Y divides memory changes by: None (the backbone's memory) or the board's budget."""
-        if self.options.memory_scale == "backbone":
-            return None
-        limits, bounds = self.config.limits, self.config.bounds
-        sram = limits.sram_bytes or bounds.peak_sram_bytes
-        flash = limits.flash_bytes or bounds.flash_bytes
-        if sram is None or flash is None:  # no budget to divide by: the paper's formula
-            return None
-        return float(sram), float(flash)
+        return memory_scale(self.options, self.config.limits, self.config.bounds)
 
     def _label(self, member: Member) -> None:
         self._history.append(
