@@ -1,19 +1,21 @@
 """Calibrate and measure the instruction-count latency model against QEMU.
 
-``python bench/bench_latency.py --calibrate`` draws random architectures (seed 101) with the
-space sampler for the inputs users search on (digits 8x8x1, Fashion-MNIST 28x28x1), builds each
-one's C header with random weights, counts one inference's instructions under QEMU on every
-core family (Cortex-M0+, M3, M4/M7 alternating, M33) with nasweb's plugin, fits the model's
-coefficients (non-negative least squares on relative error) and writes
+``python bench/bench_latency.py --calibrate`` draws random architectures (seeds 101, 103, 105)
+with the space sampler for the inputs users search on (digits 8x8x1, Fashion-MNIST 28x28x1),
+builds each one's C header with random weights, counts the instructions of every layer of one
+inference under QEMU on every core family (Cortex-M0+, M3, M4/M7 alternating, M33) with
+bench/latency_profile.py, fits the model's coefficients per family (non-negative least squares,
+each layer's error relative to its model's count) and writes
 ``searches/engine/resources/latency_coefficients.json``.
 
 ``python bench/bench_latency.py --measure`` draws 50 fresh architectures (seed 202), predicts
 their counts with the checked-in coefficients, counts them under QEMU and writes the error table
 to docs/resource-model.md and docs/benchmarks.md (``--no-docs`` only prints).
 
-Counts are cached per architecture, weights seed, core and exporter source (kernels.h,
-header.py) under the nasweb cache directory, so a refit needs no emulation and an edited kernel
-is measured afresh.  Run it under ``nice -n 19``; ``--jobs`` (default 2) processes emulate.
+Counts are stored per generated header, QEMU target and harness in
+``bench/results/latency/counts.jsonl`` (committed, so a refit on a fresh clone needs no
+emulation); an edited kernel or harness changes the key, so it is measured afresh.  Run it
+under ``nice -n 19``; ``--jobs`` (default 2) processes emulate.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ TITLE = "Latency model: predicted vs QEMU instruction counts"
 CALIBRATE_COMMAND = "nice -n 19 python bench/bench_latency.py --calibrate"
 MEASURE_COMMAND = "nice -n 19 python bench/bench_latency.py --measure"
 # Calibration draws (seed, architectures per task); held-out measurement draws with MEASURE_SEED.
-CALIBRATE_DRAWS = ((101, 60), (103, 20))
+CALIBRATE_DRAWS = ((101, 60), (103, 20), (105, 240))
 MEASURE_SEED = 202
 MEASURE_PER_TASK = 25
 TASKS = (("digits", (8, 8, 1), 2_000), ("Fashion-MNIST", (28, 28, 1), 20_000))
@@ -80,10 +82,16 @@ def _key(header_text: str, target: str) -> str:
     return hashlib.sha256(f"{_harness_digest()}\n{target}\n{header_text}".encode()).hexdigest()
 
 
-def cache_file() -> Path:
-    from searches.engine.deploy.qemu import cache_dir
+def _layers_key(header_text: str, target: str) -> str:
+    """Per-layer counts depend on the profiler too (bench/latency_profile.py and its plugin)."""
+    digest = hashlib.sha256()
+    for path in (ROOT / "bench" / "latency_profile.py", ROOT / "bench" / "c" / "insn_marks.c"):
+        digest.update(path.read_bytes())
+    return hashlib.sha256(f"{digest.hexdigest()}\n{_key(header_text, target)}".encode()).hexdigest()
 
-    return cache_dir() / "latency-counts.jsonl"
+
+def cache_file() -> Path:
+    return ROOT / "bench" / "results" / "latency" / "counts.jsonl"
 
 
 def load_cache() -> dict[str, float]:
@@ -172,7 +180,109 @@ def _indexed(
     return job[0], _count_item(job[1])
 
 
+def layers_file() -> Path:
+    return ROOT / "bench" / "results" / "latency" / "layers.jsonl"
+
+
+def _load_layers() -> dict[str, dict[str, float]]:
+    path, out = layers_file(), {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                out[row["key"]] = row["layers"]
+    return out
+
+
+_LAYERS: dict[str, dict[str, float]] = {}
+
+
+def _init_layers_worker() -> None:
+    _LAYERS.update(_load_layers())
+
+
+def _profile_item(
+    job: tuple[int, dict[str, Any], list[str]],
+) -> tuple[int, list[tuple[str, str, dict[str, float], bool]]]:
+    """Per-layer instruction counts of one architecture on each target (bench/latency_profile.py)."""
+    from bench.latency_profile import model_inputs, profile_header
+
+    index, item, targets = job
+    header, xq, expected = model_inputs(item["arch"], item["seed"])
+    out = []
+    with tempfile.TemporaryDirectory(prefix="nasweb-bench-latency-") as tmp:
+        for target in targets:
+            key = _layers_key(header.text, target)
+            if key in _LAYERS:
+                out.append((key, target, _LAYERS[key], True))
+            else:
+                out.append((key, target, profile_header(header, xq, expected, target, Path(tmp)), False))
+    return index, out
+
+
+def collect_layers(picked: list[dict[str, Any]], jobs: int) -> list[dict[str, Any]]:
+    """One row per (architecture, family) with its per-layer QEMU counts, profiling what the
+    store lacks."""
+    path = layers_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work = [(i, item, [target_of(f, i) for f in FAMILY_TARGETS]) for i, item in enumerate(picked)]
+    results: list[list[tuple[str, str, dict[str, float], bool]]] = [[] for _ in picked]
+    profiled = 0
+    with Pool(jobs, initializer=_init_layers_worker) as pool, path.open("a") as f:
+        for done, (i, rows) in enumerate(pool.imap_unordered(_profile_item, work), 1):
+            results[i] = rows
+            for key, target, layers, cached in rows:
+                if not cached:
+                    profiled += 1
+                    f.write(json.dumps({"key": key, "target": target, "layers": layers}) + "\n")
+            f.flush()
+            print(f"  {done}/{len(picked)} architectures ({profiled} runs profiled)", file=sys.stderr)
+    return [
+        {**item, "family": family, "target": target, "layers": layers}
+        for i, item in enumerate(picked)
+        for family, (_, target, layers, _) in zip(FAMILY_TARGETS, results[i], strict=True)
+    ]
+
+
 # ---- fitting -----------------------------------------------------------------------------------
+
+
+def layer_rows(row: dict[str, Any]) -> list[tuple[dict[str, float], float]]:
+    """(features, counted instructions) of each layer of a profiled model and of its run
+    function (bench/latency_profile.py counts everything a layer function ran)."""
+    from searches.engine.resources.graph import build_graph
+    from searches.engine.resources.latency import FAMILY_VARIANTS, layer_features, run_features
+    from searches.engine.space.arch import from_json
+
+    graph = build_graph(from_json(row["arch"]))[0]
+    counts: dict[str, float] = row["layers"]
+    return [(run_features(graph), counts["run"])] + [
+        (feats, counts[op.id]) for op, feats in layer_features(graph, FAMILY_VARIANTS[row["family"]])
+    ]
+
+
+def fit_family(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Non-negative coefficients fitted to every layer of the profiled ``rows``.
+
+    Each layer's error counts relative to its whole model's instructions, so what is minimised
+    is the models' relative error, layer by layer: a layer's cost is fitted from the layers of
+    its own op kind (every feature belongs to one), hundreds of them per kind."""
+    import numpy as np
+    from scipy.optimize import nnls
+
+    feats, ys, totals = [], [], []
+    for row in rows:
+        total = sum(row["layers"].values())
+        for f, y in layer_rows(row):
+            feats.append(f)
+            ys.append(y)
+            totals.append(total)
+    names = sorted({n for f in feats for n in f})
+    t = np.array(totals)
+    x = np.array([[f.get(n, 0.0) for n in names] for f in feats]) / t[:, None]
+    scale = x.max(axis=0)  # columns of similar size keep NNLS well conditioned
+    w, _ = nnls(x / scale, np.array(ys) / t, maxiter=50 * len(names))
+    return {n: float(c / s) for n, c, s in zip(names, w, scale, strict=True) if c > 0}
 
 
 def feature_rows(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
@@ -183,32 +293,17 @@ def feature_rows(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
     return [features(build_graph(from_json(r["arch"]))[0], FAMILY_VARIANTS[r["family"]]) for r in rows]
 
 
-def fit_family(rows: list[dict[str, Any]], ridge: float = 0.0) -> dict[str, float]:
-    """Non-negative coefficients minimising the squared *relative* error over ``rows``.
-
-    ``ridge`` > 0 adds a penalty on each (column-scaled) coefficient; on the calibration set it
-    changed the cross-validated error by under a point, so the fit uses none."""
-    import numpy as np
-    from scipy.optimize import nnls
-
-    feats = feature_rows(rows)
-    names = sorted({n for f in feats for n, v in f.items() if v})
-    y = np.array([r["count"] for r in rows])
-    x = np.array([[f.get(n, 0.0) for n in names] for f in feats]) / y[:, None]
-    scale = x.max(axis=0)  # columns of similar size keep NNLS well conditioned
-    a = np.vstack([x / scale, np.sqrt(ridge) * np.eye(len(names))])
-    b = np.concatenate([np.ones(len(y)), np.zeros(len(names))])
-    w, _ = nnls(a, b, maxiter=50 * len(names))
-    return {n: float(c / s) for n, c, s in zip(names, w, scale, strict=True) if c > 0}
-
-
 def predict(coefs: dict[str, float], feats: dict[str, float]) -> float:
     return sum(coefs.get(n, 0.0) * v for n, v in feats.items())
 
 
 def errors(coefs: dict[str, float], rows: list[dict[str, Any]]) -> list[float]:
-    """Relative errors (prediction / QEMU count - 1) of ``rows``."""
-    return [predict(coefs, f) / r["count"] - 1 for f, r in zip(feature_rows(rows), rows, strict=True)]
+    """Relative errors (prediction / QEMU count - 1) of whole models: ``rows`` with a "count"
+    or with per-layer "layers" counts."""
+    return [
+        predict(coefs, f) / (r["count"] if "count" in r else sum(r["layers"].values())) - 1
+        for f, r in zip(feature_rows(rows), rows, strict=True)
+    ]
 
 
 def summary(errs: list[float]) -> dict[str, float]:
@@ -228,7 +323,7 @@ def calibrate(jobs: int) -> dict[str, Any]:
     """Fit every family on the calibration architectures and write the coefficients file."""
     from searches.engine.resources.latency import COEFFICIENTS_PATH, FAMILY_LABELS
 
-    rows = collect(calibration_archs(), jobs)
+    rows = collect_layers(calibration_archs(), jobs)
     families, fit_error = {}, {}
     for family in FAMILY_TARGETS:
         mine = [r for r in rows if r["family"] == family]
@@ -238,8 +333,9 @@ def calibrate(jobs: int) -> dict[str, Any]:
     data = {
         "command": CALIBRATE_COMMAND,
         "what": "instructions per event of the generated kernels' loops "
-        "(searches/engine/resources/latency.py), "
-        "fitted by non-negative least squares on relative error to QEMU instruction counts of one inference",
+        "(searches/engine/resources/latency.py), fitted by non-negative least squares to QEMU "
+        "instruction counts of every layer of one inference (bench/latency_profile.py), each "
+        "layer's error relative to its model's count",
         "calibration": {
             "architectures": len(rows) // len(FAMILY_TARGETS),
             "draws": [{"seed": seed, "per_task": n} for seed, n in CALIBRATE_DRAWS],
@@ -253,13 +349,13 @@ def calibrate(jobs: int) -> dict[str, Any]:
     return data
 
 
-def measure(jobs: int) -> tuple[list[str], list[dict[str, Any]]]:
+def measure(jobs: int, seed: int = MEASURE_SEED) -> tuple[list[str], list[dict[str, Any]]]:
     """Held-out error of the checked-in model: the table's lines and the rows."""
     from searches.engine.resources.graph import build_graph
     from searches.engine.resources.latency import FAMILY_LABELS, predict_instructions
     from searches.engine.space.arch import from_json
 
-    rows = collect(pick_archs(MEASURE_SEED, MEASURE_PER_TASK), jobs)
+    rows = collect(pick_archs(seed, MEASURE_PER_TASK), jobs)
     for r in rows:
         r["predicted"] = predict_instructions(build_graph(from_json(r["arch"]))[0], r["target"])
         r["error"] = r["predicted"] / r["count"] - 1
@@ -335,6 +431,12 @@ def main() -> None:
     mode.add_argument("--collect", choices=("calibrate", "measure"), help="only emulate (fill the cache)")
     parser.add_argument("--jobs", type=int, default=2, help="parallel emulation processes (default 2)")
     parser.add_argument("--no-docs", action="store_true", help="print only, do not touch docs/")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=MEASURE_SEED,
+        help=f"--measure: the held-out draw (default {MEASURE_SEED}; another one only prints)",
+    )
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
@@ -346,8 +448,8 @@ def main() -> None:
     elif args.calibrate:
         calibrate(args.jobs)
     else:
-        lines, rows = measure(args.jobs)
-        write_measurement(lines, rows, args.no_docs)
+        lines, rows = measure(args.jobs, args.seed)
+        write_measurement(lines, rows, args.no_docs or args.seed != MEASURE_SEED)
 
 
 if __name__ == "__main__":

@@ -146,7 +146,6 @@ class _Writer:
         ih, iw, ic = self.shapes[src]
         oh, ow, oc = self.shapes[dst]
         zp = {t: q.zero_point for t, q in self.qm.qparams.items()}
-        comment = f"    /* {op.id}: {op.kind} {ih}x{iw}x{ic} -> {oh}x{ow}x{oc} */\n"
         if op.kind in ("conv2d", "conv1x1", "dwconv2d", "dense"):
             p = self.qm.weighted[op.id]
             base = f"{self.name}_param_{op.id}"
@@ -165,11 +164,11 @@ class _Writer:
                     f"{self.ptr(src)}, {ih}, {iw}, {ic}, {consts}, {self.ptr(dst)}, {out_dims}, "
                     f"{k}, {stride}, {top}, {left}, {zp[src]}, {act}"
                 )
-            return f"{comment}    {self.name}_{op.kind}({args});\n"
+            return f"    {self.name}_{op.kind}({args});\n"
         if op.kind in ("maxpool", "avgpool"):
             kh, kw = (ih, iw) if op.attrs["size"] == "global" else (int(op.attrs["size"]),) * 2  # type: ignore[call-overload]
             args = f"{self.ptr(src)}, {iw}, {ic}, {self.ptr(dst)}, {oh}, {ow}, {kh}, {kw}"
-            return f"{comment}    {self.name}_{op.kind}({args});\n"
+            return f"    {self.name}_{op.kind}({args});\n"
         if op.kind == "add":
             # The chain of binary Adds (int8_scheme.add_chain), each partial sum written in
             # place in the output buffer: element i of a link reads element i of the partial
@@ -192,8 +191,21 @@ class _Writer:
                     f"{zp[link_out]}, {params.out_multiplier}, {params.out_shift});\n",
                     "    }\n",
                 ]
-            return comment + "".join(lines)
+            return "".join(lines)
         raise ExportError(f"{op.id}: no kernel for op kind {op.kind!r}")  # pragma: no cover
+
+    def describe(self, op: Op) -> str:
+        (ih, iw, ic), (oh, ow, oc) = self.shapes[op.inputs[0]], self.shapes[op.outputs[0]]
+        return f"{op.kind} {ih}x{iw}x{ic} -> {oh}x{ow}x{oc}"
+
+    def layer_functions(self) -> str:
+        """One never-inlined function per layer (see NNK_LAYER in kernels.h), in run order."""
+        n, u = self.name, self.upper
+        return "".join(
+            f"/* {op_id}: {self.describe(self.ops[op_id])} */\n"
+            f"{u}_LAYER void {n}_layer_{op_id}(void)\n{{\n{self.call(self.ops[op_id])}}}\n\n"
+            for op_id in self.report.memory.order
+        )
 
     def run_function(self) -> str:
         n, u = self.name, self.upper
@@ -202,7 +214,10 @@ class _Writer:
             "    int32_t i;\n",
             f"    for (i = 0; i < {u}_INPUT_SIZE; ++i) {n}_arena[{self.offsets['input']} + i] = input[i];\n",
         ]
-        body += [self.call(self.ops[op_id]) for op_id in self.report.memory.order]
+        body += [
+            f"    {n}_layer_{op_id}(); /* {self.describe(self.ops[op_id])} */\n"
+            for op_id in self.report.memory.order
+        ]
         out = self.offsets["logits"]
         body.append(f"    for (i = 0; i < {u}_OUTPUT_SIZE; ++i) output[i] = {n}_arena[{out} + i];\n")
         body.append("    return 0;\n}\n")
@@ -338,7 +353,7 @@ static int8_t {name}_arena[{u}_ARENA_SIZE] __attribute__((aligned(4)));
 static int8_t {name}_arena[{u}_ARENA_SIZE];
 #endif
 
-{w.run_function()}
+{w.layer_functions()}{w.run_function()}
 {_quantize_function(name)}
 #endif /* {u}_IMPLEMENTATION */
 """

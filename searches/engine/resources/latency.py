@@ -1,12 +1,12 @@
 """Latency per core: instructions predicted from the generated kernels' loops x cycles per instruction.
 
-The exported C (``deploy/c/kernels.h``, inlined into ``<name>_run`` with every layer's shape
-constant) runs one of three kernel variants:
+The exported C (``deploy/c/kernels.h``, inlined into one function per layer with the layer's
+shape constant) runs one of three kernel variants:
 
 ``dsp``     Cortex-M4/M7/M33: SXTB16 + SMLAD on four bytes a step, convolutions in 2 pixel x
             2 channel blocks, depthwise four channels a pass, dense four rows a pass;
 ``plain``   Cortex-M3: the same blocking with plain C multiply-accumulates;
-``plain1``  Cortex-M0+: plain C, one pixel per pass (eight low registers).
+``plain1``  Cortex-M0+: plain C, one pixel per pass, dense two rows a pass (eight low registers).
 
 :func:`features` walks each operator's loops as those kernels do -- which output pixels pair up,
 which are interior or on the border, how many 4-byte steps and leftover bytes each dot product
@@ -25,7 +25,7 @@ estimated cycles-per-instruction factor and are labelled uncalibrated.
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -128,6 +128,9 @@ def _conv2d(f: dict[str, float], op: Op, shapes: dict[str, tuple[int, ...]], var
         pair = pairs and ox + 1 < ow and _conv_taps(ix0 + stride, k, iw) == kx
         columns.append((pair, *kx))
         ox += 2 if pair else 1
+    # With 'valid' padding every window is whole: GCC sees constant row and byte counts and
+    # unrolls the dot products; a single input channel makes them a few bytes long.
+    prefix = "conv" + ("v" if op.attrs["padding"] == "valid" else "") + ("1" if ic == 1 else "")
     f["conv_row"] += oh
     for oy in range(oh):
         ky_lo, ky_hi = _conv_taps(oy * stride - top, k, ih)
@@ -135,7 +138,10 @@ def _conv2d(f: dict[str, float], op: Op, shapes: dict[str, tuple[int, ...]], var
         for pair, kx_lo, kx_hi in columns:
             f["conv_pass"] += 1
             f["conv_block"] += blocks
-            _dot(f, "conv_dot22" if pair else "conv_dot2", blocks * rows, (kx_hi - kx_lo) * ic, dsp)
+            dot = f"{prefix}_dot22" if pair else f"{prefix}_dot2"
+            _dot(f, dot, (oc // 2) * rows, (kx_hi - kx_lo) * ic, dsp)
+            # a lone last channel passes the same filter twice: GCC loads and unpacks it once
+            _dot(f, f"{dot}s", (oc % 2) * rows, (kx_hi - kx_lo) * ic, dsp)
             if ky_lo > 0 or ky_hi < k or kx_lo > 0 or kx_hi < k:
                 # nnk_padsum2: weight sums of the taps on padding, row by row
                 f["pad_block"] += blocks
@@ -146,7 +152,7 @@ def _conv2d(f: dict[str, float], op: Op, shapes: dict[str, tuple[int, ...]], var
                     else:
                         _dot(f, "wsum", blocks, kx_lo * ic, dsp)
                         _dot(f, "wsum", blocks, (k - kx_hi) * ic, dsp)
-            f["requant"] += oc * (2 if pair else 1)
+            f["conv_requant"] += oc * (2 if pair else 1)
 
 
 def _conv1x1(f: dict[str, float], op: Op, shapes: dict[str, tuple[int, ...]], variant: str) -> None:
@@ -156,12 +162,13 @@ def _conv1x1(f: dict[str, float], op: Op, shapes: dict[str, tuple[int, ...]], va
     pairs = pixels // 2 if variant != "plain1" else 0
     singles = pixels - 2 * pairs
     half, odd = oc // 2, oc % 2
-    f["pw_pass"] += pairs + singles
-    f["pw_block"] += (pairs + singles) * (half + odd)
-    _dot(f, "pw_dot22", pairs * half, ic, dsp)
-    _dot(f, "pw_dot2", pairs * odd + singles * half, ic, dsp)
-    _dot(f, "pw_dot", singles * odd, ic, dsp)
-    f["requant"] += pixels * oc
+    pw = "pw1" if ic == 1 else "pw"  # one input channel: each dot product is a single multiply
+    f[f"{pw}_pass"] += pairs + singles
+    f[f"{pw}_block"] += (pairs + singles) * (half + odd)
+    _dot(f, f"{pw}_dot22", pairs * half, ic, dsp)
+    _dot(f, f"{pw}_dot2", pairs * odd + singles * half, ic, dsp)
+    _dot(f, f"{pw}_dot", singles * odd, ic, dsp)
+    f[f"{pw}_requant"] += pixels * oc
 
 
 def _dwconv2d(f: dict[str, float], op: Op, shapes: dict[str, tuple[int, ...]], variant: str) -> None:
@@ -181,25 +188,33 @@ def _dwconv2d(f: dict[str, float], op: Op, shapes: dict[str, tuple[int, ...]], v
     off_col = pixels * k * k - interior * k * k - valid - off_row
     quads = c // 4 if variant == "dsp" else 0
     singles = c - 4 * quads
+    # Interior taps sit kx * c bytes from the window's origin: Thumb-1 (the M0+) reaches an
+    # offset over 255 only through a constant loaded from memory.  One channel is its own case:
+    # GCC then walks the window with byte offsets and no channel loop.
+    far = k * sum(1 for kx in range(k) if kx * c > 255)
+    # One channel: no channel loop; under 8: channel loops of a few constant trips, unrolled.
+    single = "single1" if c == 1 else ("singlefew" if c < 8 else "single")
+    quad = "quadfew" if c < 8 else "quad"
     f["dw_pixel"] += pixels
     f["dw_border_pixel"] += pixels - interior
-    for width, n in (("quad", quads), ("single", singles)):
+    for width, n in ((quad, quads), (single, singles)):
         f[f"dw_in_{width}"] += interior * n
         f[f"dw_in_{width}_tap"] += interior * n * k * k
+        f[f"dw_in_{width}_far"] += interior * n * far
         f[f"dw_border_{width}"] += (pixels - interior) * n
         f[f"dw_border_{width}_tap"] += valid * n
         f[f"dw_border_{width}_offrow"] += off_row * n
         f[f"dw_border_{width}_offcol"] += off_col * n
         f[f"dw_{width}_krow"] += pixels * n * k
-    f["requant"] += pixels * c
+    f["dw_requant"] += pixels * c
 
 
 def _dense(f: dict[str, float], op: Op, shapes: dict[str, tuple[int, ...]], variant: str) -> None:
     ih, iw, ic = shapes[op.inputs[0]]
     n_in, n_out = ih * iw * ic, shapes[op.outputs[0]][2]
-    dsp = variant == "dsp"
-    _dot(f, "fc_dot4", n_out // 4, n_in, dsp)
-    _dot(f, "fc_dot", n_out % 4, n_in, dsp)
+    dsp, rows = variant == "dsp", 2 if variant == "plain1" else 4  # ARMv6-M: two rows a pass
+    _dot(f, f"fc_dot{rows}", n_out // rows, n_in, dsp)
+    _dot(f, "fc_dot", n_out % rows, n_in, dsp)
     f["fc_requant"] += n_out
 
 
@@ -208,7 +223,8 @@ def _pool(f: dict[str, float], op: Op, shapes: dict[str, tuple[int, ...]], varia
     oh, ow, _ = shapes[op.outputs[0]]
     size = op.attrs["size"]
     kh, kw = (ih, iw) if size == "global" else (int(size), int(size))  # type: ignore[call-overload]
-    name, out = op.kind, oh * ow * c
+    # GCC unrolls a window of up to 3 x 3 completely (its loops have constant trip counts)
+    name, out = (f"{op.kind}{kh}x{kw}" if kh * kw <= 9 else op.kind), oh * ow * c
     f[f"{name}_pixel"] += oh * ow
     f[f"{name}_out"] += out
     f[f"{name}_row"] += out * kh
@@ -234,38 +250,41 @@ _OPS = {
 }
 
 
-def features(graph: OpGraph, variant: str) -> dict[str, float]:
-    """Event counts of one inference of ``graph`` compiled to kernel ``variant`` (see module doc)."""
+def layer_features(graph: OpGraph, variant: str) -> list[tuple[Op, dict[str, float]]]:
+    """Each operator with the event counts of its layer function, for kernel ``variant``.
+
+    Every feature name starts with its op kind's prefix (``conv_``, ``pw_``, ``dw_``, ``fc_``,
+    ``maxpool_``, ``avgpool_``, ``add_``, ``pad_``/``wsum_`` for conv2d's padded-tap sums, and
+    ``op_<kind>`` for the call itself), so a layer's cost is fitted from that op kind's layers
+    alone."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown kernel variant {variant!r}; known: {', '.join(VARIANTS)}")
     shapes = {t.id: t.shape for t in graph.tensors}
-    f: dict[str, float] = defaultdict(float)
-    f["run"] = 1.0
-    f["copy_in"] = float(graph.tensors[0].bytes)
+    layers = []
     for op in graph.ops:
         if op.kind not in _OPS:
             raise ValueError(f"op {op.id!r}: no latency model for op kind {op.kind!r}")
         if op.kind in ("conv2d", "dwconv2d", "maxpool", "avgpool") and not op.attrs:
             raise ValueError(f"op {op.id!r} has no attributes (kernel, stride...): build it with build_graph")
-        f[f"op_{op.kind}"] += 1
+        f: dict[str, float] = defaultdict(float)
+        f[f"op_{op.kind}"] = 1.0
         _OPS[op.kind](f, op, shapes, variant)
-    # GCC inlines a static kernel called from one place only, with that call's constants: its
-    # loops then cost less.  nnk_padsum2 has one call site per conv2d layer, maxpool and avgpool
-    # one per operator, nnk_add one per link of every Add's chain.
-    calls = Counter(op.kind for op in graph.ops)
-    calls["add"] = sum(len(op.inputs) - 1 for op in graph.ops if op.kind == "add")
-    once = {prefix for kind, prefix in _STATIC_KERNELS if calls[kind] == 1}
-    return {(f"{n}_once" if n.split("_")[0] in once else n): v for n, v in f.items()}
+        layers.append((op, {n: v for n, v in f.items() if v}))
+    return layers
 
 
-# (op kind, feature prefix) of the kernels that are static functions rather than always inlined.
-_STATIC_KERNELS = (
-    ("conv2d", "pad"),
-    ("conv2d", "wsum"),
-    ("maxpool", "maxpool"),
-    ("avgpool", "avgpool"),
-    ("add", "add"),
-)
+def run_features(graph: OpGraph) -> dict[str, float]:
+    """Event counts of ``<name>_run`` itself: the input copy and one call per layer."""
+    return {"run": 1.0, "copy_in": float(graph.tensors[0].bytes), "run_call": float(len(graph.ops))}
+
+
+def features(graph: OpGraph, variant: str) -> dict[str, float]:
+    """Event counts of one inference of ``graph`` compiled to kernel ``variant`` (see module doc)."""
+    total: dict[str, float] = defaultdict(float, run_features(graph))
+    for _, f in layer_features(graph, variant):
+        for name, value in f.items():
+            total[name] += value
+    return dict(total)
 
 
 # ---- the fitted model ---------------------------------------------------------------------------

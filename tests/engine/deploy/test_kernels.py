@@ -28,7 +28,7 @@ from searches.engine.deploy.toolchain import (
 )
 from searches.engine.resources.opgraph import Op
 from searches.engine.space.arch import same_padding
-from searches.engine.training.int8_scheme import conv_int, dense_int
+from searches.engine.training.int8_scheme import conv_int, dense_int, requantize
 
 CASES_PER_KIND = 14
 PROGRAM_HEAD = """#include <stdint.h>
@@ -225,3 +225,40 @@ def test_every_cortex_m_path_is_bit_exact(the_cases: list[Case], tmp_path: Path,
         extra_flags=("-Wno-unused-function",),
     )
     check(qemu_run(image).output, the_cases)
+
+
+def test_requantisation_is_exact_for_every_shift_path(tmp_path: Path) -> None:
+    """nnk_requant's shortcuts (right shifts 0, 1 and >= 2) equal the TFLite definition,
+    including the extremes of the accumulator and of the multiplier."""
+    rng = np.random.default_rng(5)
+    accs = np.concatenate(
+        [
+            rng.integers(-(1 << 31), 1 << 31, 3000),
+            rng.integers(-5000, 5000, 3000),
+            [-(1 << 31), (1 << 31) - 1, -1, 0, 1, -(1 << 30), 1 << 30],
+        ]
+    )
+    n = len(accs)
+    mults = rng.integers(1 << 30, 1 << 31, n)
+    mults[:50] = 1 << 30
+    mults[50:100] = (1 << 31) - 1
+    # mostly the shortcuts' edges (0, -1, -2), the rest from -12 to the rare left shifts
+    shifts = np.where(rng.random(n) < 0.6, rng.integers(-2, 1, n), rng.integers(-12, 3, n))
+    table = ",".join(f"{{{a}LL, {m}, {s}}}" for a, m, s in zip(accs, mults, shifts, strict=True))
+    src = tmp_path / "requant_test.c"
+    src.write_text(
+        '#include <stdint.h>\n#include <stdio.h>\n#include "kernels.h"\n'
+        f"static const struct {{ long long acc; int32_t mult, shift; }} t[] = {{{table}}};\n"
+        "int main(void) {\n"
+        "    unsigned i;\n"
+        "    for (i = 0; i < sizeof t / sizeof t[0]; ++i)\n"
+        '        printf("%ld\\n", (long)nnk_requant((int32_t)t[i].acc, t[i].mult, t[i].shift));\n'
+        "    return 0;\n}\n"
+    )
+    exe = host_compile(
+        [src], tmp_path / "requant_test", include_dirs=[C_DIR], cflags=(*HOST_CFLAGS, "-Wno-unused-function")
+    )
+    printed = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
+    got = [int(v) for v in printed.split()]
+    want = requantize(accs.astype(np.int64), mults.astype(np.int64), shifts.astype(np.int64)).tolist()
+    assert got == want

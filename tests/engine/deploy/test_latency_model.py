@@ -37,7 +37,6 @@ from searches.engine.training.model import build_model
 pytestmark = pytest.mark.engine
 
 TOLERANCE = 0.10
-WORST = 0.25
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -121,13 +120,10 @@ def errors(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], fl
     return out
 
 
-def test_most_predictions_are_within_ten_percent_of_the_qemu_count(
+def test_every_prediction_is_within_ten_percent_of_the_qemu_count(
     errors: dict[tuple[str, int], float],
 ) -> None:
-    # The held-out benchmark (docs/resource-model.md) has 96% of M0+ and 78% of M4/M7 models
-    # within +-10%: eight of these ten must be, and none may miss by more than the benchmark's
-    # worst case.
-    within = [key for key, e in errors.items() if abs(e) <= TOLERANCE]
-    assert len(within) >= 8, {key: f"{e:+.1%}" for key, e in errors.items()}
-    worst = max(errors.items(), key=lambda item: abs(item[1]))
-    assert abs(worst[1]) <= WORST, f"{worst[0]}: {worst[1]:+.1%} ({ARCHS[worst[0][1]].to_json()})"
+    # The held-out benchmark (docs/resource-model.md) has 98-100% of models within +-10% on
+    # every family; these ten were all within 3% when the model was calibrated.
+    missed = {key: f"{e:+.1%}" for key, e in errors.items() if abs(e) > TOLERANCE}
+    assert not missed, (missed, {key: f"{e:+.1%}" for key, e in errors.items()})

@@ -259,3 +259,34 @@ def test_one_element_arrays_stay_in_the_image(test_split: tuple) -> None:
     build = result.step("arm_build")
     assert build.status == PASSED, build.message
     assert build.numbers["model_array_bytes"] == generate_header(small, NAME).flash_bytes
+
+
+# Each layer is a function of its own (NNK_LAYER in kernels.h).  With plain noinline, GCC 12.2
+# removed the call to this model's 8x8x4 -> 8x8x1 pointwise layer, whose output only the Add
+# reads, on the DSP cores: every output differed.  The test pins that it runs.
+ADD_ARCH = Architecture(
+    (8, 8, 1),
+    10,
+    (
+        ConvBlock((ConvLayer("dwconv2d", 3, None, batchnorm=False),)),
+        ConvBlock(
+            (ConvLayer("conv1x1", 1, 4), ConvLayer("conv1x1", 1, 1, batchnorm=False)),
+            branch=True,
+        ),
+    ),
+    Pooling("avg", "global"),
+    (Dense(232), Dense(40), Dense(30)),
+)
+
+
+@pytest.mark.parametrize("core", ["cortex-m4f", "cortex-m33"])
+def test_a_layer_read_only_by_an_add_still_runs(test_split: tuple, core: str) -> None:
+    torch.manual_seed(101010)
+    model = build_model(ADD_ARCH).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+    calibration = np.random.default_rng(101010).random((32, 8, 8, 1), dtype=np.float32)
+    result = run(quantize(ADD_ARCH, model, calibration), test_split, core=core, n_inputs=20)
+    assert result.passed, result.summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import replace
 
 import pytest
@@ -122,34 +123,34 @@ def _dw_taps(ih: int, iw: int, k: int, stride: int, padding: str) -> dict[str, i
 )
 def test_depthwise_border_taps_match_a_brute_force_walk(size: int, k: int, stride: int, padding: str) -> None:
     arch = Architecture(
-        (size, size, 5), 10, (ConvBlock((ConvLayer("dwconv2d", k, None, stride, padding),)),), None, ()
+        (size, size, 9), 10, (ConvBlock((ConvLayer("dwconv2d", k, None, stride, padding),)),), None, ()
     )
-    f = features(_graph(arch), "dsp")  # 5 channels: one group of four and one single
+    f = defaultdict(float, features(_graph(arch), "dsp"))  # 9 channels: two groups of four, a single
     taps = _dw_taps(size, size, k, stride, padding)
-    assert f["dw_in_quad"] == taps["interior"] and f["dw_in_single_tap"] == taps["interior"] * k * k
+    assert f["dw_in_quad"] == 2 * taps["interior"] and f["dw_in_single_tap"] == taps["interior"] * k * k
     assert f["dw_border_single_tap"] == taps["valid"]
     assert f["dw_border_single_offrow"] == taps["off_row"]
     assert f["dw_border_single_offcol"] == taps["off_col"]
-    assert f["dw_border_quad_tap"] == taps["valid"]
+    assert f["dw_border_quad_tap"] == 2 * taps["valid"]
 
 
 def test_pointwise_blocks_follow_the_variant() -> None:
     # 5x5 pixels (one left over after pairs), 7 output channels (one left over after pairs)
     arch = Architecture((5, 5, 6), 10, (ConvBlock((ConvLayer("conv1x1", 1, 7),)),), None, ())
-    dsp, m0 = features(_graph(arch), "dsp"), features(_graph(arch), "plain1")
+    dsp, m0 = (defaultdict(float, features(_graph(arch), v)) for v in ("dsp", "plain1"))
     assert (
         dsp["pw_dot22_call"] == 12 * 3 and dsp["pw_dot2_call"] == 12 * 1 + 1 * 3 and dsp["pw_dot_call"] == 1
     )
     assert dsp["pw_dot22_step"] == 36 and dsp["pw_dot22_byte"] == 36 * 2  # 6 bytes: one 4-byte step, 2 left
     assert m0.get("pw_dot22_call", 0) == 0 and m0["pw_dot2_call"] == 25 * 3 and m0["pw_dot_call"] == 25
     assert m0["pw_dot2_byte"] == 25 * 3 * 6 and m0.get("pw_dot2_step", 0) == 0
-    assert dsp["requant"] == m0["requant"] == 25 * 7
+    assert dsp["pw_requant"] == m0["pw_requant"] == 25 * 7
 
 
 def test_convolution_pairs_pixels_with_the_same_valid_taps() -> None:
     # 6 wide, k3 'same': column 0 and column 5 are padded, 1..4 interior and pair up
     arch = Architecture((6, 6, 4), 10, (ConvBlock((ConvLayer("conv2d", 3, 2),)),), None, ())
-    dsp, m0 = features(_graph(arch), "dsp"), features(_graph(arch), "plain1")
+    dsp, m0 = (defaultdict(float, features(_graph(arch), v)) for v in ("dsp", "plain1"))
     assert dsp["conv_pass"] == 6 * 4  # columns 0, (1,2), (3,4), 5 on each of 6 rows
     assert m0["conv_pass"] == 36
-    assert dsp["requant"] == m0["requant"] == 36 * 2
+    assert dsp["conv_requant"] == m0["conv_requant"] == 36 * 2

@@ -32,6 +32,19 @@
 #else
 #define NNK_INLINE static inline
 #endif
+/* Each layer is its own function, never inlined into the model's run function: the compiler
+ * then allocates registers for one kernel at a time, so a layer's code (and its instruction
+ * count) depends on its own shape only, not on the layers around it.  GCC gets noipa, not
+ * just noinline: with noinline alone, arm-none-eabi-gcc 12.2 at -O1/-O2 dropped the call to
+ * a layer whose output a later Add reads through its pointer array (its interprocedural
+ * side-effect analysis), so the run function must see each layer as an opaque call. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define NNK_LAYER static __attribute__((noipa))
+#elif defined(__GNUC__)
+#define NNK_LAYER static __attribute__((noinline))
+#else
+#define NNK_LAYER static
+#endif
 /* ARMv6-M (Cortex-M0/M0+) has eight low registers: a 2 x 2 block of four accumulators and
  * four pointers spills there, so its 1x1 convolution keeps one pixel per pass. */
 #if defined(__ARM_ARCH_6M__)
@@ -74,7 +87,16 @@ NNK_INLINE int32_t nnk_requant(int32_t acc, int32_t mult, int32_t shift)
 {
     int64_t t;
     int32_t hi;
-    if (shift > -2) return nnk_requant_any(acc, mult, shift);
+    if (shift > -2) {
+        if (shift > 0) return nnk_requant_any(acc, mult, shift);
+        /* r = 0 or 1 (an Add's input multipliers are 1/2 or just under it): with t = p + 2^30,
+         * r = 0 is floor(t / 2^31); r = 1 rounds floor((high + 1 - n) / 2), n = [high < 0],
+         * which folds into floor((t + (1 - n) 2^31) / 2^32), n = [acc < 0] standing for it
+         * as below. */
+        t = (int64_t)acc * mult + 0x40000000;
+        if (shift == 0) return (int32_t)(t >> 31);
+        return (int32_t)((t + (acc < 0 ? 0 : (int64_t)0x80000000)) >> 32);
+    }
     /* +-2^30 by the sign of acc (two's complement, as everywhere in this file) */
     t = (int64_t)acc * mult + (int32_t)(((uint32_t)acc & 0x80000000u) | 0x40000000u);
     hi = (int32_t)(t >> 32);
@@ -239,7 +261,7 @@ NNK_INLINE void nnk_wsum2(const int8_t *w0, const int8_t *w1, int32_t n, int32_t
 
 /* Sums of two filters' weights over the taps outside rows [ky_lo, ky_hi) x columns
  * [kx_lo, kx_hi): those taps read padding, whose stored value is the input zero point. */
-static void nnk_padsum2(const int8_t *w0, const int8_t *w1, int32_t k, int32_t ic, int32_t ky_lo, int32_t ky_hi,
+NNK_INLINE void nnk_padsum2(const int8_t *w0, const int8_t *w1, int32_t k, int32_t ic, int32_t ky_lo, int32_t ky_hi,
                         int32_t kx_lo, int32_t kx_hi, int32_t *s0, int32_t *s1)
 {
     int32_t ky, row = k * ic;
@@ -523,19 +545,32 @@ NNK_INLINE void nnk_dot4(const int8_t *x, const int8_t *w, int32_t n, int32_t *s
     s[3] = d;
 }
 
-/* Fully connected: out[o] = requant_single(bias[o] + sum(w[o][i] * in[i])), four rows a pass. */
+/* Fully connected: out[o] = requant_single(bias[o] + sum(w[o][i] * in[i])), four rows a pass
+ * (two on ARMv6-M, where four accumulators and four row pointers spill the eight low
+ * registers: GCC then spilled differently from one layer size to the next). */
 NNK_INLINE void nnk_dense(const int8_t *in, int32_t n_in,
                           const int8_t *w, const int32_t *bias, const int32_t *mult, const int8_t *shift,
                           int8_t *out, int32_t n_out, int32_t out_zp, int32_t act_min, int32_t act_max)
 {
-    int32_t o, r, full = n_out & ~3;
-    for (o = 0; o < full; o += 4, w += 4 * n_in) {
+    int32_t o = 0, r, full = n_out & ~3;
+#if NNK_FEW_REGS
+    (void)r;
+    (void)full;
+    for (; o + 1 < n_out; o += 2, w += 2 * n_in) {
+        int32_t s0 = bias[o], s1 = bias[o + 1];
+        nnk_dot2(in, w, w + n_in, n_in, &s0, &s1);
+        out[o] = nnk_saturate(nnk_requant_single(s0, mult[o], shift[o]) + out_zp, act_min, act_max);
+        out[o + 1] = nnk_saturate(nnk_requant_single(s1, mult[o + 1], shift[o + 1]) + out_zp, act_min, act_max);
+    }
+#else
+    for (; o < full; o += 4, w += 4 * n_in) {
         int32_t s[4];
         for (r = 0; r < 4; ++r) s[r] = bias[o + r];
         nnk_dot4(in, w, n_in, s);
         for (r = 0; r < 4; ++r)
             out[o + r] = nnk_saturate(nnk_requant_single(s[r], mult[o + r], shift[o + r]) + out_zp, act_min, act_max);
     }
+#endif
     for (; o < n_out; ++o, w += n_in) {
         int32_t acc = bias[o] + nnk_dot(in, w, n_in);
         out[o] = nnk_saturate(nnk_requant_single(acc, mult[o], shift[o]) + out_zp, act_min, act_max);
@@ -545,7 +580,7 @@ NNK_INLINE void nnk_dense(const int8_t *in, int32_t n_in,
 
 /* @kernel maxpool */
 /* Max over kh x kw windows with the same stride (floor); scale and zero point unchanged. */
-static void nnk_maxpool(const int8_t *in, int32_t iw, int32_t c, int8_t *out,
+NNK_INLINE void nnk_maxpool(const int8_t *in, int32_t iw, int32_t c, int8_t *out,
                         int32_t oh, int32_t ow, int32_t kh, int32_t kw)
 {
     int32_t oy, ox, ch, y, x;
@@ -563,7 +598,7 @@ static void nnk_maxpool(const int8_t *in, int32_t iw, int32_t c, int8_t *out,
 
 /* @kernel avgpool */
 /* Average over kh x kw windows, rounding half away from zero as TFLite does. */
-static void nnk_avgpool(const int8_t *in, int32_t iw, int32_t c, int8_t *out,
+NNK_INLINE void nnk_avgpool(const int8_t *in, int32_t iw, int32_t c, int8_t *out,
                         int32_t oh, int32_t ow, int32_t kh, int32_t kw)
 {
     int32_t oy, ox, ch, y, x, count = kh * kw;
@@ -583,7 +618,7 @@ static void nnk_avgpool(const int8_t *in, int32_t iw, int32_t c, int8_t *out,
 /* Element-wise sum of n tensors rescaled to a common scale (TFLite's int8 Add, 2^20 headroom).
  * The header calls it with n = 2 per link of an Add's chain; out may be ins[0] (the partial
  * sum, kept in the output buffer): element i is read before it is written. */
-static void nnk_add(const int8_t *const *ins, const int32_t *zps, const int32_t *mults, const int32_t *shifts,
+NNK_INLINE void nnk_add(const int8_t *const *ins, const int32_t *zps, const int32_t *mults, const int32_t *shifts,
                     int32_t n, int8_t *out, int32_t size, int32_t out_zp, int32_t out_mult, int32_t out_shift)
 {
     int32_t i, j;
