@@ -26,6 +26,7 @@ import json
 import random
 import sys
 import tempfile
+from functools import cache
 from multiprocessing import Pool
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,7 @@ def pick_archs(seed: int, per_task: int) -> list[dict[str, Any]]:
     return picked
 
 
+@cache
 def _harness_digest() -> str:
     """A hash of what besides the header decides a count: the harness, startup code and flags."""
     from searches.engine.deploy.toolchain import C_DIR
@@ -82,64 +84,17 @@ def _key(header_text: str, target: str) -> str:
     return hashlib.sha256(f"{_harness_digest()}\n{target}\n{header_text}".encode()).hexdigest()
 
 
-def _layers_key(header_text: str, target: str) -> str:
-    """Per-layer counts depend on the profiler too (bench/latency_profile.py and its plugin)."""
+@cache
+def _profiler_digest() -> str:
     digest = hashlib.sha256()
     for path in (ROOT / "bench" / "latency_profile.py", ROOT / "bench" / "c" / "insn_marks.c"):
         digest.update(path.read_bytes())
-    return hashlib.sha256(f"{digest.hexdigest()}\n{_key(header_text, target)}".encode()).hexdigest()
+    return digest.hexdigest()
 
 
-def cache_file() -> Path:
-    return ROOT / "bench" / "results" / "latency" / "counts.jsonl"
-
-
-def load_cache() -> dict[str, float]:
-    path = cache_file()
-    counts: dict[str, float] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                counts[row["key"]] = row["instructions"]
-    return counts
-
-
-_CACHE: dict[str, float] = {}
-
-
-def _init_worker() -> None:
-    _CACHE.update(load_cache())
-
-
-def _count_item(job: tuple[dict[str, Any], list[str]]) -> list[tuple[str, str, float, bool]]:
-    """(key, target, instructions of one inference, from the cache) of ``item`` on each target.
-
-    Emulated outputs must equal the integer reference byte for byte (``bench_models._count``)."""
-    import numpy as np
-
-    from bench.bench_models import _count, _quant_model
-    from searches.engine.deploy.header import generate_header
-    from searches.engine.deploy.reference import run_int8
-    from searches.engine.space.arch import from_json
-
-    item, targets = job
-    arch = from_json(item["arch"])
-    qm = _quant_model(arch, seed=item["seed"])
-    header = generate_header(qm, "net")
-    out = []
-    with tempfile.TemporaryDirectory(prefix="nasweb-bench-latency-") as tmp:
-        for target in targets:
-            key = _key(header.text, target)
-            if key in _CACHE:
-                out.append((key, target, _CACHE[key], True))
-                continue
-            xq = np.random.default_rng(item["seed"]).integers(
-                -128, 128, (1, *arch.input_shape), dtype=np.int8
-            )
-            insns, _ = _count(header, xq, run_int8(qm, xq)[0], target, Path(tmp))
-            out.append((key, target, insns, False))
-    return out
+def _layers_key(header_text: str, target: str) -> str:
+    """Per-layer counts depend on the profiler too (bench/latency_profile.py and its plugin)."""
+    return hashlib.sha256(f"{_profiler_digest()}\n{_key(header_text, target)}".encode()).hexdigest()
 
 
 def calibration_archs() -> list[dict[str, Any]]:
@@ -151,97 +106,96 @@ def target_of(family: str, index: int) -> str:
     return targets[index % len(targets)]
 
 
-def collect(picked: list[dict[str, Any]], jobs: int) -> list[dict[str, Any]]:
-    """One row per (architecture, family) with its QEMU count, emulating what the cache lacks."""
-    path = cache_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    jobs_list = [(item, [target_of(f, i) for f in FAMILY_TARGETS]) for i, item in enumerate(picked)]
-    results: list[list[tuple[str, str, float, bool]]] = [[] for _ in picked]
-    emulated = 0
-    with Pool(jobs, initializer=_init_worker) as pool, path.open("a") as f:
-        for done, (i, rows) in enumerate(pool.imap_unordered(_indexed, enumerate(jobs_list)), 1):
-            results[i] = rows
-            for key, target, insns, cached in rows:
-                if not cached:
-                    emulated += 1
-                    f.write(json.dumps({"key": key, "target": target, "instructions": insns}) + "\n")
-            f.flush()
-            print(f"  {done}/{len(picked)} architectures ({emulated} runs emulated)", file=sys.stderr)
-    rows_out = []
-    for i, item in enumerate(picked):
-        for family, (_, target, insns, _) in zip(FAMILY_TARGETS, results[i], strict=True):
-            rows_out.append({**item, "family": family, "target": target, "count": insns})
-    return rows_out
+# Two stores of QEMU measurements, one JSON line per (generated header, target): whole-model
+# instruction counts ("count", for --measure) and per-layer counts ("layers", for --calibrate).
+STORES = {
+    "count": (ROOT / "bench" / "results" / "latency" / "counts.jsonl", "instructions"),
+    "layers": (ROOT / "bench" / "results" / "latency" / "layers.jsonl", "layers"),
+}
 
 
-def _indexed(
-    job: tuple[int, tuple[dict[str, Any], list[str]]],
-) -> tuple[int, list[tuple[str, str, float, bool]]]:
-    return job[0], _count_item(job[1])
+def cache_file() -> Path:
+    return STORES["count"][0]
 
 
 def layers_file() -> Path:
-    return ROOT / "bench" / "results" / "latency" / "layers.jsonl"
+    return STORES["layers"][0]
 
 
-def _load_layers() -> dict[str, dict[str, float]]:
-    path, out = layers_file(), {}
+def _load(kind: str) -> dict[str, Any]:
+    path, field = STORES[kind]
+    stored: dict[str, Any] = {}
     if path.exists():
         for line in path.read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
-                out[row["key"]] = row["layers"]
-    return out
+                stored[row["key"]] = row[field]
+    return stored
 
 
-_LAYERS: dict[str, dict[str, float]] = {}
+_STORED: dict[str, Any] = {}
 
 
-def _init_layers_worker() -> None:
-    _LAYERS.update(_load_layers())
+def _init_worker(kind: str) -> None:
+    _STORED.update(_load(kind))
 
 
-def _profile_item(
-    job: tuple[int, dict[str, Any], list[str]],
-) -> tuple[int, list[tuple[str, str, dict[str, float], bool]]]:
-    """Per-layer instruction counts of one architecture on each target (bench/latency_profile.py)."""
+def _measure_item(
+    job: tuple[int, str, dict[str, Any], list[str]],
+) -> tuple[int, list[tuple[str, str, Any, bool]]]:
+    """(index, [(key, target, measurement, from the store)]) of one architecture on each target:
+    its instructions of one inference (``bench_models._count``) or its per-layer counts
+    (``latency_profile.profile_header``); emulated outputs must equal the integer reference."""
+    from bench.bench_models import _count
     from bench.latency_profile import model_inputs, profile_header
 
-    index, item, targets = job
+    index, kind, item, targets = job
     header, xq, expected = model_inputs(item["arch"], item["seed"])
     out = []
     with tempfile.TemporaryDirectory(prefix="nasweb-bench-latency-") as tmp:
         for target in targets:
-            key = _layers_key(header.text, target)
-            if key in _LAYERS:
-                out.append((key, target, _LAYERS[key], True))
+            key = (_key if kind == "count" else _layers_key)(header.text, target)
+            if key in _STORED:
+                out.append((key, target, _STORED[key], True))
+            elif kind == "count":
+                out.append((key, target, _count(header, xq, expected, target, Path(tmp))[0], False))
             else:
                 out.append((key, target, profile_header(header, xq, expected, target, Path(tmp)), False))
     return index, out
 
 
-def collect_layers(picked: list[dict[str, Any]], jobs: int) -> list[dict[str, Any]]:
-    """One row per (architecture, family) with its per-layer QEMU counts, profiling what the
-    store lacks."""
-    path = layers_file()
+def _collect(picked: list[dict[str, Any]], jobs: int, kind: str) -> list[dict[str, Any]]:
+    """One row per (architecture, family) with its ``kind`` measurement (see STORES) under the
+    row key ``kind``, emulating what the store lacks and appending it there."""
+    path, field = STORES[kind]
     path.parent.mkdir(parents=True, exist_ok=True)
-    work = [(i, item, [target_of(f, i) for f in FAMILY_TARGETS]) for i, item in enumerate(picked)]
-    results: list[list[tuple[str, str, dict[str, float], bool]]] = [[] for _ in picked]
-    profiled = 0
-    with Pool(jobs, initializer=_init_layers_worker) as pool, path.open("a") as f:
-        for done, (i, rows) in enumerate(pool.imap_unordered(_profile_item, work), 1):
+    work = [(i, kind, item, [target_of(f, i) for f in FAMILY_TARGETS]) for i, item in enumerate(picked)]
+    results: list[list[tuple[str, str, Any, bool]]] = [[] for _ in picked]
+    emulated = 0
+    with Pool(jobs, initializer=_init_worker, initargs=(kind,)) as pool, path.open("a") as f:
+        for done, (i, rows) in enumerate(pool.imap_unordered(_measure_item, work), 1):
             results[i] = rows
-            for key, target, layers, cached in rows:
-                if not cached:
-                    profiled += 1
-                    f.write(json.dumps({"key": key, "target": target, "layers": layers}) + "\n")
+            for key, target, value, stored in rows:
+                if not stored:
+                    emulated += 1
+                    f.write(json.dumps({"key": key, "target": target, field: value}) + "\n")
             f.flush()
-            print(f"  {done}/{len(picked)} architectures ({profiled} runs profiled)", file=sys.stderr)
+            print(f"  {done}/{len(picked)} architectures ({emulated} runs emulated)", file=sys.stderr)
     return [
-        {**item, "family": family, "target": target, "layers": layers}
+        {**item, "family": family, "target": target, kind: value}
         for i, item in enumerate(picked)
-        for family, (_, target, layers, _) in zip(FAMILY_TARGETS, results[i], strict=True)
+        for family, (_, target, value, _) in zip(FAMILY_TARGETS, results[i], strict=True)
     ]
+
+
+def collect(picked: list[dict[str, Any]], jobs: int) -> list[dict[str, Any]]:
+    """Rows with each architecture's whole-model QEMU count under "count"."""
+    return _collect(picked, jobs, "count")
+
+
+def collect_layers(picked: list[dict[str, Any]], jobs: int) -> list[dict[str, Any]]:
+    """Rows with each architecture's per-layer QEMU counts under "layers"."""
+    return _collect(picked, jobs, "layers")
 
 
 # ---- fitting -----------------------------------------------------------------------------------

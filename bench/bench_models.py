@@ -84,11 +84,9 @@ def _quant_model(arch: Any, seed: int) -> Any:
     return quantize(arch, model, calibration)
 
 
-def _count(header: Any, xq: Any, expected: Any, core: str, directory: Path) -> tuple[float, int]:
-    """(instructions of one inference, text bytes of the image) on ``core``, outputs checked."""
-    from searches.engine.deploy.qemu import qemu_run
-    from searches.engine.deploy.toolchain import C_DIR, TARGETS, arm_link
-
+def write_harness(header: Any, xq: Any, directory: Path) -> None:
+    """The header, its model_glue.h and verify_inputs.h with the one input ``xq``, for
+    c/verify_qemu.c (written here, not with the tree's verify module: an older tree's differs)."""
     upper = header.name.upper()
     (directory / f"{header.name}.h").write_text(header.text)
     (directory / "model_glue.h").write_text(
@@ -101,6 +99,14 @@ def _count(header: Any, xq: Any, expected: Any, core: str, directory: Path) -> t
         "#define MODEL_N_INPUTS 1u\n"
         f"static const int8_t model_inputs[1][MODEL_INPUT_SIZE] = {{{{{values}}}}};\n"
     )
+
+
+def _count(header: Any, xq: Any, expected: Any, core: str, directory: Path) -> tuple[float, int]:
+    """(instructions of one inference, text bytes of the image) on ``core``, outputs checked."""
+    from searches.engine.deploy.qemu import qemu_run
+    from searches.engine.deploy.toolchain import C_DIR, TARGETS, arm_link
+
+    write_harness(header, xq, directory)
     target, counts, text = TARGETS[core], [], 0
     want = "o " + bytes(expected.astype("int8").tobytes()).hex()
     for reps in (1, 2):

@@ -14,9 +14,7 @@ bench_latency.py --calibrate fits the latency model to these per-layer counts (`
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -29,24 +27,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 PLUGIN_SOURCE = ROOT / "bench" / "c" / "insn_marks.c"
-
-
-def marks_plugin() -> Path:
-    """The marking plugin (bench/c/insn_marks.c), built with the host gcc into the nasweb cache."""
-    from searches.engine.deploy.qemu import cache_dir
-    from searches.engine.deploy.toolchain import C_DIR, HOST_TOOLS, PLUGIN_HEADER, find_tools, run_tool
-
-    digest = hashlib.sha256(PLUGIN_SOURCE.read_bytes() + PLUGIN_HEADER.read_bytes()).hexdigest()[:16]
-    so = cache_dir() / f"insn_marks-{digest}.so"
-    if not so.exists():
-        so.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".insn_marks-", suffix=".so", dir=so.parent)
-        os.close(fd)
-        gcc = find_tools(HOST_TOOLS)["gcc"]
-        flags = ["-shared", "-fPIC", "-std=c99", "-O2", f"-I{C_DIR}"]
-        run_tool([gcc, *flags, "-o", tmp, str(PLUGIN_SOURCE)], "building the marking QEMU plugin")
-        os.replace(tmp, so)
-    return so
 
 
 _CALL = re.compile(r"^\s*([0-9a-f]+):\s+bl\s+([0-9a-f]+) <(\w+)>")
@@ -68,20 +48,12 @@ def profile_header(header: Any, xq: Any, expected: Any, target: str, directory: 
     function ran (out-of-line kernels and library helpers included), and "run" for the rest of
     ``<name>_run`` (its input and output copies, the calls); its outputs must equal
     ``expected`` byte for byte."""
-    from searches.engine.deploy.qemu import qemu_command
+    from bench.bench_models import write_harness
+    from searches.engine.deploy.qemu import plugin_path, qemu_command
     from searches.engine.deploy.toolchain import C_DIR, TARGETS, arm_link
 
-    name, upper = header.name, header.name.upper()
-    (directory / f"{name}.h").write_text(header.text)
-    (directory / "model_glue.h").write_text(
-        f'#define {upper}_IMPLEMENTATION\n#include "{name}.h"\n#define MODEL_INPUT_SIZE {upper}_INPUT_SIZE\n'
-        f"#define MODEL_OUTPUT_SIZE {upper}_OUTPUT_SIZE\n#define model_run {name}_run\n"
-    )
-    values = ",".join(str(int(v)) for v in xq.reshape(-1))
-    (directory / "verify_inputs.h").write_text(
-        "#define MODEL_N_INPUTS 1u\n"
-        f"static const int8_t model_inputs[1][MODEL_INPUT_SIZE] = {{{{{values}}}}};\n"
-    )
+    name = header.name
+    write_harness(header, xq, directory)
     t = TARGETS[target]
     image = arm_link(
         [C_DIR / "verify_qemu.c"],
@@ -93,14 +65,17 @@ def profile_header(header: Any, xq: Any, expected: Any, target: str, directory: 
         defines=["MODEL_REPETITIONS=1u"],
     )
     prefix = f"{name}_layer_"
-    layers = [(at, to, callee[len(prefix) :]) for at, to, callee in _calls(image.elf, f"{name}_run")]
-    layers = [(at, to, op) for at, to, op in layers if f"{prefix}{op}(void)" in header.text]
+    layers = [
+        (at, to, callee[len(prefix) :])
+        for at, to, callee in _calls(image.elf, f"{name}_run")
+        if callee.startswith(prefix)
+    ]
     runs = [(at, to) for at, to, callee in _calls(image.elf, "main") if callee == f"{name}_run"]
     if not runs or not layers:
         raise RuntimeError(f"{name} on {target}: cannot find the calls of {name}_run and its layers")
     marks = sorted({a for at, to, *_ in [*layers, *runs] for a in (to, at + 4)})
     log, printed = directory / "marks.log", directory / "semihosting.txt"
-    cmd = qemu_command(image, t, printed, plugin=marks_plugin(), plugin_log=log)
+    cmd = qemu_command(image, t, printed, plugin=plugin_path(source=PLUGIN_SOURCE), plugin_log=log)
     i = cmd.index("-plugin") + 1
     cmd[i] += ",marks=" + ":".join(f"{a:x}" for a in marks)
     subprocess.run(cmd, capture_output=True, timeout=600, check=True)

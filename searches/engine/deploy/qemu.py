@@ -53,8 +53,9 @@ def cache_dir() -> Path:
     return Path(base) / "nasweb"
 
 
-def plugin_path(directory: Path | None = None) -> Path:
-    """The instruction-counting plugin, built with the host gcc on first use.
+def plugin_path(directory: Path | None = None, source: Path = PLUGIN_SOURCE) -> Path:
+    """The instruction-counting plugin (or another plugin ``source`` written against the same
+    API header), built with the host gcc on first use.
 
     The file name carries a hash of the plugin sources and the gcc version, so an edited
     plugin is rebuilt and concurrent builders never overwrite a file QEMU is loading.
@@ -62,19 +63,17 @@ def plugin_path(directory: Path | None = None) -> Path:
     directory = directory or cache_dir()
     gcc = find_tools(HOST_TOOLS)["gcc"]
     digest = hashlib.sha256()
-    for part in (PLUGIN_SOURCE.read_bytes(), PLUGIN_HEADER.read_bytes(), tool_version("gcc").encode()):
+    for part in (source.read_bytes(), PLUGIN_HEADER.read_bytes(), tool_version("gcc").encode()):
         digest.update(part)
-    so = directory / f"insn_count-{digest.hexdigest()[:16]}.so"
+    so = directory / f"{source.stem}-{digest.hexdigest()[:16]}.so"
     if so.exists():
         return so
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".insn_count-", suffix=".so", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{source.stem}-", suffix=".so", dir=directory)
     os.close(fd)
     try:
         flags = ["-shared", "-fPIC", "-std=c99", *WARNING_FLAGS, "-O2", f"-I{C_DIR}"]
-        run_tool(
-            [gcc, *flags, "-o", tmp, str(PLUGIN_SOURCE)], "building the QEMU instruction-counting plugin"
-        )
+        run_tool([gcc, *flags, "-o", tmp, str(source)], f"building the QEMU plugin {source.name}")
         os.replace(tmp, so)
     finally:
         if os.path.exists(tmp):
