@@ -181,8 +181,9 @@ def _dwconv2d(f: dict[str, float], op: Op, shapes: dict[str, tuple[int, ...]], v
     rows = sum(1 for lo, hi in row_taps if hi - lo == k)
     cols = sum(1 for lo, hi in col_taps if hi - lo == k)
     interior, pixels = rows * cols, oh * ow
-    # Border pixels test every tap: a tap in a row off the input fails the first test, one in a
-    # valid row but a column off the input the later ones, and a valid tap loads.
+    # A border pixel's kernel row is either off the input (every tap adds its weight to the
+    # padding sum) or split into padding taps, valid taps (a multiply-accumulate) and padding
+    # taps again: loops of a few trips whose setup is paid per row.
     valid = sum(hr - lr for lr, hr in row_taps) * sum(hc - lc for lc, hc in col_taps) - interior * k * k
     off_row = sum(k - (hr - lr) for lr, hr in row_taps) * ow * k
     off_col = pixels * k * k - interior * k * k - valid - off_row
@@ -192,20 +193,22 @@ def _dwconv2d(f: dict[str, float], op: Op, shapes: dict[str, tuple[int, ...]], v
     # offset over 255 only through a constant loaded from memory.  One channel is its own case:
     # GCC then walks the window with byte offsets and no channel loop.
     far = k * sum(1 for kx in range(k) if kx * c > 255)
-    # One channel: no channel loop; under 8: channel loops of a few constant trips, unrolled.
-    single = "single1" if c == 1 else ("singlefew" if c < 8 else "single")
-    quad = "quadfew" if c < 8 else "quad"
+    # A pass run once (one 4-channel pass, one left-over channel) is straight-line code; two or
+    # more are a loop, the same code for every count (the kernel hides the count from GCC).
+    # Either way a pass runs the same taps and rows, so those costs are shared by width.
     f["dw_pixel"] += pixels
     f["dw_border_pixel"] += pixels - interior
-    for width, n in ((quad, quads), (single, singles)):
-        f[f"dw_in_{width}"] += interior * n
+    for width, n in (("quad", quads), ("single", singles)):
+        passes = f"{width}1" if n == 1 else width
+        f[f"dw_in_{passes}"] += interior * n
+        f[f"dw_border_{passes}"] += (pixels - interior) * n
         f[f"dw_in_{width}_tap"] += interior * n * k * k
         f[f"dw_in_{width}_far"] += interior * n * far
-        f[f"dw_border_{width}"] += (pixels - interior) * n
+        f[f"dw_in_{width}_row"] += interior * n * k
         f[f"dw_border_{width}_tap"] += valid * n
         f[f"dw_border_{width}_offrow"] += off_row * n
         f[f"dw_border_{width}_offcol"] += off_col * n
-        f[f"dw_{width}_krow"] += pixels * n * k
+        f[f"dw_border_{width}_row"] += (pixels - interior) * n * k
     f["dw_requant"] += pixels * c
 
 

@@ -94,7 +94,7 @@ def _params(rng: np.random.Generator, w_shape: tuple[int, ...], channels: int, f
 
 
 def _conv_case(rng: np.random.Generator, i: int, kind: str) -> Case:
-    k = int(rng.choice([3, 5])) if kind == "dwconv2d" else int(rng.choice([1, 3, 5]))
+    k = int(rng.choice([3, 5, 7])) if kind == "dwconv2d" else int(rng.choice([1, 3, 5]))
     padding = str(rng.choice(["same", "valid"]))
     stride = int(rng.integers(1, 3))
     lo = k if padding == "valid" else 1

@@ -57,6 +57,14 @@
 #else
 #define NNK_UNROLL
 #endif
+/* NNK_OPAQUE(v) hides a constant's value from the optimiser (an empty asm that may change it):
+ * a loop bounded by it keeps one loop body, however few its trips, instead of being unrolled
+ * or peeled into code that differs from one constant to the next. */
+#if defined(__GNUC__)
+#define NNK_OPAQUE(v) __asm__("" : "+r"(v))
+#else
+#define NNK_OPAQUE(v) ((void)0)
+#endif
 
 /* @kernel requant */
 /* acc * M0 * 2^(shift-31), TFLite double rounding, for any shift: a positive shift saturates
@@ -402,20 +410,73 @@ NNK_INLINE void nnk_mac4(uint32_t xv, uint32_t wv, int32_t *a)
 }
 #endif
 
+/* One channel of a depthwise border pixel: taps in rows [ky_lo, ky_hi) x columns
+ * [kx_lo, kx_hi) multiply the input from x (the first valid tap's byte, next row line bytes
+ * on), the others read padding, whose stored value is the input zero point.  Taps are c bytes
+ * apart in both input and filter, so every channel count runs the same loops. */
+NNK_INLINE int32_t nnk_dw_border1(const int8_t *x, int32_t line, const int8_t *w, int32_t k, int32_t c,
+                                  int32_t ky_lo, int32_t ky_hi, int32_t kx_lo, int32_t kx_hi, int32_t in_zp)
+{
+    int32_t acc = 0, pad = 0, ky, kx;
+    for (ky = 0; ky < k; ++ky, w += k * c) {
+        if (ky < ky_lo || ky >= ky_hi) {
+            for (kx = 0; kx < k; ++kx) pad += w[kx * c];
+            continue;
+        }
+        for (kx = 0; kx < kx_lo; ++kx) pad += w[kx * c];
+        for (; kx < kx_hi; ++kx) acc += x[(kx - kx_lo) * c] * w[kx * c];
+        for (; kx < k; ++kx) pad += w[kx * c];
+        x += line;
+    }
+    return acc + in_zp * pad;
+}
+
+#if NNK_DSP
+/* The same for four channels at once, accumulated into a[0..3]; zp4 is the zero point in
+ * each byte. */
+NNK_INLINE void nnk_dw_border4(const int8_t *x, int32_t line, const int8_t *w, int32_t k, int32_t c,
+                               int32_t ky_lo, int32_t ky_hi, int32_t kx_lo, int32_t kx_hi, uint32_t zp4, int32_t *a)
+{
+    int32_t ky, kx;
+    for (ky = 0; ky < k; ++ky, w += k * c) {
+        if (ky < ky_lo || ky >= ky_hi) {
+            for (kx = 0; kx < k; ++kx) nnk_mac4(zp4, nnk_load4(w + kx * c), a);
+            continue;
+        }
+        for (kx = 0; kx < kx_lo; ++kx) nnk_mac4(zp4, nnk_load4(w + kx * c), a);
+        for (; kx < kx_hi; ++kx) nnk_mac4(nnk_load4(x + (kx - kx_lo) * c), nnk_load4(w + kx * c), a);
+        for (; kx < k; ++kx) nnk_mac4(zp4, nnk_load4(w + kx * c), a);
+        x += line;
+    }
+}
+#endif
+
 /* Depthwise k x k convolution (one filter per channel), weights [ky][kx][c].  Interior
- * pixels run without bounds checks; on the border a padded tap reads the input zero point. */
+ * pixels run without bounds checks; a border pixel splits each kernel row into the taps on
+ * padding (which read the input zero point) and the valid ones, as conv2d does. */
 NNK_INLINE void nnk_dwconv2d(const int8_t *in, int32_t ih, int32_t iw, int32_t c,
                              const int8_t *w, const int32_t *bias, const int32_t *mult, const int8_t *shift,
                              int8_t *out, int32_t oh, int32_t ow,
                              int32_t k, int32_t stride, int32_t pad_top, int32_t pad_left,
                              int32_t in_zp, int32_t out_zp, int32_t act_min, int32_t act_max)
 {
-    int32_t oy, ox, ch, ky, kx, line = iw * c;
+    int32_t oy, ox, ch, ky, kx, line = iw * c, quads = c & ~3, channels = c;
 #if NNK_DSP
     const uint32_t zp4 = (uint32_t)(uint8_t)in_zp * 0x01010101u;
 #endif
+    /* The channel loops run the same code for every channel count: a loop of two or three
+     * trips is not unrolled into straight-line code of its own (the latency model counts
+     * loop trips).  One trip (a single pass of four channels, a lone channel) needs no loop. */
+    if (quads > 4) NNK_OPAQUE(quads);
+#if NNK_DSP
+    if ((c & 3) > 1) NNK_OPAQUE(channels);
+#else
+    if (c > 1) NNK_OPAQUE(channels);
+#endif
     for (oy = 0; oy < oh; ++oy) {
         int32_t iy0 = oy * stride - pad_top;
+        int32_t ky_lo = iy0 < 0 ? -iy0 : 0, ky_hi = iy0 + k > ih ? ih - iy0 : k;
+        if (ky_hi < ky_lo) ky_hi = ky_lo;
         for (ox = 0; ox < ow; ++ox, out += c) {
             int32_t ix0 = ox * stride - pad_left;
             if (iy0 >= 0 && ix0 >= 0 && iy0 + k <= ih && ix0 + k <= iw) {
@@ -423,7 +484,7 @@ NNK_INLINE void nnk_dwconv2d(const int8_t *in, int32_t ih, int32_t iw, int32_t c
                 const int8_t *origin = in + iy0 * line + ix0 * c;
                 ch = 0;
 #if NNK_DSP
-                for (; ch < (c & ~3); ch += 4) {
+                for (; ch < quads; ch += 4) {
                     int32_t a[4];
                     const int8_t *xp = origin + ch, *wt = w + ch;
                     a[0] = bias[ch];
@@ -440,7 +501,7 @@ NNK_INLINE void nnk_dwconv2d(const int8_t *in, int32_t ih, int32_t iw, int32_t c
                     out[ch + 3] = nnk_out(a[3], mult[ch + 3], shift[ch + 3], out_zp, act_min, act_max);
                 }
 #endif
-                for (; ch < c; ++ch) {
+                for (; ch < channels; ++ch) {
                     int32_t acc = bias[ch];
                     const int8_t *xp = origin + ch, *wt = w + ch;
                     for (ky = 0; ky < k; ++ky, xp += line, wt += k * c) {
@@ -450,40 +511,28 @@ NNK_INLINE void nnk_dwconv2d(const int8_t *in, int32_t ih, int32_t iw, int32_t c
                     out[ch] = nnk_out(acc, mult[ch], shift[ch], out_zp, act_min, act_max);
                 }
             } else {
+                int32_t kx_lo = ix0 < 0 ? -ix0 : 0, kx_hi = ix0 + k > iw ? iw - ix0 : k;
+                const int8_t *first;
+                if (kx_hi < kx_lo) kx_hi = kx_lo;
+                /* first valid input byte (unused when no tap is valid) */
+                first = in + ((iy0 + ky_lo) * iw + ix0 + kx_lo) * c;
                 ch = 0;
 #if NNK_DSP
-                for (; ch < (c & ~3); ch += 4) {
+                for (; ch < quads; ch += 4) {
                     int32_t a[4];
-                    const int8_t *wt = w + ch;
                     a[0] = bias[ch];
                     a[1] = bias[ch + 1];
                     a[2] = bias[ch + 2];
                     a[3] = bias[ch + 3];
-                    for (ky = 0; ky < k; ++ky) {
-                        int32_t iy = iy0 + ky;
-                        for (kx = 0; kx < k; ++kx, wt += c) {
-                            int32_t ix = ix0 + kx;
-                            int32_t valid = iy >= 0 && iy < ih && ix >= 0 && ix < iw;
-                            nnk_mac4(valid ? nnk_load4(in + (iy * iw + ix) * c + ch) : zp4, nnk_load4(wt), a);
-                        }
-                    }
+                    nnk_dw_border4(first + ch, line, w + ch, k, c, ky_lo, ky_hi, kx_lo, kx_hi, zp4, a);
                     out[ch] = nnk_out(a[0], mult[ch], shift[ch], out_zp, act_min, act_max);
                     out[ch + 1] = nnk_out(a[1], mult[ch + 1], shift[ch + 1], out_zp, act_min, act_max);
                     out[ch + 2] = nnk_out(a[2], mult[ch + 2], shift[ch + 2], out_zp, act_min, act_max);
                     out[ch + 3] = nnk_out(a[3], mult[ch + 3], shift[ch + 3], out_zp, act_min, act_max);
                 }
 #endif
-                for (; ch < c; ++ch) {
-                    int32_t acc = bias[ch];
-                    const int8_t *wt = w + ch;
-                    for (ky = 0; ky < k; ++ky) {
-                        int32_t iy = iy0 + ky;
-                        for (kx = 0; kx < k; ++kx, wt += c) {
-                            int32_t ix = ix0 + kx;
-                            int32_t valid = iy >= 0 && iy < ih && ix >= 0 && ix < iw;
-                            acc += (valid ? in[(iy * iw + ix) * c + ch] : in_zp) * *wt;
-                        }
-                    }
+                for (; ch < channels; ++ch) {
+                    int32_t acc = bias[ch] + nnk_dw_border1(first + ch, line, w + ch, k, c, ky_lo, ky_hi, kx_lo, kx_hi, in_zp);
                     out[ch] = nnk_out(acc, mult[ch], shift[ch], out_zp, act_min, act_max);
                 }
             }
