@@ -25,7 +25,8 @@ committed), and a later invocation with the same settings reads it instead of ru
 a comparison of many CPU-hours is finished over several sittings (``--fresh`` runs everything
 again).  ``--arms`` picks some of the four arms.
 
-``--write`` replaces the "Multi-fidelity and the int8 objective" section of docs/benchmarks.md.
+``--write`` replaces the data set's "Multi-fidelity and the int8 objective (digits)" or
+"(Fashion-MNIST)" section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ ARMS = (("off", "float"), ("off", "int8"), ("asha", "float"), ("asha", "int8"))
 # (peak SRAM, flash) limits in bytes: the CLI's digits demo, and bench_strategies' Fashion-MNIST.
 LIMITS = {"digits": (2048, 4096), "fashion-mnist": (64_000, 64_000)}
 SECTION = "Multi-fidelity and the int8 objective"
+DATASET_TITLES = {"digits": "digits", "fashion-mnist": "Fashion-MNIST"}
 RESULTS = ROOT / "bench" / "results" / "fidelity"
 
 
@@ -205,7 +207,7 @@ def main() -> None:
     text = report(args, rows, wall)
     print(text)
     if args.write:
-        replace_section(ROOT / "docs" / "benchmarks.md", SECTION, text)
+        replace_section(ROOT / "docs" / "benchmarks.md", f"{SECTION} ({DATASET_TITLES[args.dataset]})", text)
 
 
 def report(args: argparse.Namespace, rows: list[dict[str, Any]], wall: float) -> str:
