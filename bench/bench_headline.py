@@ -7,14 +7,21 @@ What a user does with nasweb on a 2-core machine, timed end to end:
    --max-macs 30000000``: default fidelity, μNAS bounds), ``--jobs`` candidates trained side by
    side with one torch thread each (as ``--jobs`` Celery workers would).  At the deadline the
    trainings in flight are abandoned.
-2. **Train for deployment** (at most ``--deploy-minutes``): the ``--top-k`` best distinct
-   candidates by validation accuracy, ``--jobs`` at a time, with the service's Fashion-MNIST
-   recipe (augmentation with flips, AdamW, cosine schedule, QAT last); the float epochs are the
-   most that fit the phase's time, planned from a timed probe of each model.  Int8 accuracy is
-   the integer reference's (equal to the C header's) on the test split.
+2. **Train for deployment** (at most ``--deploy-minutes``): ``--top-k`` distinct candidates,
+   ``--deploy-jobs`` at a time with the machine's cores shared between them, with the service's
+   Fashion-MNIST recipe (augmentation with flips, AdamW, cosine schedule, QAT last); the float
+   epochs are the most that fit the phase's time, planned from a timed probe of each model.
+   ``--pick val`` takes the best by search validation accuracy; ``--pick flash`` (``macs``)
+   takes, among the candidates tied with the best (within one standard error of its validation
+   accuracy), the ones with the most weights (MACs): a 2-epoch search cannot tell tied
+   candidates apart, and the larger ones gain more from long training.  Int8 accuracy is the
+   integer reference's (equal to the C header's) on the test split.
 
     python bench/bench_headline.py [--search-minutes 60] [--deploy-minutes 60] [--jobs 2] \\
-        [--top-k 2] [--seed 0] [--write]
+        [--top-k 1] [--deploy-jobs 1] [--pick flash] [--seed 0] [--write]
+
+The search's log is kept in var/headline/search.json; ``--reuse-search FILE`` trains from such a
+log instead of searching again (the report says so).
 
 ``--write`` replaces the "Fashion-MNIST headline" section of docs/benchmarks.md and writes the
 deployed architectures to docs/headline-fashion-mnist.json (``manage.py analyze`` reads it).
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -174,8 +182,9 @@ def _timed(fn: Any, repeat: int) -> float:
     return (time.perf_counter() - t0) / repeat
 
 
-def probe(arch_json: dict[str, Any], recipe_json: dict[str, Any]) -> dict[str, float]:
+def probe(arch_json: dict[str, Any], recipe_json: dict[str, Any], threads: int) -> dict[str, float]:
     """Seconds per float epoch, per QAT epoch and per validation pass of this model and recipe."""
+    torch.set_num_threads(threads)
     arch, recipe, data = arch_from_json(arch_json), Recipe.from_json(recipe_json), _dataset()
     train_idx, val_idx = split_indices(data.y_train, recipe.split)
     model = build_model(arch)
@@ -230,14 +239,16 @@ def quantized(
     return quantize(arch, model.eval(), data.x_train[calibration_indices(train_idx)], ranges=ranges)
 
 
-def deploy(arch_json: dict[str, Any], recipe_json: dict[str, Any], checkpoint: str) -> dict[str, Any]:
+def deploy(
+    arch_json: dict[str, Any], recipe_json: dict[str, Any], checkpoint: str, threads: int
+) -> dict[str, Any]:
     """Train one model for deployment and measure its int8 test accuracy (in a worker process).
 
     The trained weights and int8 ranges are kept in var/headline/model-<n>.pt for ``--verify``.
     """
     t0 = time.perf_counter()
     arch, recipe, data = arch_from_json(arch_json), Recipe.from_json(recipe_json), _dataset()
-    result = train_for_deployment(arch, data, recipe, checkpoint, threads=1)
+    result = train_for_deployment(arch, data, recipe, checkpoint, threads=threads)
     qm = quantized(arch, result.state_dict, recipe.split, result.ranges)
     try:  # keeping the model must never cost the measurement
         MODELS.mkdir(parents=True, exist_ok=True)
@@ -262,8 +273,8 @@ def search_int8(arch_json: dict[str, Any], fidelity: dict[str, Any]) -> float:
     return int8_accuracy(qm, data.x_test, data.y_test)
 
 
-def pick(log: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
-    """The ``k`` best distinct architectures by validation accuracy (selected on validation)."""
+def distinct(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each architecture once (its best evaluation), best search validation accuracy first."""
     seen: set[str] = set()
     out: list[dict[str, Any]] = []
     for entry in sorted(log, key=lambda e: -e["val"]):
@@ -271,9 +282,25 @@ def pick(log: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
         if key not in seen:
             seen.add(key)
             out.append(entry)
-        if len(out) == k:
-            break
     return out
+
+
+def pick(log: list[dict[str, Any]], k: int, rule: str = "val", n_val: int = 6000) -> list[dict[str, Any]]:
+    """The ``k`` candidates to train for deployment, chosen on validation only.
+
+    ``val``: the best by search validation accuracy.  ``macs`` / ``flash``: among those within
+    one standard error, sqrt(p(1-p)/n_val), of the best's accuracy p (a tie at the search's
+    fidelity), the ones with the most MACs / the most flash (weights); fewer than ``k`` tied
+    fill up by accuracy.
+    """
+    ranked = distinct(log)
+    if rule == "val" or not ranked:
+        return ranked[:k]
+    top = ranked[0]["val"]
+    tied = [e for e in ranked if e["val"] >= top - math.sqrt(top * (1 - top) / n_val)]
+    size = {"macs": "macs", "flash": "flash_bytes"}[rule]
+    chosen = sorted(tied, key=lambda e: -e[size])[:k]
+    return chosen + [e for e in ranked if e not in chosen][: k - len(chosen)]
 
 
 def run_deployment(
@@ -281,7 +308,8 @@ def run_deployment(
 ) -> dict[str, Any]:
     start = time.monotonic()
     recipe = base_recipe()
-    timings = [f.result() for f in [pool.submit(probe, c["arch"], recipe.to_json()) for c in chosen]]
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    timings = [f.result() for f in [pool.submit(probe, c["arch"], recipe.to_json(), threads) for c in chosen]]
     rounds = -(-len(chosen) // jobs)  # trainings run ``jobs`` at a time
     share = (minutes * 60 - (time.monotonic() - start)) / rounds
     plans = [replace(recipe, epochs=max(1, plan_epochs(recipe, t, share))) for t in timings]
@@ -294,7 +322,7 @@ def run_deployment(
         )
     with tempfile.TemporaryDirectory() as tmp:
         futures = [
-            pool.submit(deploy, c["arch"], r.to_json(), str(Path(tmp) / f"{n}.pt"))
+            pool.submit(deploy, c["arch"], r.to_json(), str(Path(tmp) / f"{n}.pt"), threads)
             for n, (c, r) in enumerate(zip(chosen, plans, strict=True))
         ]
         results = [f.result() for f in futures]
@@ -302,6 +330,7 @@ def run_deployment(
         "results": results,
         "recipes": [r.to_json() for r in plans],
         "timings": timings,
+        "threads": threads,
         "seconds": time.monotonic() - start,
     }
 
@@ -355,6 +384,15 @@ def verify_models(core: str, clock_mhz: float) -> str:
 # ---- the report --------------------------------------------------------------------------------
 
 
+PICK_TEXT = {
+    "val": "the best by search validation accuracy",
+    "macs": "among those within one standard error of the best search validation accuracy the "
+    "ones with the most MACs (`--pick macs`)",
+    "flash": "among those within one standard error of the best search validation accuracy the "
+    "ones with the most weights, by flash size (`--pick flash`)",
+}
+
+
 def pareto(points: list[tuple[float, int]]) -> list[bool]:
     """Which (int8 accuracy, peak SRAM) points no other point beats on both."""
     return [not any(a2 >= a and s2 <= s and (a2, s2) != (a, s) for a2, s2 in points) for a, s in points]
@@ -377,10 +415,18 @@ def report(
     lines = [
         f"Command: `python bench/bench_headline.py --search-minutes {args.search_minutes:g} "
         f"--deploy-minutes {args.deploy_minutes:g} --jobs {args.jobs} --top-k {args.top_k} "
-        f"--seed {args.seed} --write`",
+        f"--deploy-jobs {args.deploy_jobs} --pick {args.pick} --seed {args.seed}"
+        + (f" --reuse-search {args.reuse_search}" if args.reuse_search else "")
+        + " --write`",
         f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, torch "
-        f"{torch.__version__} CPU, one thread per process, {args.jobs} processes; 1-minute load "
-        f"average {load:.1f} at the end. Architectures: docs/headline-fashion-mnist.json.",
+        f"{torch.__version__} CPU; search: {args.jobs} processes of one thread; deployment: "
+        f"{args.deploy_jobs} at a time, {dep['threads']} threads each; 1-minute load "
+        f"average {load:.1f} at the end. Architectures: docs/headline-fashion-mnist.json."
+        + (
+            f" The search is an earlier run's log ({args.reuse_search}), not searched again."
+            if args.reuse_search
+            else ""
+        ),
         "",
         f"Fashion-MNIST (28x28x1, 60,000 train / 10,000 test) under {SRAM_KB} KB peak SRAM, "
         f"{FLASH_KB} KB flash and {MAX_MACS:,} MACs, as `manage.py search --dataset fashion-mnist "
@@ -406,8 +452,8 @@ def report(
         + " / ".join(f"{v:.4f}" for _, v in by_minute)
         + " |",
         "",
-        f"**Training for deployment** ({dep['seconds'] / 60:.1f} min wall; the top {len(chosen)} "
-        f"distinct candidates by search validation accuracy, {args.jobs} at a time; recipe: batch "
+        f"**Training for deployment** ({dep['seconds'] / 60:.1f} min wall; {len(chosen)} distinct "
+        f"candidate(s), {PICK_TEXT[args.pick]}, {args.deploy_jobs} at a time; recipe: batch "
         f"{dep['recipes'][0]['batch_size']}, AdamW lr {dep['recipes'][0]['lr']:g} on a cosine "
         f"schedule, weight decay {dep['recipes'][0]['weight_decay']:g}, augmentation "
         "(rotation ±0.2 rad with p 0.3, shifts ±2 px, horizontal flips), then "
@@ -444,7 +490,17 @@ def main() -> None:
     parser.add_argument("--search-minutes", type=float, default=60.0)
     parser.add_argument("--deploy-minutes", type=float, default=60.0)
     parser.add_argument("--jobs", type=int, default=2, help="trainings side by side (one thread each)")
-    parser.add_argument("--top-k", type=int, default=2, help="candidates trained for deployment")
+    parser.add_argument("--top-k", type=int, default=1, help="candidates trained for deployment")
+    parser.add_argument(
+        "--deploy-jobs", type=int, default=1, help="deployment trainings side by side (the cores shared out)"
+    )
+    parser.add_argument(
+        "--pick",
+        choices=("val", "macs", "flash"),
+        default="flash",
+        help="how the candidates to deploy are chosen",
+    )
+    parser.add_argument("--reuse-search", default="", help="train from this search log instead of searching")
     parser.add_argument("--population", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="", help="also write every number as JSON to this file")
@@ -466,17 +522,23 @@ def main() -> None:
         return
     config, _ = search_config(args.seed, args.population)
     ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=_worker_init)
-    try:
-        search = run_search(config, args.search_minutes, pool, args.jobs)
-    finally:  # the trainings still in flight at the deadline are abandoned, not waited for
-        for process in list(pool._processes.values()):  # no public way to stop them
-            process.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
+    if args.reuse_search:
+        search = json.loads(Path(args.reuse_search).read_text())
+    else:
+        pool = ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=_worker_init)
+        try:
+            search = run_search(config, args.search_minutes, pool, args.jobs)
+        finally:  # the trainings still in flight at the deadline are abandoned, not waited for
+            for process in list(pool._processes.values()):  # no public way to stop them
+                process.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+        MODELS.mkdir(parents=True, exist_ok=True)
+        (MODELS / "search.json").write_text(json.dumps(search))
     print(f"search done: {len(search['log'])} trained in {search['seconds'] / 60:.1f} min", flush=True)
-    chosen = pick(search["log"], args.top_k)
-    with ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=_worker_init) as pool:
-        dep = run_deployment(chosen, args.deploy_minutes, pool, args.jobs)
+    n_val = len(split_indices(_dataset().y_train, Fidelity(**config.fidelity))[1])
+    chosen = pick(search["log"], args.top_k, args.pick, n_val)
+    with ProcessPoolExecutor(args.deploy_jobs, mp_context=ctx, initializer=_worker_init) as pool:
+        dep = run_deployment(chosen, args.deploy_minutes, pool, args.deploy_jobs)
         # Outside both phases' time: the chosen candidates' int8 accuracy at the search's fidelity.
         ptq = [pool.submit(search_int8, c["arch"], config.fidelity) for c in chosen]
         for c, f in zip(chosen, ptq, strict=True):

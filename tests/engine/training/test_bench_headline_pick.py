@@ -1,0 +1,43 @@
+"""bench/bench_headline.py's choice of the candidates it trains for deployment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.bench_headline import pick
+
+
+def entry(name: str, val: float, macs: int, flash: int = 10_000) -> dict[str, Any]:
+    return {"arch": {"name": name}, "val": val, "macs": macs, "flash_bytes": flash}
+
+
+# n_val = 6000, best p = 0.89: one standard error is sqrt(0.89 * 0.11 / 6000) = 0.00404.
+LOG = [
+    entry("small", 0.8900, 1_000_000, 12_000),
+    entry("medium", 0.8880, 9_000_000, 47_000),
+    entry("large", 0.8861, 25_000_000, 30_000),  # tied: 0.8900 - 0.8861 = 0.0039 < 0.00404
+    entry("outside", 0.8855, 29_000_000, 60_000),  # 0.0045 below the best: not tied
+    entry("small", 0.8700, 1_000_000, 12_000),  # the same architecture evaluated again
+]
+
+
+def names(chosen: list[dict[str, Any]]) -> list[str]:
+    return [c["arch"]["name"] for c in chosen]
+
+
+def test_val_takes_the_best_distinct_architectures() -> None:
+    assert names(pick(LOG, 2, "val", 6000)) == ["small", "medium"]
+    assert names(pick(LOG, 5, "val", 6000)) == ["small", "medium", "large", "outside"]
+
+
+def test_the_largest_among_those_tied_with_the_best() -> None:
+    assert names(pick(LOG, 1, "macs", 6000)) == ["large"]
+    assert names(pick(LOG, 3, "macs", 6000)) == ["large", "medium", "small"]
+    assert names(pick(LOG, 1, "flash", 6000)) == ["medium"]
+    assert names(pick(LOG, 3, "flash", 6000)) == ["medium", "large", "small"]
+
+
+def test_fewer_tied_fill_up_by_accuracy() -> None:
+    assert names(pick(LOG, 4, "flash", 6000)) == ["medium", "large", "small", "outside"]
+    # With many more validation images the standard error shrinks and only the best is tied.
+    assert names(pick(LOG, 2, "macs", 600_000)) == ["small", "medium"]
