@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing
 import os
 import platform
@@ -65,6 +64,7 @@ from searches.engine.training.deployment import (
     calibration_indices,
     int8_accuracy_sim,
     train_for_deployment,
+    within_one_se,
 )
 from searches.engine.training.model import build_model, to_nchw
 from searches.engine.training.qat import QATModel, Ranges
@@ -297,7 +297,7 @@ def pick(log: list[dict[str, Any]], k: int, rule: str = "val", n_val: int = 6000
     if rule == "val" or not ranked:
         return ranked[:k]
     top = ranked[0]["val"]
-    tied = [e for e in ranked if e["val"] >= top - math.sqrt(top * (1 - top) / n_val)]
+    tied = [e for e in ranked if within_one_se(e["val"], top, n_val)]
     size = {"macs": "macs", "flash": "flash_bytes"}[rule]
     chosen = sorted(tied, key=lambda e: -e[size])[:k]
     return chosen + [e for e in ranked if e not in chosen][: k - len(chosen)]

@@ -182,7 +182,11 @@ def keeps_epoch(rule: str, accuracy: float, kept: float | None, earlier: list[fl
         return accuracy > kept
     if rule == "latest":
         return accuracy >= kept
-    top = max([accuracy, *earlier])
+    return within_one_se(accuracy, max([accuracy, *earlier]), n_val)
+
+
+def within_one_se(accuracy: float, top: float, n_val: int) -> bool:
+    """Whether ``accuracy`` is within one standard error, sqrt(p(1-p)/n), of the best ``top`` on n images."""
     return accuracy >= top - math.sqrt(top * (1 - top) / max(1, n_val))
 
 
