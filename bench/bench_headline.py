@@ -55,7 +55,7 @@ from searches.engine.deploy.reference import int8_accuracy
 from searches.engine.space.arch import Architecture
 from searches.engine.space.arch import from_json as arch_from_json
 from searches.engine.strategies.base import EvalFailure, EvalResult
-from searches.engine.strategies.config import SearchConfig
+from searches.engine.strategies.config import Bounds, SearchConfig
 from searches.engine.strategies.registry import make_strategy
 from searches.engine.training.augment import augment_batch
 from searches.engine.training.datasets import Dataset, load_dataset
@@ -103,7 +103,27 @@ def evaluate(arch_json: dict[str, Any], fidelity: dict[str, Any]) -> dict[str, A
     return {"val": r.val_accuracy, "test": r.test_accuracy, "seconds": time.perf_counter() - t0}
 
 
-def search_config(seed: int, population: int) -> tuple[SearchConfig, Any]:
+OBJECTIVE_TEXT = {
+    "all": "μNAS's objective (validation error, peak SRAM, flash and MACs under randomly drawn λ)",
+    "error": "validation error as the only objective, the limits as constraints only (`--objective error`)",
+}
+
+
+def objective_bounds(bounds: Bounds, objective: str) -> Bounds:
+    """The search's bounds for ``--objective``: ``all`` keeps μNAS's four; ``error`` keeps error alone.
+
+    The limits are not bounds: with ``error`` a child over the SRAM, flash or MACs limit is still
+    rejected before training, but among those within the limits a smaller one is no longer
+    preferred, so the population does not drift toward models too small to gain from long training.
+    """
+    if objective == "all":
+        return bounds
+    if objective == "error":
+        return Bounds(error=bounds.error)
+    raise ValueError(f"unknown objective {objective!r}: expected 'all' or 'error'")
+
+
+def search_config(seed: int, population: int, objective: str = "all") -> tuple[SearchConfig, Any]:
     """The CLI's Fashion-MNIST configuration (searches/services), with no database."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "nasweb.settings")
     import django
@@ -113,7 +133,7 @@ def search_config(seed: int, population: int) -> tuple[SearchConfig, Any]:
 
     limits = runs.limits_for(None, SRAM_KB, FLASH_KB, None, MAX_MACS)
     config = runs.make_config(_dataset(), limits, budget=1_000_000, seed=seed, population=population)
-    return config, limits
+    return replace(config, bounds=objective_bounds(config.bounds, objective)), limits
 
 
 def run_search(config: SearchConfig, minutes: float, pool: ProcessPoolExecutor, jobs: int) -> dict[str, Any]:
@@ -415,7 +435,7 @@ def report(
     lines = [
         f"Command: `python bench/bench_headline.py --search-minutes {args.search_minutes:g} "
         f"--deploy-minutes {args.deploy_minutes:g} --jobs {args.jobs} --top-k {args.top_k} "
-        f"--deploy-jobs {args.deploy_jobs} --pick {args.pick} --seed {args.seed}"
+        f"--deploy-jobs {args.deploy_jobs} --pick {args.pick} --objective {args.objective} --seed {args.seed}"
         + (f" --reuse-search {args.reuse_search}" if args.reuse_search else "")
         + " --write`",
         f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, torch "
@@ -432,7 +452,7 @@ def report(
         f"{FLASH_KB} KB flash and {MAX_MACS:,} MACs, as `manage.py search --dataset fashion-mnist "
         f"--sram-kb {SRAM_KB} --flash-kb {FLASH_KB} --max-macs {MAX_MACS}` configures it: aging "
         f"evolution, population {search['population']}, sample {search['sample_size']}, the default "
-        "fidelity (2 epochs on 10,000 images).",
+        f"fidelity (2 epochs on 10,000 images); {OBJECTIVE_TEXT[search.get('objective', 'all')]}.",
         "",
         "**Search**",
         "",
@@ -500,6 +520,12 @@ def main() -> None:
         default="flash",
         help="how the candidates to deploy are chosen",
     )
+    parser.add_argument(
+        "--objective",
+        choices=("all", "error"),
+        default="all",
+        help="the search's objective: μNAS's four (all) or validation error within the limits (error)",
+    )
     parser.add_argument("--reuse-search", default="", help="train from this search log instead of searching")
     parser.add_argument("--population", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
@@ -520,14 +546,14 @@ def main() -> None:
         if args.write:
             replace_section(ROOT / "docs" / "benchmarks.md", "Fashion-MNIST headline: the headers", text)
         return
-    config, _ = search_config(args.seed, args.population)
+    config, _ = search_config(args.seed, args.population, args.objective)
     ctx = multiprocessing.get_context("spawn")
     if args.reuse_search:
         search = json.loads(Path(args.reuse_search).read_text())
     else:
         pool = ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=_worker_init)
         try:
-            search = run_search(config, args.search_minutes, pool, args.jobs)
+            search = run_search(config, args.search_minutes, pool, args.jobs) | {"objective": args.objective}
         finally:  # the trainings still in flight at the deadline are abandoned, not waited for
             for process in list(pool._processes.values()):  # no public way to stop them
                 process.terminate()

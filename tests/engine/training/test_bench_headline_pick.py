@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
-from bench.bench_headline import pick
+import pytest
+
+from bench.bench_headline import objective_bounds, pick
+from searches.engine.strategies.config import Bounds
+from searches.engine.strategies.objectives import draw_lambdas, fitness
 
 
 def entry(name: str, val: float, macs: int, flash: int = 10_000) -> dict[str, Any]:
@@ -41,3 +46,25 @@ def test_fewer_tied_fill_up_by_accuracy() -> None:
     assert names(pick(LOG, 4, "flash", 6000)) == ["medium", "large", "small", "outside"]
     # With many more validation images the standard error shrinks and only the best is tied.
     assert names(pick(LOG, 2, "macs", 600_000)) == ["small", "medium"]
+
+
+def test_objective_error_keeps_the_error_bound_alone() -> None:
+    bounds = Bounds(error=0.10, peak_sram_bytes=64_000, flash_bytes=64_000, macs=30_000_000)
+    assert objective_bounds(bounds, "all") == bounds
+    assert objective_bounds(bounds, "error") == Bounds(error=0.10)
+    with pytest.raises(ValueError, match="unknown objective 'size'"):
+        objective_bounds(bounds, "size")
+
+
+def test_an_error_only_search_prefers_the_more_accurate_larger_model() -> None:
+    """Under μNAS's four objectives some λ draws prefer a smaller, less accurate model; error alone never."""
+    bounds = Bounds(error=0.10, peak_sram_bytes=64_000, flash_bytes=64_000, macs=30_000_000)
+    small, large = (0.12, 20_000, 10_000, 1_000_000), (0.10, 60_000, 60_000, 25_000_000)
+    rng = random.Random(0)
+    draws = [draw_lambdas(rng, 0.05) for _ in range(200)]
+
+    def small_wins(b: Bounds) -> int:
+        return sum(fitness(small, b, lam, 10.0) > fitness(large, b, lam, 10.0) for lam in draws)
+
+    assert small_wins(objective_bounds(bounds, "all")) > 0
+    assert small_wins(objective_bounds(bounds, "error")) == 0
