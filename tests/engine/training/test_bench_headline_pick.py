@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from bench.bench_headline import objective_bounds, pick
+from bench.bench_headline import build_cell, objective_bounds, pick
 from searches.engine.strategies.config import Bounds
 from searches.engine.strategies.objectives import draw_lambdas, fitness
 
@@ -68,3 +68,9 @@ def test_an_error_only_search_prefers_the_more_accurate_larger_model() -> None:
 
     assert small_wins(objective_bounds(bounds, "all")) > 0
     assert small_wins(objective_bounds(bounds, "error")) == 0
+
+
+def test_a_build_that_overflows_says_by_how_much() -> None:
+    assert build_cell("passed", {"flash_bytes": 74_108, "ram_bytes": 40_480}) == "passed: 74,108 B / 40,480 B"
+    assert build_cell("failed", {"flash_overflow_bytes": 8_572}) == "failed: over the flash by 8,572 B"
+    assert build_cell("failed", {}) == "failed"
