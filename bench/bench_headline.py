@@ -18,7 +18,10 @@ What a user does with nasweb on a 2-core machine, timed end to end:
    integer reference's (equal to the C header's) on the test split.
 
     python bench/bench_headline.py [--search-minutes 60] [--deploy-minutes 60] [--jobs 2] \\
-        [--top-k 1] [--deploy-jobs 1] [--pick flash] [--seed 0] [--write]
+        [--top-k 1] [--deploy-jobs 1] [--pick flash] [--objective all] [--seed 0] [--write]
+
+``--objective error`` searches on validation error alone, the SRAM, flash and MACs limits kept as
+constraints (μNAS's objective, ``all``, also weighs the three resources against error).
 
 The search's log is kept in var/headline/search.json; ``--reuse-search FILE`` trains from such a
 log instead of searching again (the report says so).
@@ -367,7 +370,7 @@ def build_cell(status: str, numbers: dict[str, Any]) -> str:
         for region in ("flash", "ram")
         if f"{region}_overflow_bytes" in numbers
     ]
-    return f"{status}" + (f": over the {' and '.join(over)}" if over else "")
+    return status + (f": over the {' and '.join(over)}" if over else "")
 
 
 def verify_models(core: str, clock_mhz: float, flash_kb: int = FLASH_KB) -> str:
@@ -435,6 +438,7 @@ def report(
     args: argparse.Namespace, search: dict[str, Any], chosen: list[dict[str, Any]], dep: dict[str, Any]
 ) -> str:
     log = search["log"]
+    objective = search.get("objective", "all")  # a reused log keeps the objective it was searched with
     best = max(log, key=lambda e: e["val"])
     by_minute = [
         (m, max((e["val"] for e in log if e["t"] <= m * 60), default=0.0))
@@ -448,7 +452,7 @@ def report(
     lines = [
         f"Command: `python bench/bench_headline.py --search-minutes {args.search_minutes:g} "
         f"--deploy-minutes {args.deploy_minutes:g} --jobs {args.jobs} --top-k {args.top_k} "
-        f"--deploy-jobs {args.deploy_jobs} --pick {args.pick} --objective {args.objective} --seed {args.seed}"
+        f"--deploy-jobs {args.deploy_jobs} --pick {args.pick} --objective {objective} --seed {args.seed}"
         + (f" --reuse-search {args.reuse_search}" if args.reuse_search else "")
         + " --write`",
         f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, torch "
@@ -465,7 +469,7 @@ def report(
         f"{FLASH_KB} KB flash and {MAX_MACS:,} MACs, as `manage.py search --dataset fashion-mnist "
         f"--sram-kb {SRAM_KB} --flash-kb {FLASH_KB} --max-macs {MAX_MACS}` configures it: aging "
         f"evolution, population {search['population']}, sample {search['sample_size']}, the default "
-        f"fidelity (2 epochs on 10,000 images); {OBJECTIVE_TEXT[search.get('objective', 'all')]}.",
+        f"fidelity (2 epochs on 10,000 images); {OBJECTIVE_TEXT[objective]}.",
         "",
         "**Search**",
         "",
